@@ -1,0 +1,1 @@
+"""mnist-bench: tracked, reproducible benchmarks of one linear MNIST classifier across backends."""

@@ -1,0 +1,141 @@
+"""What every backend shares: the interface, the per-epoch record, and the choices that must
+be identical across backends for a fair comparison (initial weights, batch order, learning
+rates), computed once here in NumPy and handed to each backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from mnist_bench.config import Config
+
+NUM_CLASSES = 10
+
+
+class BackendUnavailable(ImportError):
+    """A backend whose libraries are not installed; the message says which extra to install."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """One epoch's numbers.
+
+    Train loss and accuracy are averaged over the epoch's batches, each taken in the forward
+    pass just before that batch's update (for full-batch GD: the weights at the epoch's start).
+    Test numbers are for the weights after the epoch. ``epoch_seconds`` is training compute only.
+    """
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    epoch_seconds: float
+
+
+# Called after every epoch; returns True to stop training (target reached, divergence).
+EpochCallback = Callable[[EpochMetrics], bool]
+
+
+@dataclass
+class FitResult:
+    """What a backend hands back: the learned parameters and where it ran."""
+
+    weights: np.ndarray  # (784, 10)
+    bias: np.ndarray  # (10,)
+    epochs_run: int
+    warmup_seconds: float
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Model-ready arrays: inputs scaled and cast once, labels as integers and one-hot."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray  # int64 class ids
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    def one_hot(self, labels: np.ndarray) -> np.ndarray:
+        return np.eye(NUM_CLASSES, dtype=self.x_train.dtype)[labels]
+
+
+class Backend(Protocol):
+    """A training implementation: ``fit`` runs ``cfg.epochs`` epochs and reports each one."""
+
+    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+        """The device ("cpu" or "gpu") and its name; raises ConfigError when it is not available."""
+        ...
+
+    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+        """Train for ``cfg.epochs`` epochs (fewer when ``on_epoch`` returns True)."""
+        ...
+
+
+def initial_parameters(cfg: Config, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """W (n_features x 10) and b (10,) drawn from the run's seed, the same for every backend."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    shape = (n_features + 1, NUM_CLASSES)
+    if cfg.init == "zeros":
+        wb = np.zeros(shape)
+    elif cfg.init == "uniform":
+        wb = rng.uniform(-cfg.init_scale, cfg.init_scale, size=shape)
+    else:
+        wb = rng.normal(0.0, cfg.init_scale, size=shape)
+    wb = wb.astype(cfg.dtype)
+    return wb[:-1].copy(), wb[-1].copy()
+
+
+def batch_plan(cfg: Config, n_samples: int) -> tuple[int, int]:
+    """(batch size, batches per epoch); full-batch GD is one batch of every sample."""
+    size = n_samples if cfg.batch_size is None else min(cfg.batch_size, n_samples)
+    return size, -(-n_samples // size)
+
+
+def epoch_order(cfg: Config, n_samples: int, epoch: int) -> np.ndarray | None:
+    """The sample order of an epoch (0-based), or None to keep the stored order.
+
+    Seeded by (seed, epoch) so every backend sees the same batches.
+    """
+    if cfg.batch_size is None or not cfg.shuffle:
+        return None
+    return np.random.default_rng([cfg.seed, 1, epoch]).permutation(n_samples)
+
+
+def learning_rates(cfg: Config, steps_per_epoch: int) -> np.ndarray:
+    """The learning rate of every update, shape (epochs, steps_per_epoch)."""
+    total = cfg.epochs * steps_per_epoch
+    progress = np.arange(total) / total
+    if cfg.lr_schedule == "constant":
+        factor = np.ones(total)
+    elif cfg.lr_schedule == "linear":
+        factor = 1.0 - progress
+    else:
+        factor = 0.5 * (1.0 + np.cos(np.pi * progress))
+    return (cfg.lr * factor).reshape(cfg.epochs, steps_per_epoch)
+
+
+def weight_grad_scale(cfg: Config, batch_rows: int) -> float:
+    """Factor on the mean-reduced weight gradient: 1, or the batch size for a summed gradient."""
+    return float(batch_rows) if cfg.grad_reduction == "sum" else 1.0
+
+
+def prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config) -> TrainData:
+    """Cast the uint8 images once to the run's dtype (scaled to [0, 1] when ``normalize``)."""
+
+    def inputs(images: np.ndarray) -> np.ndarray:
+        x = np.asarray(images, dtype=cfg.dtype)
+        if cfg.normalize:
+            x *= np.asarray(1 / 255, dtype=cfg.dtype)
+        return x
+
+    labels = lambda y: np.asarray(y, dtype=np.int64)  # noqa: E731
+    return TrainData(inputs(x_train), labels(y_train), inputs(x_test), labels(y_test))

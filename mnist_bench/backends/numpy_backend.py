@@ -1,0 +1,129 @@
+"""The tutorial's linear model written from scratch in NumPy.
+
+    z = x @ W + b                     logits, one row per image
+    sigmoid: p = 1 / (1 + e^-z)       loss = sum_k BCE(y_k, p_k)    (one-vs-rest, the tutorial's)
+    softmax: p = e^z / sum_k e^z_k    loss = -log p_label           (categorical cross-entropy)
+
+Both losses, averaged over a batch of B rows, have the same gradient with respect to z:
+(p - y) / B. So one update serves both:  W -= lr * x.T @ (p - y) / B,  b -= lr * sum(p - y) / B.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from mnist_bench import machine
+from mnist_bench.backends.base import (
+    EpochCallback,
+    EpochMetrics,
+    FitResult,
+    TrainData,
+    batch_plan,
+    epoch_order,
+    initial_parameters,
+    learning_rates,
+    weight_grad_scale,
+)
+from mnist_bench.config import Config
+
+
+def probabilities_and_loss(z: np.ndarray, y: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and the per-row loss, computed stably from the logits z."""
+    if activation == "sigmoid":
+        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+        loss = (np.logaddexp(0, z) - y * z).sum(axis=1)  # BCE from logits: softplus(z) - y z
+        return p, loss
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp
+    log_p = shifted - log_norm
+    return np.exp(log_p), -(log_p * y).sum(axis=1)
+
+
+class NumpyBackend:
+    """Full-batch gradient descent or minibatch SGD, with optional momentum."""
+
+    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+        return "cpu", machine.cpu_model()
+
+    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+        weights, bias = initial_parameters(cfg, data.n_features)
+        batch_size, steps = batch_plan(cfg, len(data.x_train))
+        lrs = learning_rates(cfg, steps).astype(cfg.dtype)
+        y_train = data.one_hot(data.y_train)
+        y_test = data.one_hot(data.y_test)
+        with threadpool_limits(limits=cfg.backend.threads, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+            start = time.perf_counter()
+            for _ in range(cfg.backend.warmup_epochs):  # on copies: warms BLAS, changes nothing
+                self._train_epoch(data, y_train, weights.copy(), bias.copy(), lrs[0], None, batch_size, cfg)
+            warmup_seconds = time.perf_counter() - start
+
+            velocity = (np.zeros_like(weights), np.zeros_like(bias)) if cfg.momentum else None
+            epochs_run = 0
+            for epoch in range(cfg.epochs):
+                start = time.perf_counter()
+                order = epoch_order(cfg, len(data.x_train), epoch)
+                train_loss, train_accuracy = self._train_epoch(
+                    data, y_train, weights, bias, lrs[epoch], order, batch_size, cfg, velocity
+                )
+                seconds = time.perf_counter() - start
+                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, weights, bias, cfg.activation)
+                epochs_run = epoch + 1
+                metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, test_loss, test_accuracy, seconds)
+                if on_epoch(metrics):
+                    break
+        return FitResult(weights, bias, epochs_run, warmup_seconds)
+
+    @staticmethod
+    def _train_epoch(
+        data: TrainData,
+        y_onehot: np.ndarray,
+        weights: np.ndarray,
+        bias: np.ndarray,
+        lrs: np.ndarray,
+        order: np.ndarray | None,
+        batch_size: int,
+        cfg: Config,
+        velocity: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[float, float]:
+        """One pass over the training set, updating weights and bias in place."""
+        x, labels = data.x_train, data.y_train
+        loss_sum, correct = 0.0, 0
+        for step, start in enumerate(range(0, len(x), batch_size)):
+            rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+            xb, yb = x[rows], y_onehot[rows]
+            z = xb @ weights + bias
+            p, loss = probabilities_and_loss(z, yb, cfg.activation)
+            loss_sum += float(loss.sum())
+            correct += int((z.argmax(axis=1) == labels[rows]).sum())
+
+            dz = (p - yb) / len(xb)  # d(mean loss)/dz for both activations
+            grad_w = (xb.T @ dz) * weight_grad_scale(cfg, len(xb))
+            grad_b = dz.sum(axis=0)
+            if velocity is None:
+                weights -= lrs[step] * grad_w
+                bias -= lrs[step] * grad_b
+            else:  # heavy-ball momentum, the same form as keras.optimizers.SGD
+                vel_w, vel_b = velocity
+                vel_w *= cfg.momentum
+                vel_w -= lrs[step] * grad_w
+                vel_b *= cfg.momentum
+                vel_b -= lrs[step] * grad_b
+                weights += vel_w
+                bias += vel_b
+        return loss_sum / len(x), correct / len(x)
+
+
+def evaluate(
+    x: np.ndarray, labels: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, activation: str
+) -> tuple[float, float]:
+    """Mean loss and accuracy of the given parameters on one split, in one pass."""
+    z = x @ weights + bias
+    _, loss = probabilities_and_loss(z, y_onehot, activation)
+    return float(loss.mean()), float((z.argmax(axis=1) == labels).mean())
+
+
+def create() -> NumpyBackend:
+    return NumpyBackend()

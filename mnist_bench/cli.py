@@ -1,0 +1,137 @@
+"""The command line.
+
+``python -m mnist_bench [overrides]`` (or ``mnist-bench run [overrides]``) is the Hydra app;
+``mnist-bench report|check|reap|roofline ...`` are the read-side tools. Bad input of any kind ends
+with one line on stderr naming what is wrong and what is allowed, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("mnist_bench")
+
+# Read-side tools: each module has main(argv) -> int.
+SUBCOMMANDS = {
+    "report": "mnist_bench.report",
+    "check": "mnist_bench.check",
+    "reap": "mnist_bench.reaper",
+    "roofline": "mnist_bench.roofline",
+}
+EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def conf_dir() -> str:
+    """The packaged config tree: inside the installed package, or conf/ beside it in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return str(installed if installed.is_dir() else package.parent / "conf")
+
+
+def one_line(err: BaseException) -> str:
+    """An error message on one line: Hydra's multi-line messages folded, option lists joined."""
+    text, options = [], []
+    for line in str(err).splitlines():
+        if line.startswith("Config search path"):
+            break
+        if line.startswith("\t"):
+            options.append(line.strip())
+        elif line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
+            text.append(line.strip())
+    message = " ".join(text)
+    if options:
+        message = f"{message} {', '.join(options)}"
+    cause = err.__cause__
+    if cause is not None and str(cause).splitlines() and str(cause).splitlines()[0] not in message:
+        message = f"{message} ({str(cause).splitlines()[0]})"
+    return message
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mnist_bench.backends.base import BackendUnavailable
+    from mnist_bench.config import ConfigError
+    from mnist_bench.data import DataError
+    from mnist_bench.tracking import TrackingError
+
+    return ConfigError, DataError, TrackingError, BackendUnavailable, HydraException, OmegaConfBaseException
+
+
+def _parallel_jobs(launcher: DictConfig) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher)."""
+    n_jobs = launcher.get("n_jobs") or 1
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
+def _job(cfg: DictConfig):
+    """Hydra's task function: validate, then run; in a sweep a failing job never stops the others."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mnist_bench import experiment
+    from mnist_bench.config import run_name, validate
+    from mnist_bench.tracking import Terminated
+
+    config = validate(cfg)
+    hydra_cfg = HydraConfig.get()
+    launch_dir = Path(hydra_cfg.runtime.cwd)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return experiment.run(config, launch_dir)
+    parent = os.environ.get(experiment.PARENT_RUN_ENV)
+    try:
+        return experiment.run(config, launch_dir, _parallel_jobs(hydra_cfg.launcher), parent)
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except Exception as err:
+        log.error("%s: FAILED: %s", run_name(config), one_line(err))
+        return experiment.Outcome(run_name(config), "FAILED", error=one_line(err))
+
+
+def run_app(argv: list[str]) -> int:
+    """Run the Hydra app with ``argv`` as its overrides and flags; returns the exit status."""
+    import hydra
+
+    from mnist_bench import config, sweep
+    from mnist_bench.tracking import FAILED, Terminated
+
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    config.register()
+    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(_job)
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        app()
+    except (KeyboardInterrupt, Terminated) as err:
+        sweep.abort_active_sweep()
+        print(f"mnist-bench: {'interrupted' if isinstance(err, KeyboardInterrupt) else err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _user_errors() as err:
+        sweep.abort_active_sweep(FAILED)
+        if full_errors:
+            raise
+        print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else EXIT_FAILED
+    except BaseException:
+        sweep.abort_active_sweep(FAILED)
+        raise
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[args[0]])
+        sys.exit(module.main(args[1:]))
+    if args and args[0] == "run":
+        args = args[1:]
+    sys.exit(run_app(args))

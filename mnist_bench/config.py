@@ -1,0 +1,239 @@
+"""The structured config: every key a user can set, its type, and its allowed values.
+
+Hydra checks types and unknown keys against these dataclasses while composing; the
+value checks in ``__post_init__`` run when ``validate`` turns the composed config into
+objects, before any data is read or any MLflow run exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+ACTIVATIONS = ("sigmoid", "softmax")
+INITS = ("zeros", "uniform", "normal")
+DTYPES = ("float32", "float64")
+DEVICES = ("cpu", "gpu", "auto")
+GRAD_REDUCTIONS = ("mean", "sum")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+TARGET_METRICS = ("test_accuracy", "train_accuracy")
+PROGRESS = ("auto", "bar", "none")
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; the message names the key and the fix."""
+
+
+def _require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {key} must be {allowed}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def _finite_positive(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, key, value, "a finite number > 0")
+
+
+@dataclass
+class BackendConfig:
+    """Which implementation trains the model, and its own knobs."""
+
+    name: str = "numpy"
+    # Threads for BLAS (numpy) or TF's intra-op pool; null = cores / parallel jobs.
+    threads: int | None = None
+    # tf/keras only: compile the training step with XLA.
+    xla: bool = False
+    # Untimed epochs run (and logged as warmup_seconds) before the timed ones.
+    warmup_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            _require(self.threads >= 1, "backend.threads", self.threads, "an integer >= 1 or null")
+        _require(self.warmup_epochs >= 0, "backend.warmup_epochs", self.warmup_epochs, "an integer >= 0")
+        if self.xla and self.name == "numpy":
+            raise ConfigError("backend.xla=true is not allowed with backend=numpy: XLA is a tf/keras option")
+
+
+@dataclass
+class IdxFile:
+    """One IDX file of a dataset: its canonical name and the sha256 of its decompressed bytes."""
+
+    name: str = "???"
+    sha256: str = "???"
+
+
+@dataclass
+class DatasetConfig:
+    """Where an IDX dataset comes from and how much of it a run uses."""
+
+    name: str = "mnist"
+    # Folder name used under data roots and /usr/share/datasets (Debian's layout).
+    folder: str = "mnist"
+    train_images: IdxFile = field(default_factory=IdxFile)
+    train_labels: IdxFile = field(default_factory=IdxFile)
+    test_images: IdxFile = field(default_factory=IdxFile)
+    test_labels: IdxFile = field(default_factory=IdxFile)
+    # https base URLs tried in order when the files are found nowhere locally.
+    mirrors: list[str] = field(default_factory=list)
+    # A folder holding the files (or <folder>/ with them); looked at first.
+    dir: str | None = None
+    # Where downloads and decoded arrays go; null = $MNIST_BENCH_CACHE_DIR or ~/.cache/mnist-bench.
+    cache_dir: str | None = None
+    download: bool = True
+    # Use only the first N images of a split (quick tests, smoke runs); null = all.
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("train_limit", "test_limit"):
+            value = getattr(self, key)
+            if value is not None:
+                _require(value >= 1, f"dataset.{key}", value, "an integer >= 1 or null")
+
+
+@dataclass
+class DeviceConfig:
+    """Where TF/Keras place the model: cpu, gpu (fail if none), or auto (gpu if visible)."""
+
+    name: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _choice("device", self.name, DEVICES)
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are logged."""
+
+    # null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch directory.
+    uri: str | None = None
+    experiment: str = "mnist-bench"
+
+
+@dataclass
+class Config:
+    """One training job: the model, the optimiser, the data, and where it is logged."""
+
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    activation: str = "sigmoid"
+    lr: float = 0.1
+    epochs: int = 10
+    # null = full-batch gradient descent; N = minibatch SGD with batches of N.
+    batch_size: int | None = None
+    shuffle: bool = True
+    momentum: float = 0.0
+    lr_schedule: str = "constant"
+    # How the weight gradient is reduced over a batch; the bias gradient is always a mean.
+    grad_reduction: str = "mean"
+    init: str = "uniform"
+    init_scale: float = 1.0
+    normalize: bool = True
+    dtype: str = "float32"
+    seed: int = 0
+
+    target_accuracy: float | None = None
+    target_metric: str = "test_accuracy"
+    stop_at_target: bool = False
+
+    progress: str = "auto"
+    # Skip a job whose config already has a FINISHED run in the experiment.
+    resume: bool = True
+    # In a sweep: skip the remaining jobs once one has failed.
+    fail_fast: bool = False
+    # The sweep's parent run name; null = sweep-YYYYmmdd-HHMMSS.
+    sweep_name: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("activation", self.activation, ACTIVATIONS)
+        _finite_positive("lr", self.lr)
+        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        if self.batch_size is not None:
+            _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1 or null (full batch)")
+        _require(
+            math.isfinite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)"
+        )
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("grad_reduction", self.grad_reduction, GRAD_REDUCTIONS)
+        _choice("init", self.init, INITS)
+        _require(math.isfinite(self.init_scale) and self.init_scale >= 0, "init_scale", self.init_scale, ">= 0")
+        _choice("dtype", self.dtype, DTYPES)
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        if self.target_accuracy is not None:
+            t = self.target_accuracy
+            _require(math.isfinite(t) and 0 < t <= 1, "target_accuracy", t, "in (0, 1] or null")
+        _require(
+            not self.stop_at_target or self.target_accuracy is not None,
+            "stop_at_target",
+            self.stop_at_target,
+            "false unless target_accuracy is set",
+        )
+        _choice("target_metric", self.target_metric, TARGET_METRICS)
+        _choice("progress", self.progress, PROGRESS)
+        if self.backend.name == "numpy" and self.device.name == "gpu":
+            raise ConfigError("device=gpu is not allowed with backend=numpy: NumPy runs on the CPU (use tf or keras)")
+
+
+# Keys that change where or how a run is logged or shown, never what it computes.
+_NOT_IN_HASH = {"tracking", "progress", "resume", "fail_fast", "sweep_name"}
+_DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Turn a composed config into checked objects; raises ConfigError naming the bad key."""
+    job = {k: v for k, v in cfg.items() if k != "hydra"}
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), job))
+    except ConfigError:
+        raise
+    except Exception as err:  # OmegaConf's own type errors: keep only the message
+        raise ConfigError(str(err).splitlines()[0]) from err
+
+
+def as_flat_dict(cfg: Config) -> dict[str, object]:
+    """The config as dotted keys: what MLflow stores as params."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            flat[prefix[:-1]] = node
+
+    walk("", asdict(cfg))
+    return flat
+
+
+def config_hash(cfg: Config) -> str:
+    """A short hash of everything that determines a run's numbers (not where it is logged)."""
+    data = asdict(cfg)
+    for key in _NOT_IN_HASH:
+        data.pop(key)
+    for key in _DATA_LOCATION_KEYS:
+        data["dataset"].pop(key)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_name(cfg: Config) -> str:
+    """A readable run name such as ``numpy-sigmoid-lr0.1-e100-b128-s0``."""
+    batch = "" if cfg.batch_size is None else f"-b{cfg.batch_size}"
+    data = "" if cfg.dataset.name == "mnist" else f"-{cfg.dataset.name}"
+    return f"{cfg.backend.name}-{cfg.activation}-lr{cfg.lr:g}-e{cfg.epochs}{batch}-s{cfg.seed}{data}"
+
+
+def register() -> None:
+    """Make the schema available to Hydra as ``base_config``."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+

@@ -1,0 +1,199 @@
+"""One job: config -> data -> backend.fit (each epoch out through a callback) -> MLflow.
+
+Everything that can be wrong with the input (config values, missing backend, no GPU, data files,
+tracking store) is checked before the MLflow run is created, so bad input never leaves a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mnist_bench import artifacts, data, machine, tracking
+from mnist_bench.backends import base, get
+from mnist_bench.config import Config, as_flat_dict, config_hash, run_name
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # set by the sweep callback for its jobs
+_process_clock_used = False
+
+
+def _job_clock_start() -> float:
+    """When this job's wall clock starts: the process's start for its first job (imports count)."""
+    global _process_clock_used
+    now = time.time()
+    if _process_clock_used:
+        return now
+    _process_clock_used = True
+    ticks = machine.process_start_ticks(os.getpid())
+    if ticks is None:
+        return now
+    boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
+    return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Outcome:
+    """How a job ended, for the sweep's summary."""
+
+    name: str
+    status: str  # FINISHED, FAILED, KILLED, SKIPPED
+    run_id: str | None = None
+    diverged: bool = False
+    error: str = ""
+
+
+@dataclass
+class _Observer:
+    """The epoch callback: logs each epoch, watches the target and divergence, shows progress."""
+
+    cfg: Config
+    run: tracking.TrackedRun
+    bar: object | None
+    history: list[base.EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0
+    time_to_target: float | None = None
+    diverged: bool = False
+
+    def __call__(self, m: base.EpochMetrics) -> bool:
+        self.history.append(m)
+        self.train_seconds += m.epoch_seconds
+        self.run.log_metrics(
+            {
+                "train_loss": m.train_loss,
+                "train_accuracy": m.train_accuracy,
+                "test_loss": m.test_loss,
+                "test_accuracy": m.test_accuracy,
+                "epoch_seconds": m.epoch_seconds,
+            },
+            step=m.epoch,
+        )
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{m.train_loss:.4g}", test_acc=f"{m.test_accuracy:.4f}", refresh=False)
+            self.bar.update(1)
+        if not (math.isfinite(m.train_loss) and math.isfinite(m.test_loss)):
+            self.diverged = True
+            return True
+        target = self.cfg.target_accuracy
+        if target is not None and self.time_to_target is None and getattr(m, self.cfg.target_metric) >= target:
+            self.time_to_target = self.train_seconds
+        return self.cfg.stop_at_target and self.time_to_target is not None
+
+
+def resolve_threads(cfg: Config, parallel_jobs: int) -> int:
+    """Threads per job: as configured, else the cores shared among the jobs that run at once."""
+    return cfg.backend.threads or max(1, machine.cpu_count() // max(1, parallel_jobs))
+
+
+def _progress_bar(cfg: Config, name: str, in_sweep: bool):
+    show = cfg.progress == "bar" or (cfg.progress == "auto" and not in_sweep and sys.stderr.isatty())
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=True)
+
+
+def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_id: str | None) -> dict[str, str]:
+    tags = {
+        "backend": cfg.backend.name,
+        "activation": cfg.activation,
+        "dataset": cfg.dataset.name,
+        "device": device,
+        "device_name": device_name,
+        "git_commit": machine.git_commit(),
+        "cpu_model": machine.cpu_model(),
+        "cpu_count": str(machine.cpu_count()),
+        "blas": machine.blas_library(),
+        tracking.TAG + "config_hash": cell_hash,
+    }
+    tags.update({f"version.{k}": v for k, v in machine.package_versions().items()})
+    if sweep_id:
+        tags["sweep_id"] = sweep_id
+    return tags
+
+
+def run(cfg: Config, launch_dir: Path, parallel_jobs: int = 1, parent_run_id: str | None = None) -> Outcome:
+    """Train and log one run. Raises on bad input before a run exists; a failure inside the run
+    is recorded in MLflow (FAILED, error tag) and re-raised."""
+    wall_start = _job_clock_start()
+    name = run_name(cfg)
+    in_sweep = parent_run_id is not None
+    cell_hash = config_hash(cfg)  # of the config as given, before threads are resolved
+    cfg.backend.threads = resolve_threads(cfg, parallel_jobs)
+
+    uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
+    client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment)
+    if cfg.resume:
+        done = tracking.find_finished(client, experiment_id, cell_hash)
+        if done:
+            log.info("%s: skipped, already FINISHED as run %s (resume=false re-runs it)", name, done)
+            return Outcome(name, "SKIPPED", done)
+    if in_sweep and cfg.fail_fast and tracking.has_failed_child(client, experiment_id, parent_run_id):
+        log.info("%s: skipped, an earlier job of this sweep failed and fail_fast=true", name)
+        return Outcome(name, "SKIPPED")
+
+    backend = get(cfg.backend.name)
+    device, device_name = backend.resolve_device(cfg)
+    dataset = data.load(cfg.dataset)
+    train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
+
+    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
+    params["tracking.experiment"] = cfg.tracking.experiment
+    with tracking.tracked_run(
+        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, parent_run_id), parent_run_id
+    ) as active:
+        bar = _progress_bar(cfg, name, in_sweep)
+        observer = _Observer(cfg, active, bar)
+        try:
+            fit = backend.fit(train, cfg, observer)
+        finally:
+            if bar is not None:
+                bar.close()
+        _log_summary(active, cfg, observer, fit, len(train.x_train), wall_start)
+        with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
+            artifacts.write(Path(folder), cfg, observer.history, fit, train.x_test, train.y_test)
+            active.log_artifacts(Path(folder))
+        final = observer.history[-1]
+        log.info(
+            "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch",
+            name,
+            "DIVERGED" if observer.diverged else "FINISHED",
+            fit.epochs_run,
+            final.test_accuracy,
+            observer.train_seconds / max(1, fit.epochs_run),
+        )
+    return Outcome(name, "FINISHED", active.run_id, diverged=observer.diverged)
+
+
+def _log_summary(
+    active: tracking.TrackedRun, cfg: Config, observer: _Observer, fit: base.FitResult, n_train: int, wall_start: float
+) -> None:
+    history = observer.history
+    finite = [m.test_accuracy for m in history if math.isfinite(m.test_accuracy)]
+    summary = {
+        "final_test_accuracy": history[-1].test_accuracy,
+        "final_train_accuracy": history[-1].train_accuracy,
+        "best_test_accuracy": max(finite) if finite else float("nan"),
+        "epochs_run": fit.epochs_run,
+        "train_seconds": observer.train_seconds,
+        "warmup_seconds": fit.warmup_seconds,
+        "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
+    }
+    if observer.time_to_target is not None:
+        summary["time_to_target_seconds"] = observer.time_to_target
+    summary["wall_seconds"] = time.time() - wall_start
+    active.log_metrics(summary)
+    active.set_tags(
+        {
+            "diverged": str(observer.diverged).lower(),
+            "backend.threads": str(cfg.backend.threads),
+        }
+    )

@@ -1,0 +1,89 @@
+"""Facts about the machine a run happens on, logged as tags so numbers can be compared honestly."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """When a process started, in clock ticks since boot: tells a live pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def blas_library() -> str:
+    """The BLAS NumPy calls, e.g. ``openblas 0.3.31 (Haswell)``."""
+    from threadpoolctl import threadpool_info
+
+    import numpy  # noqa: F401  (loads the BLAS so threadpoolctl can see it)
+
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            return f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
+    return "unknown"
+
+
+def package_versions(names: tuple[str, ...] = ("numpy", "mlflow", "hydra-core", "tensorflow", "keras")) -> dict:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def harness_version() -> str:
+    try:
+        return metadata.version("mnist-bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the checkout the package runs from, with '+dirty' for local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")

@@ -1,0 +1,129 @@
+"""Hydra multirun support: one store and one parent run per sweep, every cell validated before any
+job starts, jobs isolated from each other's failures, and a closing summary from MLflow.
+
+The launching process creates the store and the experiment (under a file lock) before any job
+exists, so parallel jobs never race in MLflow's schema creation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mnist_bench import experiment, tracking
+from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
+
+log = logging.getLogger(__name__)
+
+CELLS_ARTIFACT = "sweep_cells.json"
+
+
+@dataclass
+class Cell:
+    """One point of the sweep's grid."""
+
+    overrides: list[str]
+    config_hash: str
+    name: str
+
+
+def expand(config: DictConfig) -> tuple[list[Cell], Config]:
+    """Every job of the sweep, composed and validated as Hydra's basic sweeper will launch them.
+
+    Returns the cells and the first cell's config (for the tracking settings every job shares).
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    sweeper = config.hydra.sweeper
+    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    arguments += list(config.hydra.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    loader = GlobalHydra.instance().config_loader()
+    cells, first = [], None
+    for overrides in jobs:
+        try:
+            cfg = validate(loader.load_sweep_config(config, list(overrides)))
+        except ConfigError as err:
+            raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
+        first = first or cfg
+        cells.append(Cell(list(overrides), config_hash(cfg), run_name(cfg)))
+    return cells, first
+
+
+def cell_statuses(client, experiment_id: str, parent_run_id: str, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
+    """(cell, status, run id) for every cell: finished, diverged, failed, killed, skipped or missing."""
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'", max_results=50000
+    )
+    latest = {}
+    for run in sorted(children, key=lambda r: r.info.start_time):
+        latest[run.data.tags.get(tracking.TAG + "config_hash")] = run
+    rows = []
+    for cell in cells:
+        run = latest.get(cell.config_hash)
+        if run is None:
+            earlier = tracking.find_finished(client, experiment_id, cell.config_hash)
+            rows.append((cell, "skipped" if earlier else "missing", earlier or ""))
+            continue
+        status = run.info.status.lower()
+        if status == "finished" and run.data.tags.get("diverged") == "true":
+            status = "diverged"
+        rows.append((cell, status, run.info.run_id))
+    return rows
+
+
+class SweepCallback(Callback):
+    """Opens the sweep's parent run before its jobs and closes it with a summary after them."""
+
+    active: tuple | None = None  # (client, parent run id) while a sweep runs; read by the CLI on Ctrl-C
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        self.cells, first = expand(config)
+        launch_dir = Path(config.hydra.runtime.cwd)
+        uri = tracking.resolve_uri(first.tracking.uri, launch_dir)
+        self.client, self.experiment_id = tracking.open_store(uri, first.tracking.experiment)
+        for run_id in tracking.reap(self.client, self.experiment_id):
+            log.warning("marked run %s KILLED: its process is gone", run_id)
+        name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
+        tags = {tracking.TAG + "kind": "sweep", "sweep_id": name, **tracking.process_tags()}
+        self.parent_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        overrides = " ".join(config.hydra.overrides.task)
+        self.client.log_param(self.parent_id, "sweep.overrides", overrides[:6000])
+        self.client.log_param(self.parent_id, "sweep.cells", len(self.cells))
+        self.client.log_dict(self.parent_id, [c.__dict__ for c in self.cells], CELLS_ARTIFACT)
+        os.environ[experiment.PARENT_RUN_ENV] = self.parent_id
+        SweepCallback.active = (self.client, self.parent_id)
+        print(f"sweep {name}: {len(self.cells)} jobs, parent run {self.parent_id}, store {tracking.redact(uri)}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
+        os.environ.pop(experiment.PARENT_RUN_ENV, None)
+        SweepCallback.active = None
+        rows = cell_statuses(self.client, self.experiment_id, self.parent_id, self.cells)
+        counts: dict[str, int] = {}
+        for _, status, _ in rows:
+            counts[status] = counts.get(status, 0) + 1
+        bad = [(cell, status) for cell, status, _ in rows if status in ("failed", "killed", "missing")]
+        print("sweep summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for cell, status in bad:
+            print(f"  {status}: {cell.name} [{' '.join(cell.overrides)}]")
+        self.client.set_terminated(self.parent_id, tracking.FAILED if bad else tracking.FINISHED)
+        if bad:
+            raise SystemExit(1)
+
+
+def abort_active_sweep(status: str = tracking.KILLED) -> None:
+    """Close the running sweep's parent run (on Ctrl-C in the launching process)."""
+    if SweepCallback.active is not None:
+        client, parent_id = SweepCallback.active
+        SweepCallback.active = None
+        client.set_terminated(parent_id, status)
+

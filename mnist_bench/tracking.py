@@ -1,0 +1,236 @@
+"""Everything MLflow: the store, runs whose final status we own, tags, metrics, artifacts, reaping.
+
+We use ``MlflowClient`` rather than the fluent ``mlflow.start_run``: the fluent API's exit hook
+records a crash as FINISHED and SIGTERM leaves a run RUNNING. Here a run ends FINISHED only on
+success, FAILED (with the error as a tag) on an exception, KILLED on Ctrl-C or SIGTERM; a run
+whose process died without a word (SIGKILL) is marked KILLED by ``reap``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mnist_bench import machine
+
+TAG = "mnist_bench."  # prefix of the harness's own tags
+PARENT_TAG = "mlflow.parentRunId"
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run is closed as KILLED."""
+
+
+def resolve_uri(uri: str | None, launch_dir: Path) -> str:
+    """The tracking URI to use, made absolute from the launch directory.
+
+    Default: $MLFLOW_TRACKING_URI, else MLflow's own default ``sqlite:///mlflow.db`` in the
+    directory the command was started from, so ``mlflow ui`` there shows the runs.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return f"sqlite:///{(launch_dir / path).resolve()}"
+    if "://" not in uri:  # a plain folder: MLflow's file store
+        return str((launch_dir / uri).resolve())
+    return uri
+
+
+def redact(uri: str) -> str:
+    """The URI without any ``user:password@`` part: safe to print or log."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before training, on an unwritable store path or a server that does not answer."""
+    db = _sqlite_path(uri)
+    if db is not None:
+        target = db if db.exists() else db.parent
+        if not target.is_dir() and not db.exists():
+            raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist; create it or set tracking.uri")
+        if not os.access(target, os.W_OK):
+            raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
+        return
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(
+                f"tracking server {redact(uri)} is unreachable ({reason}); start it or set tracking.uri="
+            ) from err
+
+
+def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the experiment's id, creating (and migrating) the store once, under a file lock.
+
+    Parallel jobs that open a brand-new SQLite store at the same moment race in MLflow's schema
+    creation; the lock makes the first one create it while the others wait.
+    """
+    check_reachable(uri)
+    db = _sqlite_path(uri)
+    lock = FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+    with lock:
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        # Artifacts beside the database, not in whatever directory the process happens to be in.
+        location = (db.parent / "mlruns").as_uri() if db is not None else None
+        return client, client.create_experiment(experiment, artifact_location=location)
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this: lets the reaper tell a live run from one whose process is gone."""
+    pid = os.getpid()
+    return {
+        TAG + "host": machine.hostname(),
+        TAG + "pid": str(pid),
+        TAG + "pid_start": machine.process_start_ticks(pid) or "",
+        TAG + "version": machine.harness_version(),
+    }
+
+
+@dataclass
+class TrackedRun:
+    """An open MLflow run: one ``log_batch`` call per epoch keeps logging cheap."""
+
+    client: MlflowClient
+    run_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception while a run is open (main thread only)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:5000]
+
+
+@contextlib.contextmanager
+def tracked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    params: Mapping[str, object],
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+) -> Iterator[TrackedRun]:
+    """Open a run and close it with the status the harness decides, whatever happens inside."""
+    all_tags = {**tags, **process_tags()}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    status = FAILED
+    try:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            client.log_batch(run_id, params=items[start : start + _BATCH])
+        with _sigterm_raises():
+            yield TrackedRun(client, run_id)
+        status = FINISHED
+    except (KeyboardInterrupt, Terminated) as err:
+        status = KILLED
+        client.set_tag(run_id, TAG + "error", error_text(err) if str(err) else "interrupted (Ctrl-C)")
+        raise
+    except SystemExit as err:
+        status = FINISHED if err.code in (0, None) else FAILED
+        raise
+    except BaseException as err:
+        client.set_tag(run_id, TAG + "error", error_text(err))
+        raise
+    finally:
+        client.set_terminated(run_id, status)
+
+
+def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run with this config hash, if the experiment has one."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG}config_hash` = '{config_hash}' and attributes.status = '{FINISHED}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def has_failed_child(client: MlflowClient, experiment_id: str, parent_run_id: str) -> bool:
+    """Whether a job of this sweep has already failed (for fail_fast)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = '{FAILED}'",
+        max_results=1,
+    )
+    return bool(runs)
+
+
+def reap(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING run of this host whose process is gone; returns their ids.
+
+    A pid alone can be reused, so the process's start time (tagged at creation) must match too.
+    """
+    host = machine.hostname()
+    reaped = []
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING'", max_results=10000)
+    for run in running:
+        tags = run.data.tags
+        if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():
+            continue
+        if machine.process_start_ticks(int(tags[TAG + "pid"])) == tags.get(TAG + "pid_start"):
+            continue  # still alive
+        client.set_tag(run.info.run_id, TAG + "error", "process gone (killed or crashed); marked by the reaper")
+        client.set_terminated(run.info.run_id, KILLED)
+        reaped.append(run.info.run_id)
+    return reaped
