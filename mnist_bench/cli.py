@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 log = logging.getLogger("mnist_bench")
@@ -48,13 +49,12 @@ def one_line(err: BaseException) -> str:
     if options:
         message = f"{message} {', '.join(options)}"
     cause = err.__cause__
-    if cause is not None and str(cause).splitlines() and str(cause).splitlines()[0] not in message:
+    if isinstance(err, HydraException) and cause is not None and str(cause).strip():
         message = f"{message} ({str(cause).splitlines()[0]})"
     return message
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from mnist_bench.backends.base import BackendUnavailable
@@ -80,11 +80,15 @@ def _job(cfg: DictConfig):
     from mnist_bench.config import run_name, validate
     from mnist_bench.tracking import Terminated
 
-    config = validate(cfg)
     hydra_cfg = HydraConfig.get()
     launch_dir = Path(hydra_cfg.runtime.cwd)
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        return experiment.run(config, launch_dir)
+        try:
+            return experiment.run(validate(cfg), launch_dir)
+        except _user_errors() as err:  # one line, not Hydra's "Error executing job" report
+            print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+    config = validate(cfg)  # a sweep validated every job before launching
     parent = os.environ.get(experiment.PARENT_RUN_ENV)
     try:
         return experiment.run(config, launch_dir, _parallel_jobs(hydra_cfg.launcher), parent)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
 
 ACTIVATIONS = ("sigmoid", "softmax")
 INITS = ("zeros", "uniform", "normal")
@@ -192,11 +193,15 @@ _DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
 
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into checked objects; raises ConfigError naming the bad key."""
-    job = {k: v for k, v in cfg.items() if k != "hydra"}
     try:
+        job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), job))
     except ConfigError:
         raise
+    except ConfigKeyError as err:
+        raise ConfigError(
+            f"unknown key '{err.full_key or err.key}': mnist-bench has no such setting (python -m mnist_bench --cfg job lists them)"
+        ) from err
     except Exception as err:  # OmegaConf's own type errors: keep only the message
         raise ConfigError(str(err).splitlines()[0]) from err
 

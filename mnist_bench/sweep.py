@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,14 @@ class SweepCallback(Callback):
     active: tuple | None = None  # (client, parent run id) while a sweep runs; read by the CLI on Ctrl-C
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        self.cells, first = expand(config)
-        launch_dir = Path(config.hydra.runtime.cwd)
-        uri = tracking.resolve_uri(first.tracking.uri, launch_dir)
-        self.client, self.experiment_id = tracking.open_store(uri, first.tracking.experiment)
+        # Hydra turns a callback's exceptions into warnings and goes on: bad input must stop here.
+        try:
+            self.cells, first = expand(config)
+            uri = tracking.resolve_uri(first.tracking.uri, Path(config.hydra.runtime.cwd))
+            self.client, self.experiment_id = tracking.open_store(uri, first.tracking.experiment)
+        except (ConfigError, tracking.TrackingError) as err:
+            print(f"mnist-bench: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         for run_id in tracking.reap(self.client, self.experiment_id):
             log.warning("marked run %s KILLED: its process is gone", run_id)
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
