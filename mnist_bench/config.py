@@ -162,9 +162,7 @@ class Config:
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         if self.batch_size is not None:
             _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1 or null (full batch)")
-        _require(
-            math.isfinite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)"
-        )
+        _require(math.isfinite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("grad_reduction", self.grad_reduction, GRAD_REDUCTIONS)
         _choice("init", self.init, INITS)
@@ -200,7 +198,8 @@ def validate(cfg: DictConfig) -> Config:
         raise
     except ConfigKeyError as err:
         raise ConfigError(
-            f"unknown key '{err.full_key or err.key}': mnist-bench has no such setting (python -m mnist_bench --cfg job lists them)"
+            f"unknown key '{err.full_key or err.key}': mnist-bench has no such setting"
+            " (python -m mnist_bench --cfg job lists them)"
         ) from err
     except Exception as err:  # OmegaConf's own type errors: keep only the message
         raise ConfigError(str(err).splitlines()[0]) from err
@@ -241,4 +240,3 @@ def run_name(cfg: Config) -> str:
 def register() -> None:
     """Make the schema available to Hydra as ``base_config``."""
     ConfigStore.instance().store(name="base_config", node=Config)
-

@@ -46,9 +46,8 @@ def process_start_ticks(pid: int) -> str | None:
 
 def blas_library() -> str:
     """The BLAS NumPy calls, e.g. ``openblas 0.3.31 (Haswell)``."""
-    from threadpoolctl import threadpool_info
-
     import numpy  # noqa: F401  (loads the BLAS so threadpoolctl can see it)
+    from threadpoolctl import threadpool_info
 
     for pool in threadpool_info():
         if pool.get("user_api") == "blas":
@@ -82,7 +81,11 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -131,4 +131,3 @@ def abort_active_sweep(status: str = tracking.KILLED) -> None:
         client, parent_id = SweepCallback.active
         SweepCallback.active = None
         client.set_terminated(parent_id, status)
-

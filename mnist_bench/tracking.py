@@ -75,7 +75,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     if db is not None:
         target = db if db.exists() else db.parent
         if not target.is_dir() and not db.exists():
-            raise TrackingError(f"tracking store {uri}: folder {db.parent} does not exist; create it or set tracking.uri")
+            raise TrackingError(
+                f"tracking store {uri}: folder {db.parent} does not exist; create it or set tracking.uri"
+            )
         if not os.access(target, os.W_OK):
             raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
         return
@@ -223,7 +225,7 @@ def reap(client: MlflowClient, experiment_id: str) -> list[str]:
     """
     host = machine.hostname()
     reaped = []
-    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING'", max_results=10000)
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
     for run in running:
         tags = run.data.tags
         if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():

@@ -54,7 +54,10 @@ class NumpyBackend:
         lrs = learning_rates(cfg, steps).astype(cfg.dtype)
         y_train = data.one_hot(data.y_train)
         y_test = data.one_hot(data.y_test)
-        with threadpool_limits(limits=cfg.backend.threads, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        with (
+            threadpool_limits(limits=cfg.backend.threads, user_api="blas"),
+            np.errstate(over="ignore", invalid="ignore"),
+        ):
             start = time.perf_counter()
             for _ in range(cfg.backend.warmup_epochs):  # on copies: warms BLAS, changes nothing
                 self._train_epoch(data, y_train, weights.copy(), bias.copy(), lrs[0], None, batch_size, cfg)
