@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_bench import artifacts, data, machine, tracking
+import numpy as np
+
+from mnist_bench import artifacts, data, machine, roofline, tracking
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config, as_flat_dict, config_hash, run_name
 
@@ -157,7 +159,7 @@ def run(cfg: Config, launch_dir: Path, parallel_jobs: int = 1, parent_run_id: st
         finally:
             if bar is not None:
                 bar.close()
-        _log_summary(active, cfg, observer, fit, len(train.x_train), wall_start)
+        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, observer.history, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
@@ -174,8 +176,15 @@ def run(cfg: Config, launch_dir: Path, parallel_jobs: int = 1, parent_run_id: st
 
 
 def _log_summary(
-    active: tracking.TrackedRun, cfg: Config, observer: _Observer, fit: base.FitResult, n_train: int, wall_start: float
+    active: tracking.TrackedRun,
+    cfg: Config,
+    observer: _Observer,
+    fit: base.FitResult,
+    device: str,
+    train_shape: tuple[int, int],
+    wall_start: float,
 ) -> None:
+    n_train, n_features = train_shape
     history = observer.history
     finite = [m.test_accuracy for m in history if math.isfinite(m.test_accuracy)]
     summary = {
@@ -189,6 +198,16 @@ def _log_summary(
     }
     if observer.time_to_target is not None:
         summary["time_to_target_seconds"] = observer.time_to_target
+    if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
+        roof = roofline.cached(cfg.backend.threads)
+        floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)
+        median_epoch = float(np.median([m.epoch_seconds for m in history]))
+        summary |= {
+            "roofline_floor_seconds": floor,
+            "roofline_ratio": median_epoch / floor,
+            "machine_read_gb_per_s": roof.read_gb_per_s,
+            "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
+        }
     summary["wall_seconds"] = time.time() - wall_start
     active.log_metrics(summary)
     active.set_tags(
