@@ -1,0 +1,283 @@
+"""backend=tf and backend=keras against the NumPy reference, on small synthetic data.
+
+Parity runs are float64, where the backends differ only in the order of floating-point sums: their
+curves agree to ~1e-15, so the tolerances below (1e-9) are far from noise yet would catch any
+difference in the maths (a wrong gradient scale, learning rate, batch or momentum is >= 1e-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
+from mnist_bench.backends import base, get  # noqa: E402
+from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig, DeviceConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-9
+COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def _images(rng: np.random.Generator, projection: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random 0..255 "images" labelled by a fixed linear map, so that a linear model can learn them."""
+    x = rng.integers(0, 256, (n, 784), dtype=np.uint8)
+    return x, (x @ projection).argmax(axis=1)
+
+
+_RNG = np.random.default_rng(0)
+_PROJECTION = _RNG.normal(size=(784, base.NUM_CLASSES))
+X_TRAIN, Y_TRAIN = _images(_RNG, _PROJECTION, 512)
+X_TEST, Y_TEST = _images(_RNG, _PROJECTION, 128)
+
+
+def config(backend: str, warmup_epochs: int = 0, xla: bool = False, device: str = "cpu", **overrides) -> Config:
+    return Config(
+        backend=BackendConfig(name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla),
+        device=DeviceConfig(device),
+        **{"dtype": "float64", "epochs": 20, **overrides},
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    curves: dict[str, np.ndarray]  # each of COLUMNS, one value per epoch
+    result: base.FitResult
+
+
+def fit(cfg: Config, stop_after: int | None = None, train: base.TrainData | None = None) -> Run:
+    """Train with ``cfg``; ``on_epoch`` asks to stop after epoch ``stop_after``."""
+    train = train or base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg)
+    history: list[base.EpochMetrics] = []
+
+    def on_epoch(metrics: base.EpochMetrics) -> bool:
+        history.append(metrics)
+        return metrics.epoch == stop_after
+
+    result = get(cfg.backend.name).fit(train, cfg, on_epoch)
+    assert [m.epoch for m in history] == list(range(1, result.epochs_run + 1))
+    assert all(m.epoch_seconds > 0 for m in history)
+    return Run({c: np.array([getattr(m, c) for m in history]) for c in COLUMNS}, result)
+
+
+def assert_same_training(actual: Run, expected: Run, rtol: float = RTOL) -> None:
+    for column in COLUMNS:
+        np.testing.assert_allclose(actual.curves[column], expected.curves[column], rtol=rtol, err_msg=column)
+    np.testing.assert_allclose(actual.result.weights, expected.result.weights, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(actual.result.bias, expected.result.bias, rtol=rtol, atol=rtol)
+    assert actual.result.weights.dtype == expected.result.weights.dtype
+
+
+def assert_learns(run: Run) -> None:
+    """The case is not trivial: the train loss falls."""
+    assert run.curves["train_loss"][-1] < 0.9 * run.curves["train_loss"][0]
+
+
+# --- parity --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_tf_matches_numpy_full_batch(activation: str) -> None:
+    expected = fit(config("numpy", activation=activation))
+    actual = fit(config("tf", activation=activation))
+    assert_learns(expected)
+    assert_same_training(actual, expected)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_keras_matches_tf_minibatch(activation: str) -> None:
+    expected = fit(config("tf", activation=activation, batch_size=64, shuffle=False, epochs=5))
+    actual = fit(config("keras", activation=activation, batch_size=64, shuffle=False, epochs=5))
+    assert_learns(expected)
+    assert_same_training(actual, expected)
+
+
+def test_momentum_cosine_shuffled_minibatches() -> None:
+    """Momentum, a per-step schedule, shuffled batches and a last partial batch (512 = 5 x 100 + 12)."""
+    options = {"activation": "softmax", "batch_size": 100, "momentum": 0.9, "lr_schedule": "cosine", "epochs": 5}
+    reference = fit(config("numpy", **options))
+    tf_run = fit(config("tf", **options))
+    assert_learns(reference)
+    assert_same_training(tf_run, reference)
+    assert_same_training(fit(config("keras", **options)), tf_run)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_summed_weight_gradient_on_raw_pixels(activation: str) -> None:
+    """The weight gradient is the batch's row count times the mean one: 60, and 32 for the last batch of
+    512 = 8 x 60 + 32. Raw pixels make it large, hence the small learning rate and initial weights."""
+    options = {
+        "activation": activation,
+        "normalize": False,
+        "grad_reduction": "sum",
+        "lr": 3e-9,
+        "init_scale": 0.001,
+        "batch_size": 60,
+        "epochs": 3,
+    }
+    reference = fit(config("numpy", **options))
+    tf_run = fit(config("tf", **options))
+    assert_learns(reference)
+    assert_same_training(tf_run, reference)
+    assert_same_training(fit(config("keras", **options)), tf_run)
+    mean = fit(config("tf", **{**options, "grad_reduction": "mean"}))
+    assert not np.allclose(mean.result.weights, tf_run.result.weights, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("backend", "batch_size"), [("tf", 100), ("keras", 128)])
+def test_xla_matches_graph_mode(backend: str, batch_size: int) -> None:
+    """tf with a last partial batch (its own shape in the compiled epoch); keras with whole batches only,
+    since each batch shape is one more XLA compilation there."""
+    options = {"activation": "sigmoid", "batch_size": batch_size, "momentum": 0.5, "epochs": 3}
+    assert_same_training(fit(config(backend, xla=True, **options)), fit(config("tf", **options)))
+
+
+def test_keras_runs_in_each_runs_dtype() -> None:
+    """Keras keeps global dtype state: a float32 run after a float64 one in the same process is float32."""
+    for dtype in ("float64", "float32"):
+        run = fit(config("keras", dtype=dtype, batch_size=128, epochs=1))
+        assert run.result.weights.dtype == run.result.bias.dtype == np.dtype(dtype)
+
+
+# --- stopping, warm-up ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["tf", "keras"])
+def test_on_epoch_true_stops_after_that_epoch(backend: str) -> None:
+    run = fit(config(backend, batch_size=128, epochs=10), stop_after=3)
+    assert run.result.epochs_run == 3
+    assert len(run.curves["train_loss"]) == 3
+
+
+@pytest.mark.parametrize("backend", ["tf", "keras"])
+def test_warmup_changes_nothing(backend: str) -> None:
+    options = {"batch_size": 100, "momentum": 0.9, "lr_schedule": "linear", "epochs": 2}
+    cold = fit(config(backend, warmup_epochs=0, **options))
+    warm = fit(config(backend, warmup_epochs=2, **options))
+    assert warm.result.warmup_seconds > cold.result.warmup_seconds
+    assert_same_training(warm, cold, rtol=0)
+
+
+# --- device --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["tf", "keras"])
+def test_cpu_and_auto_devices(backend: str) -> None:
+    expected_auto = "gpu" if tf.config.get_visible_devices("GPU") else "cpu"
+    assert get(backend).resolve_device(config(backend, device="auto"))[0] == expected_auto
+    assert get(backend).resolve_device(config(backend, device="cpu")) == ("cpu", machine.cpu_model())
+
+
+@pytest.mark.parametrize("backend", ["tf", "keras"])
+def test_gpu_without_one_is_a_one_line_config_error(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind=None: [])
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    with pytest.raises(ConfigError) as info:
+        get(backend).resolve_device(config(backend, device="gpu"))
+    message = str(info.value)
+    assert message.startswith("device=gpu but TensorFlow sees no GPU") and "device=cpu" in message
+    assert "\n" not in message
+
+
+_GPU_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_tf_backends as t
+
+out = {{"auto": [t.get(b).resolve_device(t.config(b, device="auto"))[0] for b in ("tf", "keras")]}}
+for backend in ("tf", "keras"):  # the GPU first: a device=cpu run would hide it from this process
+    for device in ("gpu", "cpu"):
+        run = t.fit(t.config(backend, device=device, batch_size=64, momentum=0.9, epochs=3))
+        out[backend + "-" + device] = {{k: v.tolist() for k, v in run.curves.items()}}
+        out[backend + "-" + device]["weights"] = run.result.weights.ravel().tolist()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="TensorFlow sees no GPU on this machine")
+def test_gpu_matches_cpu() -> None:
+    """In a fresh process: this one's CPU-only tests may already have hidden the GPU from TensorFlow."""
+    script = _GPU_SCRIPT.format(tests=str(REPO / "tests"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["auto"] == ["gpu", "gpu"]
+    for backend in ("tf", "keras"):
+        gpu, cpu = out[backend + "-gpu"], out[backend + "-cpu"]
+        for key in (*COLUMNS, "weights"):
+            np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-7, atol=1e-9, err_msg=f"{backend} {key}")
+
+
+# --- imports -------------------------------------------------------------------------------------
+
+
+def test_numpy_runs_never_import_tensorflow() -> None:
+    script = """
+import sys
+import numpy as np
+import mnist_bench.backends.numpy_backend, mnist_bench.experiment, mnist_bench.cli
+from mnist_bench.backends import base, get
+from mnist_bench.config import Config
+cfg = Config(epochs=2, batch_size=4)
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (8, 784)), rng.integers(0, 10, 8)
+get("numpy").fit(base.prepare(x, y, x, y, cfg), cfg, lambda m: False)
+assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "NumPy run imported TensorFlow"
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["tf", "keras"])
+def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
+    for module in ("_tf_common", "tf_backend", "keras_backend"):  # forget them, so that they are imported again
+        monkeypatch.delitem(sys.modules, f"mnist_bench.backends.{module}", raising=False)
+        monkeypatch.delattr(backends, module, raising=False)
+    with pytest.raises(base.BackendUnavailable) as info:
+        get(backend)
+    message = str(info.value)
+    assert message.startswith(f"backend={backend} needs TensorFlow") and "pip install 'mnist-bench[tf]'" in message
+    assert "\n" not in message
+
+
+# --- real data -----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_BENCH_DATA_DIR"), reason="MNIST_BENCH_DATA_DIR is not set")
+def test_real_mnist_slice_float32(tmp_path: Path) -> None:
+    """The benchmark's setting (float32) on the first 2000 MNIST images: losses and weights within 1e-4
+    of NumPy's, accuracies within 2 images (float32 rounding can flip a near tie)."""
+    from omegaconf import OmegaConf
+
+    from mnist_bench import data
+
+    yaml = OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml")
+    spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
+    spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False, train_limit=2000)
+    dataset = data.load(spec)
+    runs = {}
+    for backend in ("numpy", "tf", "keras"):
+        cfg = config(backend, dtype="float32", activation="softmax", batch_size=128, epochs=3)
+        train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
+        runs[backend] = fit(cfg, train=train)
+    assert_learns(runs["numpy"])
+    expected = runs["numpy"]
+    for backend in ("tf", "keras"):
+        actual = runs[backend]
+        for column in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(actual.curves[column], expected.curves[column], rtol=1e-4, err_msg=column)
+        for column, rows in (("train_accuracy", 2000), ("test_accuracy", 10000)):
+            np.testing.assert_allclose(actual.curves[column], expected.curves[column], atol=2 / rows, err_msg=column)
+        np.testing.assert_allclose(actual.result.weights, expected.result.weights, rtol=1e-4, atol=1e-5)
