@@ -1,0 +1,686 @@
+"""``mnist-bench report``: one sweep's results, read from MLflow only, as Markdown, self-contained HTML,
+a CSV and PNG plots, written to a folder and logged to the sweep's parent run under ``report/``.
+
+The sweep is its parent run (by id, by name, or the latest one); its child runs give the params,
+tags and summary metrics, their metric histories the curves and the seconds per epoch. Runs that
+failed, were killed or diverged are kept out of the means but always listed, beside the cells of the
+sweep that never ran, so that a report never looks more complete than its sweep was.
+
+    python -m mnist_bench.report [--sweep latest|NAME|RUN_ID] [--filter KEY=VALUE ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import html
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mnist_bench import report_plots, sweep, tracking
+from mnist_bench.report_plots import Plot
+
+PROG = "mnist-bench report"
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+MAX_RESULTS = 50000  # the SQL store's limit for one search
+BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
+# Params that get no configuration column of their own: shown as backend/device already, averaged
+# over (seed), or only changing where and how a run is logged, never its numbers.
+NOT_CONFIG = {
+    "backend.name",
+    "device.name",
+    "seed",
+    "progress",
+    "resume",
+    "fail_fast",
+    "sweep_name",
+    "tracking.experiment",
+    "dataset.dir",
+    "dataset.cache_dir",
+    "dataset.download",
+    "dataset.mirrors",
+}
+METRICS = {  # per-run value -> heading in the main table
+    "final_test_accuracy": "final test acc",
+    "best_test_accuracy": "best test acc",
+    "final_train_accuracy": "final train acc",
+    "seconds_per_epoch": "s/epoch",
+    "time_to_target_seconds": "time to target (s)",
+    "samples_per_second": "samples/s",
+}
+HISTORY = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
+MACHINE_TAGS = ["cpu_model", "cpu_count", "device_name"]
+REFERENCE = "numpy-sigmoid"
+MODEL_ORDER = [REFERENCE, "tf-softmax", "numpy-softmax", "tf-sigmoid", "keras-sigmoid", "keras-softmax"]
+PROBLEM_COLUMNS = ["status", "cell", "run_id", "overrides", "error"]
+PROBLEMS_TITLE = "Incomplete or failed cells"
+Block = tuple[str, object]  # ("h2" | "p", str), ("ul", list[str]), ("table", DataFrame), ("plot", Plot)
+CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:.85em}"
+    "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;vertical-align:top}"
+    "th{background:#eee}code{background:#f3f3f3;padding:0 .2em}"
+    "figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:.85em;color:#555}"
+)
+
+
+class ReportError(Exception):
+    """Nothing (valid) to report: one line on stderr, exit status 2, and no file written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors become one ReportError line instead of usage text plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ReportError(message)
+
+
+def _filter(text: str) -> tuple[str, str]:
+    """One --filter value split at its first "=" (a value may hold more of them)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --filter lr=0.1)")
+    return key.strip(), value.strip()
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; a usage error raises ReportError (one line, exit 2) like every other bad input."""
+    parser = _Parser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
+    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
+    parser.add_argument("--experiment", default="mnist-bench", help="MLflow experiment (default: %(default)s)")
+    parser.add_argument("--sweep", default="latest", help="parent run id, sweep name, or latest (default)")
+    parser.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        type=_filter,
+        metavar="KEY=VALUE",
+        help="keep child runs whose param KEY equals VALUE (numbers compared as numbers); repeatable",
+    )
+    parser.add_argument("--out", type=Path, help="default: results/<sweep>/ (results/<sweep>/filtered/<filters>/)")
+    return parser.parse_args(argv)
+
+
+def _local_store(uri: str) -> Path | None:
+    """The database file or folder of a local store; None for a tracking server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://") or "://" not in uri:
+        return Path(uri.removeprefix("file://"))
+    return None
+
+
+def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
+    """A client and the id of an existing experiment. Unlike tracking.open_store this creates nothing,
+    so that a mistyped --tracking-uri or --experiment leaves no empty store behind."""
+    local = _local_store(uri)
+    if local is not None and not local.exists():
+        raise ReportError(
+            f"no tracking store at {tracking.redact(uri)}: pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
+    try:
+        tracking.check_reachable(uri)  # also: writable, since the report is logged back to the store
+    except tracking.TrackingError as err:
+        raise ReportError(str(err)) from err
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ReportError(f"no experiment {name!r} in {tracking.redact(uri)} (experiments: {names})")
+    return client, experiment.experiment_id
+
+
+def sweep_name(parent: Run) -> str:
+    """What a sweep is called: its sweep_id tag (the sweep_name config or a timestamp), else the run's name."""
+    return parent.data.tags.get("sweep_id") or parent.info.run_name or parent.info.run_id
+
+
+def find_sweep(client: MlflowClient, experiment_id: str, wanted: str, where: str) -> Run:
+    """The sweep's parent run: by run id, by name (run name or sweep_id tag), or the most recent one."""
+    sweeps = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tracking.TAG}kind` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=MAX_RESULTS,
+    )
+    for parent in sweeps:
+        if wanted == "latest" or wanted in (parent.info.run_id, parent.info.run_name, parent.data.tags.get("sweep_id")):
+            return parent
+    if not sweeps:
+        raise ReportError(f"no sweep in {where}; run one first, e.g. python -m mnist_bench -m lr=0.1,0.5")
+    latest = ", ".join(sweep_name(parent) for parent in sweeps[:5])
+    raise ReportError(f"no sweep named {wanted!r} (nor a parent run with that id) in {where}; latest sweeps: {latest}")
+
+
+def _run_row(run: Run) -> dict[str, object]:
+    """One child run as a flat record: params as logged (strings), summary metrics, the tags we report.
+    Status is lower-case, "diverged" for a finished run that diverged (as sweep.cell_statuses says)."""
+    tags, params = run.data.tags, run.data.params
+    status = run.info.status.lower()
+    if status == "finished" and tags.get("diverged") == "true":
+        status = "diverged"
+    return {
+        **params,
+        **run.data.metrics,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": status,
+        "error": tags.get(tracking.TAG + "error", ""),
+        "backend": params.get("backend.name") or tags.get("backend", ""),
+        "device": tags.get("device") or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
+        **{key: tags.get(key, "") for key in MACHINE_TAGS},
+    }
+
+
+def load_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[pd.DataFrame, list[str]]:
+    """The sweep's child runs, one row each, and the names of their params (what --filter may name)."""
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'", max_results=MAX_RESULTS
+    )
+    params = sorted({key for run in children for key in run.data.params})
+    runs = pd.DataFrame([_run_row(run) for run in children])
+    text = list(dict.fromkeys([*params, *BASE_CONFIG]))
+    runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *text, *METRICS])))
+    runs[text] = runs[text].fillna("")
+    return runs, params
+
+
+def normalise(value: object) -> str:
+    """A param value in comparable form: 0.1, 0.10 and 1e-1 are one number; True/true and None/null one word."""
+    text = str(value).strip().lower()
+    with contextlib.suppress(ValueError):
+        number = float(text)
+        if math.isfinite(number):
+            return repr(number)
+    return "none" if text == "null" else text
+
+
+def apply_filters(
+    runs: pd.DataFrame, params: Sequence[str], filters: Sequence[tuple[str, str]], name: str
+) -> pd.DataFrame:
+    """The runs whose params equal every KEY=VALUE; an unknown key, or no run left, is an error naming what exists."""
+    for done, (key, value) in enumerate(filters):
+        if key not in params:
+            known = ", ".join(params)
+            raise ReportError(
+                f"--filter {key}={value}: the runs of sweep {name!r} have no param {key!r}; params: {known}"
+            )
+        matching = runs[runs[key].map(normalise) == normalise(value)]
+        if matching.empty:
+            before = " with " + " ".join(f"{k}={v}" for k, v in filters[:done]) if done else ""
+            values = ", ".join(sorted(set(runs[key])))
+            raise ReportError(f"--filter {key}={value} matches no run of sweep {name!r}{before}; {key} there: {values}")
+        runs = matching
+    return runs
+
+
+def load_histories(client: MlflowClient, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Per-epoch metrics, one row per (run, epoch): the histories MLflow keeps with step = epoch."""
+    records = [
+        (run_id, key, point.step, point.value)
+        for run_id in run_ids
+        for key in HISTORY
+        for point in client.get_metric_history(run_id, key)
+    ]
+    long = pd.DataFrame(records, columns=["run_id", "metric", "epoch", "value"])
+    long = long.drop_duplicates(["run_id", "metric", "epoch"], keep="last")
+    wide = long.pivot(index=["run_id", "epoch"], columns="metric", values="value").reindex(columns=HISTORY)
+    return wide.rename_axis(columns=None).reset_index()
+
+
+def config_columns(runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
+    """The columns that define a configuration: the base ones, then any other param that varies
+    across the runs (seed excepted: it is what the means are taken over)."""
+    extra = [p for p in params if p not in BASE_CONFIG and p not in NOT_CONFIG and runs[p].nunique() > 1]
+    return [*BASE_CONFIG, *extra]
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    """Numbers in numeric order (full batch, "None", after every batch size), text alphabetically."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    return numbers.fillna(math.inf) if numbers.notna().any() else column
+
+
+def summary_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per configuration: n finished runs, how many were excluded (failed, killed, diverged,
+    still running), and the mean, std (ddof=1: NaN for one run) and count of each metric over the finished ones."""
+    finished = runs["status"].eq("finished")
+    counts = runs.assign(n=finished, excluded=~finished).groupby(columns)[["n", "excluded"]].sum()
+    stats = runs[finished].groupby(columns)[list(METRICS)].agg(["mean", "std", "count"])
+    stats.columns = [f"{metric}_{'n' if stat == 'count' else stat}" for metric, stat in stats.columns]
+    table = counts.join(stats).reset_index()
+    counted = [f"{metric}_n" for metric in METRICS]
+    table[counted] = table[counted].fillna(0).astype(int)
+    return table.sort_values(columns, key=_sort_key).reset_index(drop=True)
+
+
+def pooled_std(std_a: pd.Series, n_a: pd.Series, std_b: pd.Series, n_b: pd.Series) -> pd.Series:
+    """The seed-to-seed std two configurations share (pooled variance). NaN unless both have n >= 2:
+    one run says nothing about its own spread."""
+    pooled = (((n_a - 1) * std_a**2 + (n_b - 1) * std_b**2) / (n_a + n_b - 2)) ** 0.5
+    return pooled.where((n_a >= 2) & (n_b >= 2))
+
+
+def _verdict(row: Mapping[str, object]) -> str:
+    """Whether the accuracy difference to numpy-sigmoid exceeds the seed spread: |diff| > 2 * pooled std."""
+    if row["model"] == REFERENCE:
+        return "reference"
+    if pd.isna(row["final_test_accuracy_mean_ref"]):
+        return f"n/a: no {REFERENCE} at these settings"
+    if pd.isna(row["pooled_std"]):
+        return "unknown (n=1: spread unknown)"
+    return "yes" if abs(row["accuracy_diff"]) > 2 * row["pooled_std"] else "no"
+
+
+def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Each backend-activation pair beside numpy-sigmoid on the same device with otherwise-equal settings:
+    the accuracy difference, the speed ratio (numpy-sigmoid's s/epoch over this one's: > 1 is faster)
+    and whether the difference exceeds the seed spread."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    done = summary[summary["n"] > 0]
+    done = done.assign(model=done["backend"] + "-" + done["activation"])
+    kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n", "seconds_per_epoch_mean"]
+    reference = done.loc[done["model"] == REFERENCE, [*settings, *kept]]
+    table = done.merge(reference, on=settings, how="left", suffixes=("", "_ref"))
+    table["accuracy_diff"] = table["final_test_accuracy_mean"] - table["final_test_accuracy_mean_ref"]
+    table["speed_ratio"] = table["seconds_per_epoch_mean_ref"] / table["seconds_per_epoch_mean"]
+    table["pooled_std"] = pooled_std(
+        table["final_test_accuracy_std"],
+        table["final_test_accuracy_n"],
+        table["final_test_accuracy_std_ref"],
+        table["final_test_accuracy_n_ref"],
+    )
+    table["beyond_spread"] = [_verdict(row) for row in table.to_dict("records")]
+    table["rank"] = [MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER) for m in table["model"]]
+    return table.sort_values([*settings, "rank", "model"], key=_sort_key).reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a download progress bar on stderr unless told not to; a report prints one line."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = saved
+
+
+def load_cells(client: MlflowClient, parent_id: str) -> list[sweep.Cell] | None:
+    """The cells the sweep set out to run (its sweep_cells.json artifact); None when the parent has none."""
+    if sweep.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_id)}:
+        return None
+    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
+        path = client.download_artifacts(parent_id, sweep.CELLS_ARTIFACT, folder)
+        return [sweep.Cell(**item) for item in json.loads(Path(path).read_text())]
+
+
+def problem_cells(
+    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[sweep.Cell] | None
+) -> pd.DataFrame:
+    """Every planned cell that did not finish cleanly (missing, skipped, failed, killed, diverged, running),
+    then every selected run that did not and is not listed yet, with the error tag where there is one."""
+    errors = runs.set_index("run_id")["error"]
+    rows = []
+    for cell, status, run_id in sweep.cell_statuses(client, experiment_id, parent_id, cells) if cells else []:
+        # Missing and skipped cells have no run of this sweep to filter on: always listed.
+        if status != "finished" and (run_id in errors.index or status in ("missing", "skipped")):
+            rows.append((status, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
+    listed = {row[2] for row in rows}
+    unlisted = runs[runs["status"].ne("finished") & ~runs["run_id"].isin(listed)]
+    rows += [(r.status, r.run_name, r.run_id, "", r.error) for r in unlisted.itertuples(index=False)]
+    return pd.DataFrame(rows, columns=PROBLEM_COLUMNS).sort_values(["status", "cell"]).reset_index(drop=True)
+
+
+@dataclass
+class Selection:
+    """What one report is about, all of it read from MLflow: the sweep's parent run, its selected child runs
+    with their per-epoch histories, and the cells or runs that did not finish cleanly."""
+
+    uri: str
+    experiment: str
+    parent: Run
+    runs: pd.DataFrame  # the selected child runs, in table order, with seconds_per_epoch from their histories
+    columns: list[str]  # the configuration columns
+    filters: list[tuple[str, str]]
+    cells: list[sweep.Cell] | None
+    histories: pd.DataFrame  # per-epoch metrics of the finished runs
+    problems: pd.DataFrame
+    reaped: list[str]
+
+    @property
+    def name(self) -> str:
+        return sweep_name(self.parent)
+
+
+def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
+    """Open the store, reap dead runs, find the sweep and read its runs; every way of selecting nothing raises."""
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    client, experiment_id = open_experiment(uri, args.experiment)
+    reaped = tracking.reap(client, experiment_id)
+    where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
+    parent = find_sweep(client, experiment_id, args.sweep, where)
+    parent_id = parent.info.run_id
+    runs, params = load_runs(client, experiment_id, parent_id)
+    if runs.empty:
+        raise ReportError(f"sweep {sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
+    runs = apply_filters(runs, params, args.filters, sweep_name(parent))
+    columns = config_columns(runs, params)
+    runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=_sort_key)
+    histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
+    runs["seconds_per_epoch"] = runs["run_id"].map(histories.groupby("run_id")["epoch_seconds"].median())
+    cells = load_cells(client, parent_id)
+    problems = problem_cells(client, experiment_id, parent_id, runs, cells)
+    selection = Selection(
+        uri, args.experiment, parent, runs, columns, list(args.filters), cells, histories, problems, reaped
+    )
+    return client, selection
+
+
+def _number(value: float, metric: str) -> str:
+    """Accuracies to 4 decimals (differences of 0.001 matter), times and rates to 3 significant digits."""
+    if "accuracy" in metric:
+        return f"{value:.4f}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def mean_std(row: Mapping[str, object], metric: str) -> str:
+    """The "mean ± std" over a configuration's seeds: the mean alone where one run has it (spread unknown),
+    "—" where none does, and "(k/n)" where only k of its n finished runs have the metric."""
+    n, mean, std = row[f"{metric}_n"], row[f"{metric}_mean"], row[f"{metric}_std"]
+    if n == 0:
+        return "—"
+    text = _number(mean, metric) if n < 2 else f"{_number(mean, metric)} ± {_number(std, metric)}"
+    return text if n == row["n"] else f"{text} ({n}/{row['n']})"
+
+
+def _shown_config(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The configuration columns as a reader wants them: batch_size None is the full batch."""
+    return frame[list(columns)].replace({"batch_size": {"None": "full"}})
+
+
+def _redacted(overrides: str) -> str:
+    """The sweep's overrides with any password taken out of a URI value (tracking.uri=http://user:pw@host)."""
+    return " ".join(
+        key + sep + tracking.redact(value) for key, sep, value in (o.partition("=") for o in overrides.split())
+    )
+
+
+def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
+    """Which sweep, where from, when, on what machine, how many runs, and the command behind it."""
+    parent, runs = sel.parent, sel.runs
+    started = dt.datetime.fromtimestamp(parent.info.start_time / 1000).astimezone()
+    statuses = ", ".join(f"{count} {status}" for status, count in runs["status"].value_counts().sort_index().items())
+    planned = f" of {len(sel.cells)} cells planned" if sel.cells is not None else ""
+
+    def distinct(column: str) -> str:
+        return ", ".join(sorted({value for value in runs[column] if value})) or "unknown"
+
+    items = [
+        f"Sweep: `{sel.name}`, parent run `{parent.info.run_id}` ({parent.info.status}), started "
+        f"{started:%Y-%m-%d %H:%M %Z}",
+        f"Tracking store: `{tracking.redact(sel.uri)}`, experiment `{sel.experiment}`",
+        f"Report generated: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"Machine: {distinct('cpu_model')} ({distinct('cpu_count')} cores); devices: {distinct('device_name')}",
+        f"Runs: {len(runs)} ({statuses}){planned}, in {len(summary)} configurations",
+        f"Command: `python -m mnist_bench -m {_redacted(parent.data.params.get('sweep.overrides', '(not logged)'))}`",
+    ]
+    if sel.filters:
+        items.append("Filters: " + ", ".join(f"`{key}={value}`" for key, value in sel.filters))
+    if sel.reaped:
+        items.append(f"Reaped before reading: {len(sel.reaped)} run(s) of the experiment whose process was gone")
+    if not sel.problems.empty:
+        items.append(f"Warning: {len(sel.problems)} cell(s) or run(s) incomplete or failed, see '{PROBLEMS_TITLE}'")
+    return [("ul", items)]
+
+
+def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
+    """The NumPy-sigmoid vs TF-softmax (and every other pair) comparison, with its rule spelled out."""
+    blocks: list[Block] = [("h2", "Headline: each backend-activation beside numpy-sigmoid")]
+    table = headline_table(summary, columns)
+    if table.empty:
+        return [*blocks, ("p", "No configuration has a finished run: nothing to compare.")]
+    blocks.append(
+        (
+            "p",
+            f"Rows share the device and every other setting with the {REFERENCE} row they are compared to. "
+            f"Δ acc = final test accuracy minus {REFERENCE}'s; speed ratio = {REFERENCE}'s s/epoch ÷ this "
+            "row's (> 1: faster). Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the "
+            "seed-to-seed std pooled over both configurations); it needs n ≥ 2 on both sides, so with "
+            "n = 1 the spread is unknown and so is the answer.",
+        )
+    )
+    if (table["n"] < 2).all():
+        blocks.append(("p", "Every configuration here has one finished run: no difference can be called real."))
+    settings = [
+        "device",
+        *[c for c in report_plots.varying(table, columns) if c not in ("backend", "activation", "device")],
+    ]
+    records = table.to_dict("records")
+    shown = _shown_config(table, settings).assign(
+        model=table["model"],
+        n=table["n"],
+        **{
+            "test acc": [mean_std(row, "final_test_accuracy") for row in records],
+            "s/epoch": [mean_std(row, "seconds_per_epoch") for row in records],
+            f"Δ acc vs {REFERENCE}": table["accuracy_diff"].map(lambda d: "" if pd.isna(d) else f"{d:+.4f}"),
+            "speed ratio": table["speed_ratio"].map(lambda r: "" if pd.isna(r) else f"{r:.2f}×"),
+            "beyond seed spread": table["beyond_spread"],
+        },
+    )
+    return [*blocks, ("table", shown)]
+
+
+def problem_blocks(sel: Selection) -> list[Block]:
+    """The cells and runs that are not in the means, each with its status and error."""
+    blocks: list[Block] = [("h2", PROBLEMS_TITLE)]
+    if sel.cells is None:
+        blocks.append(("p", f"The parent run has no {sweep.CELLS_ARTIFACT}: cells that never started cannot be seen."))
+    problems = sel.problems
+    if problems.empty:
+        return [*blocks, ("p", "None: every cell of the selection finished without diverging.")]
+    blocks.append(
+        (
+            "p",
+            "Not in the means and curves: failed, killed (including runs the reaper found dead), diverged and "
+            "still-running runs, and missing cells (planned, never started). Skipped cells already had a "
+            "FINISHED run (its id shown) in the experiment and were not re-run; that run is in no table here."
+            + (" Missing and skipped cells have no run to filter on: all are listed." if sel.filters else ""),
+        )
+    )
+    shown = problems.assign(error=problems["error"].map(lambda e: " ".join(e.split())[:300]))
+    return [*blocks, ("table", shown)]
+
+
+def summary_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
+    """The main table: every configuration, mean ± std over seeds of each metric, n and what was excluded."""
+    blocks: list[Block] = [
+        ("h2", "All configurations"),
+        (
+            "p",
+            "Mean ± std over seeds (sample std, ddof = 1) of the finished, non-diverged runs; n = runs in the "
+            "mean; excluded = failed, killed, diverged or running runs of the configuration (listed under "
+            f"'{PROBLEMS_TITLE}'). With n = 1 no std is shown: the spread is unknown. s/epoch = median epoch "
+            "of each run, then the mean over runs. (k/n): only k of the n runs have the value (time to "
+            "target: runs that reached it). The same numbers, unrounded, are in summary.csv.",
+        ),
+    ]
+    shown = [m for m in METRICS if summary[f"{m}_n"].any()]
+    if "time_to_target_seconds" not in shown:
+        blocks.append(("p", "Time to target: not measured (no run reached target_accuracy, or none was set)."))
+    records = summary.to_dict("records")
+    table = _shown_config(summary, columns).assign(
+        n=summary["n"],
+        **{METRICS[m]: [mean_std(row, m) for row in records] for m in shown},
+        excluded=summary["excluded"],
+    )
+    return [*blocks, ("table", table)]
+
+
+def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[str]]:
+    """All plots of the finished runs, and a note for each plot that had to be skipped."""
+    finished = sel.runs[sel.runs["status"].eq("finished")]
+    if finished.empty:
+        return [], ["No plots: no run of the selection finished without failing or diverging."]
+    results = [
+        *report_plots.curves(finished, sel.histories, sel.columns),
+        report_plots.accuracy_vs_lr(summary, sel.columns),
+        report_plots.seconds_per_epoch(finished, sel.columns),
+        report_plots.heatmap(summary, sel.columns),
+    ]
+    return [r for r in results if isinstance(r, Plot)], [r for r in results if isinstance(r, str)]
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table; a "|" inside a cell is escaped so that it cannot split the row."""
+    cells = table.astype(str).apply(lambda column: column.str.replace("|", "\\|", regex=False))
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
+
+
+def to_markdown(title: str, blocks: Sequence[Block]) -> str:
+    """report.md: the images beside it, referred to by file name."""
+    parts = [f"# {title}"]
+    for kind, content in blocks:
+        match kind:
+            case "h2":
+                parts.append(f"## {content}")
+            case "p":
+                parts.append(str(content))
+            case "ul":
+                parts.append("\n".join(f"- {item}" for item in content))
+            case "table":
+                parts.append(_markdown_table(content))
+            case "plot":
+                parts.append(f"![{content.name}]({content.name})\n\n{content.caption}")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans, the only Markdown the report's prose uses."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def to_html(title: str, blocks: Sequence[Block]) -> str:
+    """One page that opens offline: inline CSS, PNGs as data: URIs, no script, font or external link."""
+    parts = [f"<h1>{_inline(title)}</h1>"]
+    for kind, content in blocks:
+        match kind:
+            case "h2":
+                parts.append(f"<h2>{_inline(content)}</h2>")
+            case "p":
+                parts.append(f"<p>{_inline(content)}</p>")
+            case "ul":
+                parts.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in content) + "</ul>")
+            case "table":
+                parts.append(content.to_html(index=False, border=0, na_rep=""))
+            case "plot":
+                data = base64.b64encode(content.png).decode("ascii")
+                parts.append(
+                    f'<figure><img alt="{html.escape(content.name)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{_inline(content.caption)}</figcaption></figure>"
+                )
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style>'
+    return f"<!DOCTYPE html>\n<html><head>{head}</head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+
+
+def render(sel: Selection) -> dict[str, bytes]:
+    """Every file of the report, in memory: nothing touches the disk until all of it exists."""
+    summary = summary_table(sel.runs, sel.columns)
+    plots, notes = make_plots(sel, summary)
+    blocks = [
+        *header_blocks(sel, summary),
+        *headline_blocks(summary, sel.columns),
+        *problem_blocks(sel),
+        *summary_blocks(summary, sel.columns),
+        ("h2", "Plots"),
+        *[("plot", plot) for plot in plots],
+        *[("p", note) for note in notes],
+    ]
+    title = f"MNIST benchmark report: {sel.name}"
+    files = {
+        "report.md": to_markdown(title, blocks).encode(),
+        "report.html": to_html(title, blocks).encode(),
+        "summary.csv": summary.to_csv(index=False).encode(),
+    }
+    return files | {plot.name: plot.png for plot in plots}
+
+
+def _slug(text: str) -> str:
+    """Text made safe as one path component (sweep names and filters go into folder names)."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "_"
+
+
+def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
+    """The local folder and the parent run's artifact folder: report/ for the whole sweep, and
+    report/filtered/<filters>/ for a filtered one, so that it never overwrites the full report."""
+    sub = "filtered/" + _slug(",".join(f"{key}={value}" for key, value in sel.filters)) if sel.filters else ""
+    return out or Path("results") / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write beside ``path`` and rename over it: a reader never sees half a file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for reading
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report and log it to the sweep's parent run; 2 with one line on stderr when there is nothing
+    (valid) to report, 1 when the files were written but could not be logged."""
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        client, sel = select(args)
+        files = render(sel)
+    except ReportError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    folder, artifact_path = destinations(sel, args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        write_atomic(folder / name, content)
+    try:
+        for name in files:
+            client.log_artifact(sel.parent.info.run_id, str(folder / name), artifact_path)
+    except (MlflowException, OSError) as err:
+        print(
+            f"{PROG}: error: wrote {folder} but could not log it to run {sel.parent.info.run_id}: {err}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    print(
+        f"report of sweep {sel.name}: {folder / 'report.md'} ({len(sel.runs)} runs; also {artifact_path}/ "
+        f"of run {sel.parent.info.run_id})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

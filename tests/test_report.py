@@ -1,0 +1,460 @@
+"""Tests for mnist_bench.report on a sweep logged by hand into a temporary SQLite store (no training),
+and one slow end-to-end test that runs a tiny real sweep and the report through the CLI."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mnist_bench import machine, report, report_plots, sweep, tracking
+
+EXPERIMENT = "mnist-bench"
+SWEEP = "sweep-test"
+N_TRAIN = 2000
+EPOCHS = 3
+CONFIGS = [
+    (backend, activation, lr, EPOCHS)
+    for backend in ("numpy", "tf")
+    for activation in ("sigmoid", "softmax")
+    for lr in ("0.1", "0.5")
+]
+SEEDS = (0, 1)
+FAILED = ("tf", "softmax", "0.5", EPOCHS, 1)  # raised in its second epoch: FAILED, with an error tag
+MISSING = ("numpy", "softmax", "0.5", EPOCHS, 1)  # planned, never started: no run at all
+DIVERGED = ("tf", "sigmoid", "0.5", EPOCHS, 0)  # FINISHED, but its losses went to NaN
+DEAD = ("numpy", "softmax", "0.1", EPOCHS, 1)  # left RUNNING by a process that is gone: the reaper kills it
+ERROR = "ValueError: boom | in epoch 2"  # the pipe must survive Markdown
+CONFIG_DTYPES = dict.fromkeys(report.BASE_CONFIG, str)
+
+
+def cell_name(key: tuple) -> str:
+    backend, activation, lr, epochs, seed = key
+    return f"{backend}-{activation}-lr{lr}-e{epochs}-b256-s{seed}"
+
+
+@dataclass
+class LoggedSweep:
+    """The hand-made sweep: where it is, and every number logged, to check the report against."""
+
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+    parent_id: str
+    old_parent_id: str
+    logged: dict[tuple, dict] = field(default_factory=dict)  # (backend, activation, lr, epochs, seed) -> run
+
+
+def fake_run(key: tuple, rng: np.random.Generator) -> dict:
+    """Plausible per-epoch curves and the summary metrics experiment.py derives from them."""
+    backend, activation, lr, epochs, _ = key
+    base = 0.80 + 0.03 * (activation == "softmax") + 0.02 * (lr == "0.5") + rng.normal(0, 0.004)
+    test_acc = base + 0.01 * np.arange(1, epochs + 1) + rng.normal(0, 0.002, epochs)
+    seconds = (0.4 if backend == "numpy" else 0.15) * (1 + rng.uniform(0, 0.3, epochs))
+    history = {
+        "train_loss": 1.0 / np.arange(2, epochs + 2) + rng.uniform(0, 0.01, epochs),
+        "test_loss": 1.1 / np.arange(2, epochs + 2) + rng.uniform(0, 0.01, epochs),
+        "train_accuracy": test_acc + 0.01,
+        "test_accuracy": test_acc,
+        "epoch_seconds": seconds,
+    }
+    if key == DIVERGED:
+        history["train_loss"][-1] = history["test_loss"][-1] = np.nan
+        history["test_accuracy"][-1] = 0.098
+    summary = {
+        "final_test_accuracy": history["test_accuracy"][-1],
+        "final_train_accuracy": history["train_accuracy"][-1],
+        "best_test_accuracy": np.nanmax(history["test_accuracy"]),
+        "epochs_run": epochs,
+        "train_seconds": seconds.sum(),
+        "warmup_seconds": seconds[0],
+        "samples_per_second": N_TRAIN * epochs / seconds.sum(),
+        "wall_seconds": seconds.sum() + 2.0,
+    }
+    reached = np.flatnonzero(test_acc >= 0.86)
+    if reached.size:
+        summary["time_to_target_seconds"] = seconds[: reached[0] + 1].sum()
+    return {"history": history, "summary": summary}
+
+
+def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tuple, run: dict, start: int) -> None:
+    """One child run as experiment.run and tracking.tracked_run log it, with the status the key calls for."""
+    backend, activation, lr, epochs, seed = key
+    params = {
+        "backend.name": backend,
+        "activation": activation,
+        "lr": lr,
+        "epochs": epochs,
+        "batch_size": 256,
+        "seed": seed,
+        "device.name": "cpu",
+        "dataset.name": "mnist",
+        "momentum": 0.0,
+    }
+    tags = {
+        tracking.PARENT_TAG: parent_id,
+        tracking.TAG + "config_hash": f"hash-{cell_name(key)}",
+        "sweep_id": parent_id,  # experiment.py tags a sweep's jobs with the parent run's id
+        "backend": backend,
+        "activation": activation,
+        "device": "cpu",
+        "device_name": "Test CPU 9000",
+        "cpu_model": "Test CPU 9000",
+        "cpu_count": "2",
+        "diverged": str(key == DIVERGED).lower(),
+    }
+    if key == DEAD:
+        tags |= {
+            tracking.TAG + "host": machine.hostname(),
+            tracking.TAG + "pid": str(2**22 + 7),  # above Linux's pid_max: no such process
+            tracking.TAG + "pid_start": "12345",
+        }
+    if key == FAILED:
+        tags[tracking.TAG + "error"] = ERROR
+    epochs_logged = 1 if key in (FAILED, DEAD) else epochs
+    metrics = [
+        Metric(name, float(values[step - 1]), start, step)
+        for name, values in run["history"].items()
+        for step in range(1, epochs_logged + 1)
+    ]
+    if key not in (FAILED, DEAD):
+        metrics += [Metric(name, float(value), start, 0) for name, value in run["summary"].items()]
+    run_id = client.create_run(experiment_id, start_time=start, run_name=cell_name(key)).info.run_id
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
+    if key != DEAD:
+        client.set_terminated(run_id, tracking.FAILED if key == FAILED else tracking.FINISHED)
+
+
+def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[sweep.Cell] | None) -> str:
+    """A sweep's parent run as sweep.SweepCallback opens it, with its sweep_cells.json unless cells is None."""
+    tags = {tracking.TAG + "kind": "sweep", "sweep_id": name}
+    parent_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags).info.run_id
+    client.log_param(
+        parent_id, "sweep.overrides", f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
+    )
+    if cells is not None:
+        client.log_dict(parent_id, [cell.__dict__ for cell in cells], sweep.CELLS_ARTIFACT)
+    return parent_id
+
+
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory: pytest.TempPathFactory, make_store: Callable) -> LoggedSweep:
+    """An older sweep whose only run failed (and no sweep_cells.json), then the sweep under test: 2 seeds of
+    8 configurations, one run failed, one diverged, one left RUNNING by a dead process, and one cell missing."""
+    uri = make_store(tmp_path_factory.mktemp("store")).uri  # conftest's copy of a migrated empty store
+    client, experiment_id = tracking.open_store(uri, EXPERIMENT)
+    start = 1_700_000_000_000
+    old_parent = log_parent(client, experiment_id, "sweep-old", start, None)
+    log_child(client, experiment_id, old_parent, FAILED, fake_run(FAILED, np.random.default_rng(99)), start)
+    client.set_terminated(old_parent, tracking.FINISHED)
+
+    keys = [(*config, seed) for config in CONFIGS for seed in SEEDS]
+    cells = [sweep.Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
+    parent_id = log_parent(client, experiment_id, SWEEP, start + 60_000, cells)
+    result = LoggedSweep(uri, client, experiment_id, parent_id, old_parent)
+    for index, key in enumerate(keys):
+        if key != MISSING:
+            result.logged[key] = fake_run(key, np.random.default_rng(index))
+            log_child(client, experiment_id, parent_id, key, result.logged[key], start + 61_000 + index)
+    client.set_terminated(parent_id, tracking.FAILED)
+    return result
+
+
+def run_report(sweep_store: LoggedSweep, out: Path, *args: str) -> int:
+    return report.main(["--tracking-uri", sweep_store.uri, "--out", str(out), *args])
+
+
+@pytest.fixture(scope="module")
+def full_report(sweep_store: LoggedSweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of the latest sweep (the default), unfiltered."""
+    out = tmp_path_factory.mktemp("full") / "report"
+    assert run_report(sweep_store, out) == 0
+    return out
+
+
+def ok_runs(sweep_store: LoggedSweep, config: tuple) -> list[dict]:
+    """The runs of a configuration that count in the means: finished and not diverged."""
+    return [run for key, run in sweep_store.logged.items() if key[:4] == config and key not in (FAILED, DIVERGED, DEAD)]
+
+
+def section(text: str, title: str) -> str:
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def read_summary(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "summary.csv", dtype=CONFIG_DTYPES, keep_default_na=False, na_values=[""])
+
+
+def assert_self_contained(folder: Path) -> None:
+    """Every PNG embedded once as a data: URI, and nothing the page would fetch from elsewhere."""
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(list(folder.glob("*.png")))
+    assert not re.search(r"https?://", page)
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', page))
+    assert not re.search(r"<script|<link|@import|url\(", page, re.IGNORECASE)
+
+
+# --- the full report --------------------------------------------------------------------------------
+
+
+def test_summary_numbers_equal_the_logged_metrics(sweep_store: LoggedSweep, full_report: Path) -> None:
+    summary = read_summary(full_report).set_index(["backend", "activation", "lr", "epochs"])
+    assert len(summary) == len(CONFIGS)
+    for backend, activation, lr, epochs in CONFIGS:
+        row = summary.loc[(backend, activation, lr, str(epochs))]
+        runs = ok_runs(sweep_store, (backend, activation, lr, epochs))
+        assert row["n"] == len(runs)
+        assert row["device"] == "cpu" and row["batch_size"] == "256"
+        values = {
+            name: [run["summary"].get(name) for run in runs] for name in report.METRICS if name != "seconds_per_epoch"
+        }
+        values["seconds_per_epoch"] = [np.median(run["history"]["epoch_seconds"]) for run in runs]
+        for name, logged in values.items():
+            logged = [v for v in logged if v is not None]
+            assert row[f"{name}_n"] == len(logged), name
+            if logged:
+                assert row[f"{name}_mean"] == pytest.approx(np.mean(logged), rel=1e-9), name
+            if len(logged) > 1:
+                assert row[f"{name}_std"] == pytest.approx(np.std(logged, ddof=1), rel=1e-9), name
+            else:
+                assert np.isnan(row[f"{name}_std"]), f"{name}: one run has no spread"
+
+
+def test_failed_killed_and_diverged_runs_are_excluded_but_counted(full_report: Path) -> None:
+    summary = read_summary(full_report).set_index(["backend", "activation", "lr", "epochs"])
+    for key in (FAILED, DIVERGED, DEAD):
+        row = summary.loc[(key[0], key[1], key[2], str(key[3]))]
+        assert (row["n"], row["excluded"]) == (1, 1)
+    missing = summary.loc[(MISSING[0], MISSING[1], MISSING[2], str(MISSING[3]))]
+    assert (missing["n"], missing["excluded"]) == (1, 0)
+
+
+def test_incomplete_and_failed_cells_are_listed(sweep_store: LoggedSweep, full_report: Path) -> None:
+    markdown = (full_report / "report.md").read_text()
+    listed = section(markdown, report.PROBLEMS_TITLE)
+    rows = {line.split(" | ")[1]: line for line in listed.splitlines() if line.startswith("| ") and " | " in line}
+    assert set(rows) - {"cell"} == {cell_name(key) for key in (FAILED, MISSING, DIVERGED, DEAD)}
+    assert rows[cell_name(FAILED)].startswith("| failed") and ERROR.replace("|", "\\|") in rows[cell_name(FAILED)]
+    assert rows[cell_name(MISSING)].startswith("| missing")
+    assert rows[cell_name(DIVERGED)].startswith("| diverged")
+    assert rows[cell_name(DEAD)].startswith("| killed") and "process gone" in rows[cell_name(DEAD)]
+    assert html.escape(ERROR) in (full_report / "report.html").read_text()
+    dead_run_id = rows[cell_name(DEAD)].split(" | ")[2]
+    assert sweep_store.client.get_run(dead_run_id).info.status == "KILLED", "reaped before the report read it"
+
+
+def test_header_names_sweep_store_machine_and_command(sweep_store: LoggedSweep, full_report: Path) -> None:
+    header = (full_report / "report.md").read_text().split("\n## ", 1)[0]
+    assert f"`{SWEEP}`" in header and sweep_store.parent_id in header
+    assert sweep_store.uri in header and "Test CPU 9000" in header and "(2 cores)" in header
+    assert "Runs: 15 (1 diverged, 1 failed, 12 finished, 1 killed) of 16 cells planned" in header
+    assert "`python -m mnist_bench -m backend=numpy,tf activation=sigmoid,softmax" in header
+
+
+def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
+    names = {path.name for path in full_report.iterdir()}
+    assert names == {
+        "report.md",
+        "report.html",
+        "summary.csv",
+        "curves.png",
+        "accuracy_vs_lr.png",
+        "seconds_per_epoch.png",
+    }
+    assert all((full_report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in names if name.endswith(".png"))
+    assert_self_contained(full_report)
+    assert "Heatmap of test accuracy over lr x epochs: skipped" in (full_report / "report.md").read_text()
+
+
+def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep, full_report: Path) -> None:
+    headline = report.headline_table(read_summary(full_report), report.BASE_CONFIG).set_index(["model", "lr"])
+
+    def per_run(config: tuple, value) -> list[float]:
+        return [value(run) for run in ok_runs(sweep_store, config)]
+
+    def accuracy(run: dict) -> float:
+        return run["summary"]["final_test_accuracy"]
+
+    def seconds(run: dict) -> float:
+        return np.median(run["history"]["epoch_seconds"])
+
+    numpy_sigmoid, tf_softmax = ("numpy", "sigmoid", "0.1", EPOCHS), ("tf", "softmax", "0.1", EPOCHS)
+    diff = np.mean(per_run(tf_softmax, accuracy)) - np.mean(per_run(numpy_sigmoid, accuracy))
+    pooled = np.sqrt(
+        (np.var(per_run(tf_softmax, accuracy), ddof=1) + np.var(per_run(numpy_sigmoid, accuracy), ddof=1)) / 2
+    )
+    row = headline.loc[("tf-softmax", "0.1")]
+    assert row["accuracy_diff"] == pytest.approx(diff)
+    assert row["pooled_std"] == pytest.approx(pooled)  # two seeds each: the pooled variance is the plain average
+    assert row["beyond_spread"] == ("yes" if abs(diff) > 2 * pooled else "no")
+    assert row["speed_ratio"] == pytest.approx(
+        np.mean(per_run(numpy_sigmoid, seconds)) / np.mean(per_run(tf_softmax, seconds))
+    )
+    assert headline.loc[("numpy-sigmoid", "0.1"), "beyond_spread"] == "reference"
+    # tf-softmax lr=0.5 kept one run (the other failed): its spread is unknown, and the report says so.
+    assert headline.loc[("tf-softmax", "0.5"), "beyond_spread"] == "unknown (n=1: spread unknown)"
+    order = list(headline.xs("0.1", level="lr").index)
+    assert order == ["numpy-sigmoid", "tf-softmax", "numpy-softmax", "tf-sigmoid"]
+    text = section((full_report / "report.md").read_text(), "Headline")
+    assert "2 × pooled std" in text and "unknown (n=1: spread unknown)" in text
+
+
+def test_artifacts_are_logged_to_the_parent_run(sweep_store: LoggedSweep, full_report: Path) -> None:
+    logged = {
+        item.path.removeprefix("report/") for item in sweep_store.client.list_artifacts(sweep_store.parent_id, "report")
+    }
+    assert {path.name for path in full_report.iterdir()} <= logged
+    assert not list(full_report.glob(".*")), "no temporary file is left behind"
+
+
+# --- selection and filters --------------------------------------------------------------------------
+
+
+def test_filters_narrow_the_rows(sweep_store: LoggedSweep, tmp_path: Path) -> None:
+    out = tmp_path / "numpy"
+    assert run_report(sweep_store, out, "--sweep", SWEEP, "--filter", "backend.name=numpy", "--filter", "lr=0.10") == 0
+    summary = read_summary(out)
+    assert list(summary["activation"]) == ["sigmoid", "softmax"]
+    assert set(summary["backend"]) == {"numpy"} and set(summary["lr"]) == {"0.1"}
+    markdown = (out / "report.md").read_text()
+    assert "Test accuracy against lr: skipped" in markdown
+    assert "Filters: `backend.name=numpy`, `lr=0.10`" in markdown
+    assert_self_contained(out)
+    logged = sweep_store.client.list_artifacts(sweep_store.parent_id, "report/filtered/backend.name=numpy,lr=0.10")
+    assert {item.path.rsplit("/", 1)[1] for item in logged} == {path.name for path in out.iterdir()}
+
+
+def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSweep, tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    assert run_report(sweep_store, out, "--sweep", "sweep-old") == 0
+    summary = read_summary(out)
+    assert (list(summary["n"]), list(summary["excluded"])) == ([0], [1])
+    markdown = (out / "report.md").read_text()
+    assert "No configuration has a finished run" in markdown and "No plots: no run" in markdown
+    listed = section(markdown, report.PROBLEMS_TITLE)
+    assert f"has no {sweep.CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
+    assert not list(out.glob("*.png"))
+    assert_self_contained(out)
+
+
+def test_find_sweep_by_name_id_and_latest(sweep_store: LoggedSweep) -> None:
+    def found(wanted: str) -> str:
+        return report.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
+
+    assert found("latest") == found(SWEEP) == found(sweep_store.parent_id) == sweep_store.parent_id
+    assert found("sweep-old") == sweep_store.old_parent_id
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sweep", "nope"], ["'nope'", SWEEP, "sweep-old"]),
+        (["--filter", "lr=0.3"], ["lr=0.3", "0.1, 0.5"]),
+        (["--filter", "backend.name=numpy", "--filter", "activation=relu"], ["activation=relu", "sigmoid, softmax"]),
+        (["--filter", "colour=red"], ["'colour'", "backend.name", "lr"]),
+        (["--filter", "lr"], ["KEY=VALUE"]),
+        (["--experiment", "other"], ["'other'", EXPERIMENT]),
+    ],
+)
+def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
+    sweep_store: LoggedSweep,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    args,
+    expected,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: results/<sweep>/
+
+    def artifacts() -> list[tuple]:
+        return [(item.path, item.file_size) for item in sweep_store.client.list_artifacts(sweep_store.parent_id)]
+
+    before = artifacts()
+    assert report.main(["--tracking-uri", sweep_store.uri, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-bench report: error: ") and err.count("\n") == 1
+    assert all(text in err for text in expected), err
+    assert not list(tmp_path.iterdir())
+    assert artifacts() == before
+
+
+def test_missing_store_is_reported_and_not_created(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    db = tmp_path / "nowhere.db"
+    assert report.main(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2
+    assert "no tracking store at" in capsys.readouterr().err
+    assert not db.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [("0.1", "0.10"), ("0.1", "1e-1"), ("256", "256.0"), ("None", "null"), ("True", "true")]
+)
+def test_normalise_makes_equal_values_equal(a: str, b: str) -> None:
+    assert report.normalise(a) == report.normalise(b)
+    assert report.normalise("0.1") != report.normalise("0.5")
+
+
+def test_heatmap_when_lr_and_epochs_both_vary() -> None:
+    grid = [
+        ("numpy", "sigmoid", lr, epochs, seed)
+        for lr in ("0.01", "0.1", "1")
+        for epochs in ("5", "10")
+        for seed in (0, 1)
+    ]
+    runs = pd.DataFrame(grid, columns=["backend", "activation", "lr", "epochs", "seed"]).assign(
+        device="cpu", batch_size="None", status="finished", seconds_per_epoch=0.5
+    )
+    runs = runs.assign(**{metric: 0.9 for metric in report.METRICS if metric != "seconds_per_epoch"})
+    summary = report.summary_table(runs, report.BASE_CONFIG)
+    assert list(summary["lr"]) == ["0.01", "0.01", "0.1", "0.1", "1", "1"]  # numeric order
+    assert list(summary["epochs"])[:2] == ["5", "10"] and set(summary["n"]) == {2}
+    plot = report_plots.heatmap(summary, report.BASE_CONFIG)
+    assert plot.name == "heatmap_lr_epochs.png" and plot.png.startswith(b"\x89PNG")
+    assert "skipped" in report_plots.heatmap(summary[summary["lr"] == "0.1"], report.BASE_CONFIG)
+
+
+# --- end to end ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_sweep_then_report_through_the_cli(
+    tmp_path: Path, mnist_dir: Path, run_cli: Callable, hydra_args: Callable
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [
+        "backend=numpy",
+        "activation=sigmoid,softmax",
+        "lr=0.1,0.5",
+        "epochs=2",
+        "batch_size=256",
+        "dataset.train_limit=2000",
+        "dataset.test_limit=500",
+        f"tracking.uri={uri}",
+        *hydra_args(tmp_path),
+    ]
+    env = {"MNIST_BENCH_DATA_DIR": str(mnist_dir)}
+    done = run_cli(["-m", *overrides], tmp_path, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "report"
+    done = run_cli(["report", "--tracking-uri", uri, "--out", str(out)], tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = read_summary(out)
+    assert len(summary) == 4 and set(summary["n"]) == {1}
+    assert set(summary["activation"]) == {"sigmoid", "softmax"} and set(summary["lr"]) == {"0.1", "0.5"}
+    assert summary["final_test_accuracy_mean"].between(0, 1).all()  # how well 2 epochs train is not our business
+    assert summary["seconds_per_epoch_mean"].gt(0).all()
+    markdown = (out / "report.md").read_text()
+    assert "None: every cell of the selection finished without diverging." in markdown
+    assert_self_contained(out)
