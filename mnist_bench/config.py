@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -197,12 +197,28 @@ def validate(cfg: DictConfig) -> Config:
     except ConfigError:
         raise
     except ConfigKeyError as err:
+        key = str(err.full_key or err.key)
         raise ConfigError(
-            f"unknown key '{err.full_key or err.key}': mnist-bench has no such setting"
+            f"unknown key '{key}': mnist-bench has no such setting; {_allowed_keys(key)}"
             " (python -m mnist_bench --cfg job lists them)"
         ) from err
-    except Exception as err:  # OmegaConf's own type errors: keep only the message
-        raise ConfigError(str(err).splitlines()[0]) from err
+    except Exception as err:  # OmegaConf's own type errors: keep only the message, with the key
+        key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {message}" if key else message) from err
+
+
+def _allowed_keys(full_key: str) -> str:
+    """The settings allowed beside an unknown dotted key, e.g. 'allowed in dataset: name, folder, ...'."""
+    node: object = Config()
+    parents: list[str] = []
+    for part in full_key.split(".")[:-1]:
+        child = getattr(node, part, None)
+        if not is_dataclass(child):
+            break
+        node, parents = child, [*parents, part]
+    where = f"in {'.'.join(parents)}" if parents else "at the top level"
+    return f"allowed {where}: " + ", ".join(f.name for f in fields(node))
 
 
 def as_flat_dict(cfg: Config) -> dict[str, object]:

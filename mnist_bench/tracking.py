@@ -18,12 +18,14 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from mnist_bench import machine
+
+if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
+    from mlflow.tracking import MlflowClient
 
 TAG = "mnist_bench."  # prefix of the harness's own tags
 PARENT_TAG = "mlflow.parentRunId"
@@ -101,6 +103,8 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)
     db = _sqlite_path(uri)
     lock = FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+    from mlflow.tracking import MlflowClient
+
     with lock:
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
@@ -130,10 +134,14 @@ class TrackedRun:
     run_id: str
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
         stamp = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifacts(self, folder: Path) -> None:
@@ -172,6 +180,8 @@ def tracked_run(
     parent_run_id: str | None = None,
 ) -> Iterator[TrackedRun]:
     """Open a run and close it with the status the harness decides, whatever happens inside."""
+    from mlflow.entities import Param
+
     all_tags = {**tags, **process_tags()}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id

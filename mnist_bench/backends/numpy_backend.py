@@ -42,6 +42,21 @@ def probabilities_and_loss(z: np.ndarray, y: np.ndarray, activation: str) -> tup
     return np.exp(log_p), -(log_p * y).sum(axis=1)
 
 
+def gradients(
+    x: np.ndarray,
+    y_onehot: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    activation: str,
+    weight_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, per-row loss, and the gradients of the batch's mean loss w.r.t. W (times weight_scale) and b."""
+    z = x @ weights + bias
+    p, loss = probabilities_and_loss(z, y_onehot, activation)
+    dz = (p - y_onehot) / len(x)  # d(mean loss)/dz for both activations
+    return z, loss, (x.T @ dz) * weight_scale, dz.sum(axis=0)
+
+
 class NumpyBackend:
     """Full-batch gradient descent or minibatch SGD, with optional momentum."""
 
@@ -97,14 +112,9 @@ class NumpyBackend:
         for step, start in enumerate(range(0, len(x), batch_size)):
             rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
             xb, yb = x[rows], y_onehot[rows]
-            z = xb @ weights + bias
-            p, loss = probabilities_and_loss(z, yb, cfg.activation)
+            z, loss, grad_w, grad_b = gradients(xb, yb, weights, bias, cfg.activation, weight_grad_scale(cfg, len(xb)))
             loss_sum += float(loss.sum())
             correct += int((z.argmax(axis=1) == labels[rows]).sum())
-
-            dz = (p - yb) / len(xb)  # d(mean loss)/dz for both activations
-            grad_w = (xb.T @ dz) * weight_grad_scale(cfg, len(xb))
-            grad_b = dz.sum(axis=0)
             if velocity is None:
                 weights -= lrs[step] * grad_w
                 bias -= lrs[step] * grad_b

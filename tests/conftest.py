@@ -1,0 +1,158 @@
+"""Shared fixtures: real MNIST (when CI provides it), the CLI as a subprocess, and real SQLite MLflow stores.
+
+Nothing here mocks MLflow, Hydra or NumPy, and nothing is written into the repository: stores,
+caches and Hydra output folders all live under pytest's tmp dirs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store skip its import time
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "mnist-bench"
+CLI_TIMEOUT_S = 300
+# Read once at import: a test module may hide the variable from its own tests (tests/test_data.py does).
+DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
+NO_DATA = "MNIST_BENCH_DATA_DIR is not set: real MNIST is not available here (CI sets it)"
+
+
+@dataclass
+class Store:
+    """A real MLflow SQLite store in a tmp folder."""
+
+    path: Path
+    uri: str
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The folder CI puts the real MNIST files in (it or its mnist/ subfolder holds them)."""
+    if not DATA_DIR:
+        pytest.skip(NO_DATA)
+    return Path(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of decoded arrays (and the roofline probe) for the session, never the user's own."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def cli_env(cache_dir: Path) -> dict[str, str]:
+    """The environment of a CLI child: this checkout first on the path, the session's cache, no stray settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env["MNIST_BENCH_CACHE_DIR"] = str(cache_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+RunCli = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="session")
+def run_cli(cli_env: dict[str, str]) -> RunCli:
+    """``run_cli(args, cwd, env=None)``: ``python -m mnist_bench *args`` in cwd; env entries set to None are unset."""
+
+    def run(args: list[str], cwd: Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess:
+        child_env = dict(cli_env)
+        for key, value in (env or {}).items():
+            if value is None:
+                child_env.pop(key, None)
+            else:
+                child_env[key] = value
+        return subprocess.run(
+            [sys.executable, "-m", "mnist_bench", *args],
+            cwd=cwd,
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty store with MLflow's schema already created: copying it saves every test the migrations."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
+
+
+MakeStore = Callable[[Path], Store]
+
+
+@pytest.fixture(scope="session")
+def make_store(store_template: Path) -> MakeStore:
+    """``make_store(folder)``: a fresh store at folder/mlflow.db (no experiment, no runs yet)."""
+
+    def make(folder: Path) -> Store:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "mlflow.db"
+        shutil.copyfile(store_template, path)
+        uri = f"sqlite:///{path}"
+        return Store(path, uri)
+
+    return make
+
+
+@pytest.fixture
+def store(tmp_path: Path, make_store: MakeStore) -> Store:
+    """A fresh real SQLite store in tmp_path: its URI and a client."""
+    return make_store(tmp_path)
+
+
+def fetch_runs(uri: str, experiment: str = EXPERIMENT) -> list[Run]:
+    """Every run of the experiment in the store at uri (any status); [] if the store or experiment does not exist."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []  # opening it would create it
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], run_view_type=ViewType.ALL, max_results=10000)
+
+
+@pytest.fixture(scope="session")
+def runs_of() -> Callable[[str], list[Run]]:
+    """``runs_of(uri)``: the runs of experiment mnist-bench in that store."""
+    return fetch_runs
+
+
+def hydra_dirs(folder: Path) -> list[str]:
+    """Overrides that keep Hydra's output folders under folder (never in the repository)."""
+    return [f"hydra.run.dir={folder}/outputs", f"hydra.sweep.dir={folder}/multirun"]
+
+
+@pytest.fixture(scope="session")
+def hydra_args() -> Callable[[Path], list[str]]:
+    """``hydra_args(folder)``: hydra.run.dir and hydra.sweep.dir under folder."""
+    return hydra_dirs

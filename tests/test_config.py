@@ -1,0 +1,205 @@
+"""The structured config: value checks (through validate and the dataclasses), the config hash, run names."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mnist_bench.config import (
+    BackendConfig,
+    Config,
+    ConfigError,
+    DatasetConfig,
+    DeviceConfig,
+    TrackingConfig,
+    as_flat_dict,
+    config_hash,
+    run_name,
+    validate,
+)
+
+MNIST_YAML = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "mnist.yaml"
+
+
+def composed(overrides: dict) -> object:
+    """What Hydra hands the job: the dataset's file list from conf/, then the overrides."""
+    return OmegaConf.merge(OmegaConf.create({"dataset": OmegaConf.load(MNIST_YAML)}), OmegaConf.create(overrides))
+
+
+# (overrides of the composed config, substrings its error must hold: the key, and what is allowed)
+BAD_VALUES = {
+    "lr-negative": ({"lr": -1.0}, ["lr=-1.0", "finite number > 0"]),
+    "lr-zero": ({"lr": 0.0}, ["lr=0.0", "finite number > 0"]),
+    "lr-nan": ({"lr": math.nan}, ["lr=nan", "finite number > 0"]),
+    "lr-inf": ({"lr": math.inf}, ["lr=inf", "finite number > 0"]),
+    "lr-minus-inf": ({"lr": -math.inf}, ["lr=-inf", "finite number > 0"]),
+    "epochs-zero": ({"epochs": 0}, ["epochs=0", ">= 1"]),
+    "batch-zero": ({"batch_size": 0}, ["batch_size=0", ">= 1", "null"]),
+    "target-zero": ({"target_accuracy": 0.0}, ["target_accuracy=0.0", "(0, 1]"]),
+    "target-above-one": ({"target_accuracy": 1.5}, ["target_accuracy=1.5", "(0, 1]"]),
+    "stop-without-target": ({"stop_at_target": True}, ["stop_at_target", "target_accuracy"]),
+    "activation": ({"activation": "relu"}, ["activation='relu'", "sigmoid", "softmax"]),
+    "init": ({"init": "xavier"}, ["init='xavier'", "zeros", "uniform", "normal"]),
+    "dtype": ({"dtype": "float16"}, ["dtype='float16'", "float32", "float64"]),
+    "lr-schedule": ({"lr_schedule": "step"}, ["lr_schedule='step'", "constant", "linear", "cosine"]),
+    "grad-reduction": ({"grad_reduction": "max"}, ["grad_reduction='max'", "mean", "sum"]),
+    "momentum-one": ({"momentum": 1.0}, ["momentum=1.0", "[0, 1)"]),
+    "device-unknown": ({"device": {"name": "tpu"}}, ["device='tpu'", "cpu", "gpu", "auto"]),
+    "numpy-on-gpu": ({"device": {"name": "gpu"}}, ["device=gpu", "backend=numpy", "tf or keras"]),
+    "numpy-with-xla": ({"backend": {"xla": True}}, ["backend.xla", "backend=numpy"]),
+    "threads-zero": ({"backend": {"threads": 0}}, ["backend.threads=0", ">= 1"]),
+    "train-limit-zero": ({"dataset": {"train_limit": 0}}, ["dataset.train_limit=0", ">= 1"]),
+    "unknown-top-key": ({"learning_rate": 0.1}, ["learning_rate", "allowed at the top level", "lr", "epochs"]),
+    "unknown-nested-key": ({"dataset": {"foo": 1}}, ["dataset.foo", "allowed in dataset", "train_limit", "dir"]),
+    "unknown-deep-key": ({"dataset": {"train_images": {"md5": "x"}}}, ["dataset.train_images.md5", "sha256"]),
+    "wrong-type": ({"epochs": "many"}, ["many", "epochs"]),
+}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_validate_rejects_bad_values_naming_the_key_and_what_is_allowed(overrides: dict, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        validate(composed(overrides))
+    message = str(caught.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, f"{part!r} missing from {message!r}"
+
+
+# The same checks when the dataclasses are built directly (as experiment code and tests do).
+DIRECT = {
+    "lr-zero": (lambda: Config(lr=0.0), "lr=0.0"),
+    "lr-negative": (lambda: Config(lr=-1.0), "lr=-1.0"),
+    "lr-nan": (lambda: Config(lr=math.nan), "lr=nan"),
+    "lr-inf": (lambda: Config(lr=math.inf), "lr=inf"),
+    "epochs-zero": (lambda: Config(epochs=0), "epochs=0"),
+    "batch-zero": (lambda: Config(batch_size=0), "batch_size=0"),
+    "target-zero": (lambda: Config(target_accuracy=0.0), "target_accuracy=0.0"),
+    "target-above-one": (lambda: Config(target_accuracy=1.5), "target_accuracy=1.5"),
+    "stop-without-target": (lambda: Config(stop_at_target=True), "stop_at_target"),
+    "activation": (lambda: Config(activation="tanh"), "activation='tanh'"),
+    "init": (lambda: Config(init="ones"), "init='ones'"),
+    "dtype": (lambda: Config(dtype="int8"), "dtype='int8'"),
+    "lr-schedule": (lambda: Config(lr_schedule="exp"), "lr_schedule='exp'"),
+    "numpy-on-gpu": (lambda: Config(device=DeviceConfig(name="gpu")), "device=gpu"),
+    "device-unknown": (lambda: DeviceConfig(name="tpu"), "device='tpu'"),
+}
+
+
+@pytest.mark.parametrize(("build", "expected"), DIRECT.values(), ids=DIRECT.keys())
+def test_dataclasses_reject_bad_values(build, expected: str) -> None:
+    with pytest.raises(ConfigError, match="is not allowed") as caught:
+        build()
+    assert expected in str(caught.value)
+
+
+def test_validate_accepts_edge_values_and_ignores_the_hydra_node() -> None:
+    cfg = validate(
+        composed(
+            {
+                "hydra": {"anything": "goes", "job": {"chdir": False}},
+                "lr": 1e-9,
+                "epochs": 1,
+                "batch_size": 1,
+                "target_accuracy": 1.0,
+                "stop_at_target": True,
+                "momentum": 0.0,
+                "device": {"name": "auto"},
+                "backend": {"name": "tf", "xla": True},
+            }
+        )
+    )
+    assert isinstance(cfg, Config)
+    assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.target_accuracy) == (1e-9, 1, 1, 1.0)
+    assert isinstance(cfg.backend, BackendConfig) and cfg.backend.xla
+    assert cfg.dataset.train_images.name == "train-images-idx3-ubyte"
+    assert Config(device=DeviceConfig(name="gpu"), backend=BackendConfig(name="keras")).device.name == "gpu"
+
+
+# --- config_hash ---------------------------------------------------------------------------------
+
+BASE = Config()
+
+# Fields that change where or how a run is logged or shown, never its numbers.
+SAME_NUMBERS = {
+    "tracking": dataclasses.replace(BASE, tracking=TrackingConfig(uri="sqlite:////elsewhere.db", experiment="x")),
+    "progress": dataclasses.replace(BASE, progress="none"),
+    "resume": dataclasses.replace(BASE, resume=False),
+    "fail_fast": dataclasses.replace(BASE, fail_fast=True),
+    "sweep_name": dataclasses.replace(BASE, sweep_name="nightly"),
+    "dataset.dir": dataclasses.replace(BASE, dataset=DatasetConfig(dir="/data/here")),
+    "dataset.cache_dir": dataclasses.replace(BASE, dataset=DatasetConfig(cache_dir="/tmp/cache")),
+    "dataset.download": dataclasses.replace(BASE, dataset=DatasetConfig(download=False)),
+    "dataset.mirrors": dataclasses.replace(BASE, dataset=DatasetConfig(mirrors=["https://example.org/"])),
+}
+
+OTHER_NUMBERS = {
+    "lr": dataclasses.replace(BASE, lr=0.2),
+    "seed": dataclasses.replace(BASE, seed=1),
+    "backend": dataclasses.replace(BASE, backend=BackendConfig(name="tf")),
+    "activation": dataclasses.replace(BASE, activation="softmax"),
+    "epochs": dataclasses.replace(BASE, epochs=11),
+    "batch_size": dataclasses.replace(BASE, batch_size=128),
+    "dtype": dataclasses.replace(BASE, dtype="float64"),
+    "train_limit": dataclasses.replace(BASE, dataset=DatasetConfig(train_limit=2000)),
+    "dataset.name": dataclasses.replace(BASE, dataset=DatasetConfig(name="fashion_mnist")),
+}
+
+
+@pytest.mark.parametrize("cfg", SAME_NUMBERS.values(), ids=SAME_NUMBERS.keys())
+def test_config_hash_ignores_where_and_how_a_run_is_logged(cfg: Config) -> None:
+    assert cfg != BASE
+    assert config_hash(cfg) == config_hash(BASE)
+
+
+@pytest.mark.parametrize("cfg", OTHER_NUMBERS.values(), ids=OTHER_NUMBERS.keys())
+def test_config_hash_changes_with_what_a_run_computes(cfg: Config) -> None:
+    assert config_hash(cfg) != config_hash(BASE)
+
+
+def test_config_hash_is_stable_and_short() -> None:
+    assert config_hash(Config()) == config_hash(Config())
+    assert len(config_hash(BASE)) == 16 and int(config_hash(BASE), 16) >= 0
+    assert len({config_hash(c) for c in OTHER_NUMBERS.values()}) == len(OTHER_NUMBERS)
+
+
+# --- run_name and as_flat_dict -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (Config(lr=0.1, epochs=100, seed=0), "numpy-sigmoid-lr0.1-e100-s0"),
+        (Config(lr=0.1, epochs=100, seed=0, batch_size=128), "numpy-sigmoid-lr0.1-e100-b128-s0"),
+        (Config(activation="softmax", lr=0.005, epochs=10, seed=3), "numpy-softmax-lr0.005-e10-s3"),
+        (Config(backend=BackendConfig(name="keras"), lr=1.0, epochs=5, batch_size=32), "keras-sigmoid-lr1-e5-b32-s0"),
+        (Config(dataset=DatasetConfig(name="fashion_mnist")), "numpy-sigmoid-lr0.1-e10-s0-fashion_mnist"),
+    ],
+)
+def test_run_name(cfg: Config, expected: str) -> None:
+    assert run_name(cfg) == expected
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
+    """Dotted names of every leaf field of a config dataclass, from the class definitions."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys |= _leaf_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.add(f"{prefix}{f.name}")
+    return keys
+
+
+def test_as_flat_dict_has_one_dotted_key_per_setting() -> None:
+    cfg = Config(lr=0.25, batch_size=64, dataset=DatasetConfig(train_limit=7))
+    flat = as_flat_dict(cfg)
+    assert set(flat) == _leaf_keys(Config)
+    assert {"lr", "backend.name", "device.name", "tracking.uri", "dataset.train_images.sha256"} <= set(flat)
+    assert not any(isinstance(v, dict) for v in flat.values())
+    assert (flat["lr"], flat["batch_size"], flat["dataset.train_limit"], flat["backend.name"]) == (0.25, 64, 7, "numpy")

@@ -1,0 +1,282 @@
+"""The NumPy backend: its gradient against finite differences, its losses against naive formulas,
+determinism, batching, the epoch callback, schedules, divergence, and the MNIST acceptance bar."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mnist_bench import config, data
+from mnist_bench.backends import base
+from mnist_bench.backends.base import EpochMetrics, FitResult, TrainData, initial_parameters, weight_grad_scale
+from mnist_bench.backends.numpy_backend import NumpyBackend, evaluate, gradients, probabilities_and_loss
+from mnist_bench.cli import conf_dir
+from mnist_bench.config import BackendConfig, Config
+
+N_CLASSES = 10
+
+
+# --- naive references: the textbook formulas, fine wherever nothing overflows --------------------
+
+
+def naive_sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def naive_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def naive_loss(z: np.ndarray, y: np.ndarray, activation: str) -> np.ndarray:
+    """Per-row loss: one-vs-rest binary cross-entropy (sigmoid) or categorical cross-entropy (softmax)."""
+    if activation == "sigmoid":
+        p = naive_sigmoid(z)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).sum(axis=1)
+    return -np.log((naive_softmax(z) * y).sum(axis=1))
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(N_CLASSES)[labels]
+
+
+# --- gradients and losses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_gradient_matches_central_finite_differences(activation: str, reduction: str) -> None:
+    rng = np.random.default_rng(7)
+    n, d = 9, 6
+    x = rng.normal(size=(n, d))
+    y = one_hot(rng.integers(0, N_CLASSES, n))
+    w = rng.normal(scale=0.5, size=(d, N_CLASSES))
+    b = rng.normal(scale=0.5, size=N_CLASSES)
+    cfg = Config(activation=activation, grad_reduction=reduction, dtype="float64")
+
+    _, _, grad_w, grad_b = gradients(x, y, w, b, activation, weight_grad_scale(cfg, n))
+
+    def mean_loss(w_: np.ndarray, b_: np.ndarray) -> float:
+        return float(naive_loss(x @ w_ + b_, y, activation).mean())
+
+    eps = 1e-6
+    fd_w = np.zeros_like(w)
+    for idx in np.ndindex(*w.shape):
+        step = np.zeros_like(w)
+        step[idx] = eps
+        fd_w[idx] = (mean_loss(w + step, b) - mean_loss(w - step, b)) / (2 * eps)
+    fd_b = np.array([(mean_loss(w, b + eps * e) - mean_loss(w, b - eps * e)) / (2 * eps) for e in np.eye(N_CLASSES)])
+
+    # mean: the gradient of the mean loss; sum: the weight gradient of the summed loss (n times the mean's).
+    # The bias gradient is always that of the mean loss.
+    expected_w = fd_w * (n if reduction == "sum" else 1)
+    np.testing.assert_allclose(grad_w, expected_w, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grad_b, fd_b, rtol=1e-6, atol=1e-8)
+    assert np.abs(grad_w).max() > 1e-3  # not a trivially zero gradient
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_probabilities_and_loss_equal_the_naive_formulas(activation: str) -> None:
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=4.0, size=(50, N_CLASSES))
+    y = one_hot(rng.integers(0, N_CLASSES, 50))
+    p, loss = probabilities_and_loss(z, y, activation)
+    expected_p = naive_sigmoid(z) if activation == "sigmoid" else naive_softmax(z)
+    np.testing.assert_allclose(p, expected_p, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(loss, naive_loss(z, y, activation), rtol=1e-10)
+
+
+def test_losses_stay_finite_where_the_naive_formulas_overflow() -> None:
+    z = np.array([[1000.0, -1000.0] + [0.0] * (N_CLASSES - 2)])
+    y = one_hot(np.array([1]))  # the label has logit -1000: a confidently wrong prediction
+    _, sigmoid_loss = probabilities_and_loss(z, y, "sigmoid")
+    _, softmax_loss = probabilities_and_loss(z, y, "softmax")
+    # BCE: class 0 (y=0, z=1000) costs softplus(1000) = 1000, class 1 (y=1, z=-1000) costs 1000,
+    # the other eight classes (z=0) cost log 2 each.
+    np.testing.assert_allclose(sigmoid_loss, [2000 + 8 * math.log(2)], rtol=1e-12)
+    # CE: -log softmax_1 = logsumexp(z) - z_1 = 1000 + 1000 (the rest is far below float precision).
+    np.testing.assert_allclose(softmax_loss, [2000.0], rtol=1e-12)
+
+
+def test_evaluate_is_mean_loss_and_accuracy() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 8))
+    labels = rng.integers(0, N_CLASSES, 40)
+    w, b = rng.normal(size=(8, N_CLASSES)), rng.normal(size=N_CLASSES)
+    loss, accuracy = evaluate(x, labels, one_hot(labels), w, b, "softmax")
+    z = x @ w + b
+    assert loss == pytest.approx(naive_loss(z, one_hot(labels), "softmax").mean(), rel=1e-10)
+    assert accuracy == pytest.approx(np.mean([row.argmax() == k for row, k in zip(z, labels, strict=True)]))
+
+
+# --- training on a small synthetic problem --------------------------------------------------------
+
+
+def synthetic(n_train: int = 240, n_test: int = 60, d: int = 30, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """uint8 'images' whose labels a linear teacher assigns: a problem a linear model can learn."""
+    rng = np.random.default_rng(seed)
+    teacher = rng.normal(size=(d, N_CLASSES))
+    x = rng.integers(0, 256, size=(n_train + n_test, d), dtype=np.uint8)
+    labels = (x / 255.0 - 0.5) @ teacher
+    y = labels.argmax(axis=1).astype(np.uint8)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+RAW = synthetic()
+
+
+def make_cfg(**overrides: object) -> Config:
+    """A float64, single-thread config (threads=1 keeps BLAS sums in one order)."""
+    base_cfg = {"dtype": "float64", "epochs": 5, "lr": 0.5, "backend": BackendConfig(threads=1, warmup_epochs=0)}
+    return Config(**{**base_cfg, **overrides})
+
+
+def train(cfg: Config, raw: tuple[np.ndarray, ...] = RAW, stop=None) -> tuple[list[EpochMetrics], FitResult]:
+    train_data = base.prepare(*raw, cfg)
+    history: list[EpochMetrics] = []
+
+    def on_epoch(m: EpochMetrics) -> bool:
+        history.append(m)
+        return bool(stop and stop(m))
+
+    return history, NumpyBackend().fit(train_data, cfg, on_epoch)
+
+
+def curves(history: list[EpochMetrics]) -> list[tuple]:
+    """Everything an epoch reports except its timing."""
+    return [(m.epoch, m.train_loss, m.train_accuracy, m.test_loss, m.test_accuracy) for m in history]
+
+
+def initial_loss(cfg: Config, raw: tuple[np.ndarray, ...] = RAW) -> float:
+    train_data: TrainData = base.prepare(*raw, cfg)
+    w, b = initial_parameters(cfg, train_data.n_features)
+    loss, _ = evaluate(
+        train_data.x_train, train_data.y_train, train_data.one_hot(train_data.y_train), w, b, cfg.activation
+    )
+    return loss
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_same_seed_gives_bit_identical_curves_and_weights(activation: str) -> None:
+    cfg = make_cfg(activation=activation, batch_size=32, momentum=0.5, seed=4)
+    first_history, first = train(cfg)
+    second_history, second = train(dataclasses.replace(cfg))
+    assert curves(first_history) == curves(second_history)
+    assert np.array_equal(first.weights, second.weights) and np.array_equal(first.bias, second.bias)
+
+    other_history, other = train(dataclasses.replace(cfg, seed=5))
+    assert not np.array_equal(first.weights, other.weights)
+    assert curves(first_history) != curves(other_history)
+
+
+def test_full_batch_equals_one_batch_of_every_sample() -> None:
+    n = len(RAW[0])
+    full_history, full = train(make_cfg(batch_size=None))
+    same_history, same = train(make_cfg(batch_size=n, shuffle=False))
+    assert curves(full_history) == curves(same_history)
+    assert np.array_equal(full.weights, same.weights) and np.array_equal(full.bias, same.bias)
+    # Shuffling one batch only reorders the sums: the same numbers up to rounding.
+    shuffled_history, shuffled = train(make_cfg(batch_size=n, shuffle=True))
+    np.testing.assert_allclose(shuffled.weights, full.weights, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.array(curves(shuffled_history)), np.array(curves(full_history)), rtol=1e-10)
+
+
+def test_on_epoch_returning_true_stops_training() -> None:
+    history, fit = train(make_cfg(epochs=10), stop=lambda m: m.epoch == 3)
+    assert [m.epoch for m in history] == [1, 2, 3]
+    assert fit.epochs_run == 3
+
+
+def test_warmup_epochs_do_not_change_the_results() -> None:
+    cold_history, cold = train(make_cfg(batch_size=16, momentum=0.9))
+    warm_cfg = make_cfg(batch_size=16, momentum=0.9, backend=BackendConfig(threads=1, warmup_epochs=2))
+    warm_history, warm = train(warm_cfg)
+    assert curves(cold_history) == curves(warm_history)
+    assert np.array_equal(cold.weights, warm.weights) and np.array_equal(cold.bias, warm.bias)
+    assert cold.warmup_seconds < warm.warmup_seconds  # the warm-up did run
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"momentum": 0.9, "lr": 0.05},
+        {"lr_schedule": "linear"},
+        {"lr_schedule": "cosine"},
+        {"batch_size": 32, "momentum": 0.5, "lr_schedule": "cosine"},
+        {"grad_reduction": "sum", "lr": 0.002},
+        {"init": "zeros"},
+        {"init": "normal", "init_scale": 0.1, "dtype": "float32"},
+    ],
+    ids=["momentum", "linear", "cosine", "minibatch-momentum-cosine", "sum-reduction", "zeros-init", "float32"],
+)
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_optimiser_options_run_and_reduce_the_loss(activation: str, options: dict) -> None:
+    cfg = make_cfg(activation=activation, epochs=8, **options)
+    history, fit = train(cfg)
+    assert fit.epochs_run == 8 and len(history) == 8
+    assert all(math.isfinite(v) for m in history for v in curves([m])[0])
+    assert history[-1].test_loss < initial_loss(cfg)
+    assert history[-1].train_loss < history[0].train_loss
+    assert fit.weights.dtype == np.dtype(cfg.dtype) and fit.weights.shape == (RAW[0].shape[1], N_CLASSES)
+
+
+def test_schedules_change_the_trajectory() -> None:
+    weights = {s: train(make_cfg(lr_schedule=s))[1].weights for s in ("constant", "linear", "cosine")}
+    assert not np.array_equal(weights["constant"], weights["linear"])
+    assert not np.array_equal(weights["linear"], weights["cosine"])
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_a_diverging_config_ends_with_a_huge_or_non_finite_loss_without_raising(activation: str) -> None:
+    cfg = make_cfg(activation=activation, normalize=False, lr=100.0, epochs=5, dtype="float32")
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # the backend must contain its overflow
+        history, fit = train(cfg)
+    assert fit.epochs_run == 5
+    last = history[-1]
+    sane = make_cfg(activation=activation, normalize=True, lr=0.5, epochs=5, dtype="float32")
+    sane_loss = train(sane)[0][-1].train_loss
+    assert not math.isfinite(last.train_loss) or last.train_loss > 1000 * sane_loss
+
+
+# --- real MNIST: the acceptance bar ---------------------------------------------------------------
+
+
+def compose_config(*overrides: str) -> Config:
+    """The job config exactly as ``python -m mnist_bench`` composes it from conf/."""
+    config.register()
+    with initialize_config_dir(version_base="1.3", config_dir=conf_dir()):
+        return config.validate(compose("config", overrides=list(overrides)))
+
+
+@pytest.mark.slow
+def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_dir: Path, cache_dir: Path) -> None:
+    cfg = compose_config(
+        "activation=softmax",
+        "normalize=true",
+        "batch_size=128",
+        "lr=0.5",
+        "epochs=10",
+        "init=zeros",
+        "backend.threads=1",
+        "backend.warmup_epochs=0",
+        f"dataset.dir={mnist_dir}",
+        f"dataset.cache_dir={cache_dir}",
+        "dataset.download=false",
+    )
+    mnist = data.load(cfg.dataset)
+    assert (len(mnist.x_train), len(mnist.x_test)) == (60000, 10000)
+    history, fit = train(
+        cfg, (mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test), lambda m: m.test_accuracy >= 0.92
+    )
+    assert max(m.test_accuracy for m in history) >= 0.92, [round(m.test_accuracy, 4) for m in history]
+    assert fit.epochs_run <= 10
+    # The accuracy the backend reports is the fraction of test images whose argmax is right.
+    predicted = (
+        base.prepare(mnist.x_test, mnist.y_test, mnist.x_test, mnist.y_test, cfg).x_test @ fit.weights + fit.bias
+    )
+    assert np.mean(predicted.argmax(axis=1) == mnist.y_test) == pytest.approx(history[-1].test_accuracy, abs=1e-12)

@@ -1,0 +1,253 @@
+"""End-to-end Hydra multiruns on a slice of real MNIST, checked in the MLflow store they log to:
+one parent run per sweep, one child per cell with its params, curves, summary, artifacts and tags;
+resuming skips finished cells; a failing cell is reported without stopping the others."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+TRAIN_LIMIT, TEST_LIMIT = 2000, 500
+ACTIVATIONS = ("sigmoid", "softmax")
+LRS = ("0.01", "0.1")
+GRID = [
+    "-m",
+    "backend=numpy",
+    f"activation={','.join(ACTIVATIONS)}",
+    f"lr={','.join(LRS)}",
+    f"epochs={EPOCHS}",
+    f"dataset.train_limit={TRAIN_LIMIT}",
+    f"dataset.test_limit={TEST_LIMIT}",
+]
+PER_EPOCH = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+SUMMARY = (
+    "final_test_accuracy",
+    "final_train_accuracy",
+    "best_test_accuracy",
+    "epochs_run",
+    "train_seconds",
+    "warmup_seconds",
+    "samples_per_second",
+    "wall_seconds",
+)
+TAGS = (
+    "backend",
+    "activation",
+    "device",
+    "dataset",
+    "sweep_id",
+    "git_commit",
+    "cpu_model",
+    "cpu_count",
+    "blas",
+    "mnist_bench.config_hash",
+    "mnist_bench.host",
+    "mnist_bench.pid",
+)
+ARTIFACTS = {"config.yaml", "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "weights.npz"}
+KIND_TAG, PARENT_TAG = "mnist_bench.kind", "mlflow.parentRunId"
+
+
+def parents(runs: list) -> list:
+    return [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+
+
+def children_of(runs: list, parent_id: str) -> list:
+    return [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_id]
+
+
+@dataclass
+class Sweep:
+    folder: Path
+    store: object
+    proc: subprocess.CompletedProcess
+    runs: list  # every run of the experiment right after the sweep
+    parent: object
+    children: list
+
+
+# Cell 1 asks for more test images than MNIST has: it fails when its data is loaded, before its run.
+# Cell 2 (lr=1e36 on raw pixels) overflows float32 in its first epoch: a diverged run, not a failure.
+FAILING = [
+    "-m",
+    "normalize=false",
+    "lr=1e36",
+    "epochs=2",
+    f"dataset.train_limit={TRAIN_LIMIT}",
+    "dataset.test_limit=20000,500",
+]
+
+
+@dataclass
+class Background:
+    folder: Path
+    store: object
+    result: Future
+
+
+@pytest.fixture(scope="module")
+def failing(mnist_dir, tmp_path_factory, run_cli, make_store, hydra_args) -> Iterator[Background]:
+    """The sweep with a failing cell, started in the background: it runs beside the grid on another core."""
+    folder = tmp_path_factory.mktemp("failing")
+    store = make_store(folder)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield Background(
+            folder, store, pool.submit(run_cli, [*FAILING, f"tracking.uri={store.uri}", *hydra_args(folder)], folder)
+        )
+
+
+@pytest.fixture(scope="module")
+def grid(failing, mnist_dir, tmp_path_factory, run_cli, make_store, hydra_args, runs_of) -> Sweep:
+    """The 2x2 sweep, run once for the module; its runs are snapshotted before any other test relaunches it."""
+    folder = tmp_path_factory.mktemp("grid")
+    store = make_store(folder)
+    proc = run_cli([*GRID, f"tracking.uri={store.uri}", *hydra_args(folder)], folder)
+    runs = runs_of(store.uri)
+    found = parents(runs)
+    parent = found[0] if len(found) == 1 else None
+    children = children_of(runs, parent.info.run_id) if parent else []
+    return Sweep(folder, store, proc, runs, parent, children)
+
+
+def cell(run) -> tuple[str, str]:
+    return run.data.params["activation"], run.data.params["lr"]
+
+
+def test_grid_exits_0_with_one_parent_and_four_finished_children(grid: Sweep) -> None:
+    assert grid.proc.returncode == 0, grid.proc.stderr[-4000:]
+    assert len(parents(grid.runs)) == 1
+    assert grid.parent.info.status == "FINISHED"
+    assert len(grid.children) == 4
+    assert len(grid.runs) == 5  # nothing else was logged
+    assert all(r.info.status == "FINISHED" for r in grid.children)
+    assert sorted(cell(r) for r in grid.children) == sorted(itertools.product(ACTIVATIONS, LRS))
+    assert "sweep summary: finished 4" in grid.proc.stdout
+
+
+def test_grid_children_params_match_their_cell(grid: Sweep) -> None:
+    assert len(grid.children) == 4
+    for run in grid.children:
+        params = run.data.params
+        assert params["backend.name"] == "numpy"
+        assert params["epochs"] == str(EPOCHS)
+        assert params["dataset.train_limit"] == str(TRAIN_LIMIT)
+        assert params["activation"] == run.data.tags["activation"]
+        assert float(params["lr"]) in {float(lr) for lr in LRS}
+        assert run.info.run_name == f"numpy-{params['activation']}-lr{params['lr']}-e{EPOCHS}-s0"
+
+
+def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
+    client = grid.store.client
+    assert len(grid.children) == 4
+    for run in grid.children:
+        history = {key: client.get_metric_history(run.info.run_id, key) for key in PER_EPOCH}
+        for key, points in history.items():
+            assert sorted(p.step for p in points) == [1, 2, 3], key
+            assert all(math.isfinite(p.value) for p in points), key
+        test_accuracy = [p.value for p in sorted(history["test_accuracy"], key=lambda p: p.step)]
+        metrics = run.data.metrics
+        assert set(SUMMARY) <= set(metrics)
+        assert metrics["epochs_run"] == EPOCHS
+        assert metrics["final_test_accuracy"] == test_accuracy[-1]
+        assert metrics["best_test_accuracy"] == max(test_accuracy)
+        assert metrics["train_seconds"] == pytest.approx(sum(p.value for p in history["epoch_seconds"]))
+        assert 0 < metrics["train_seconds"] <= metrics["wall_seconds"]
+        assert all(0 <= v <= 1 for v in test_accuracy)
+        assert all(v * TEST_LIMIT == pytest.approx(round(v * TEST_LIMIT)) for v in test_accuracy)  # k of 500
+
+
+def test_grid_children_have_their_artifacts(grid: Sweep, tmp_path: Path) -> None:
+    client = grid.store.client
+    assert len(grid.children) == 4
+    for run in grid.children:
+        run_id = run.info.run_id
+        assert {a.path for a in client.list_artifacts(run_id)} >= ARTIFACTS
+        local = Path(client.download_artifacts(run_id, "", str(tmp_path / run_id)))
+        with np.load(local / "weights.npz", allow_pickle=False) as npz:
+            assert npz["weights"].shape == (784, 10) and npz["bias"].shape == (10,)
+            assert np.isfinite(npz["weights"]).all()
+        counts = np.loadtxt(local / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
+        assert counts.shape == (10, 10) and counts.sum() == TEST_LIMIT
+        assert np.trace(counts) / TEST_LIMIT == pytest.approx(run.data.metrics["final_test_accuracy"])
+        saved = OmegaConf.load(local / "config.yaml")
+        assert (saved.activation, str(saved.lr), saved.epochs) == (*cell(run), EPOCHS)
+        for image in ("curves.png", "confusion_matrix.png"):
+            assert (local / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_children_are_tagged(grid: Sweep) -> None:
+    assert len(grid.children) == 4
+    sweep_id = grid.parent.data.tags["sweep_id"]
+    assert sweep_id.startswith("sweep-")  # sweep_name was not set: a time stamp
+    hashes = set()
+    for run in grid.children:
+        tags = run.data.tags
+        missing = [t for t in TAGS if not tags.get(t)]
+        assert not missing
+        assert (tags["backend"], tags["device"], tags["dataset"]) == ("numpy", "cpu", "mnist")
+        assert tags["activation"] == run.data.params["activation"]
+        assert tags["sweep_id"] == sweep_id  # the same name as its parent
+        assert tags["mnist_bench.host"] == socket.gethostname()
+        assert tags["mnist_bench.pid"].isdigit() and int(tags["cpu_count"]) >= 1
+        assert tags["diverged"] == "false"
+        hashes.add(tags["mnist_bench.config_hash"])
+    assert len(hashes) == 4
+
+
+def test_relaunch_skips_every_cell_and_resume_false_reruns_them(grid: Sweep, run_cli, hydra_args, runs_of) -> None:
+    assert grid.proc.returncode == 0, grid.proc.stderr[-4000:]
+    args = [*GRID, f"tracking.uri={grid.store.uri}", *hydra_args(grid.folder)]
+
+    again = run_cli(args, grid.folder)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "sweep summary: skipped 4" in again.stdout
+    runs = runs_of(grid.store.uri)
+    new_parents = [p for p in parents(runs) if p.info.run_id != grid.parent.info.run_id]
+    assert len(new_parents) == 1 and new_parents[0].info.status == "FINISHED"
+    assert children_of(runs, new_parents[0].info.run_id) == []
+    assert len(runs) == len(grid.runs) + 1  # only the new parent
+
+    rerun = run_cli([*args, "resume=false"], grid.folder)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert "sweep summary: finished 4" in rerun.stdout
+    runs = runs_of(grid.store.uri)
+    known = {p.info.run_id for p in parents(grid.runs)} | {new_parents[0].info.run_id}
+    latest = [p for p in parents(runs) if p.info.run_id not in known]
+    assert len(latest) == 1 and latest[0].info.status == "FINISHED"
+    rerun_children = children_of(runs, latest[0].info.run_id)
+    assert sorted(cell(r) for r in rerun_children) == sorted(itertools.product(ACTIVATIONS, LRS))
+    assert all(r.info.status == "FINISHED" for r in rerun_children)
+    assert len(runs) == len(grid.runs) + 1 + 5
+
+
+def test_failing_cell_is_reported_the_others_run_and_divergence_is_not_a_failure(failing: Background, runs_of) -> None:
+    proc = failing.result.result()
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "dataset.test_limit=20000 is larger than the test split" in output
+    summary = proc.stdout[proc.stdout.index("sweep summary:") :]
+    assert "diverged 1" in summary and "missing 1" in summary
+    assert "missing: numpy-sigmoid-lr1e+36-e2-s0 [" in summary and "dataset.test_limit=20000" in summary
+
+    runs = runs_of(failing.store.uri)
+    [parent] = parents(runs)
+    assert parent.info.status == "FAILED"
+    [diverged] = children_of(runs, parent.info.run_id)
+    assert len(runs) == 2
+    assert diverged.info.status == "FINISHED"
+    assert diverged.data.tags["diverged"] == "true"
+    assert diverged.data.params["dataset.test_limit"] == "500"
+    assert diverged.data.metrics["epochs_run"] == 1  # divergence stops the run

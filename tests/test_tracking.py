@@ -1,0 +1,235 @@
+"""mnist_bench.tracking against real SQLite stores: URIs, run statuses on every way out, signals,
+reaping, and many processes opening a brand-new store at once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_bench import machine, tracking
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "mnist-bench"
+
+
+# --- resolve_uri and redact ----------------------------------------------------------------------
+
+
+def test_default_uri_is_sqlite_in_the_launch_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_relative_sqlite_path_is_made_absolute_from_the_launch_dir(tmp_path: Path) -> None:
+    assert tracking.resolve_uri("sqlite:///runs/m.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/runs/m.db"
+    absolute = tmp_path.resolve() / "elsewhere" / "x.db"
+    assert tracking.resolve_uri(f"sqlite:///{absolute}", Path("/")) == f"sqlite:///{absolute}"
+
+
+def test_plain_folder_is_a_file_store_under_the_launch_dir(tmp_path: Path) -> None:
+    assert tracking.resolve_uri("mlruns", tmp_path) == str(tmp_path.resolve() / "mlruns")
+
+
+def test_mlflow_tracking_uri_env_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.resolve_uri(None, tmp_path) == "http://tracking.example:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    assert tracking.resolve_uri(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/from-env.db"
+    # An explicit tracking.uri wins over the environment.
+    assert tracking.resolve_uri("sqlite:///given.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/given.db"
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:5000", "https://user:pw@mlflow.example/path", "file:///srv/mlruns"])
+def test_uris_with_a_scheme_are_left_untouched(uri: str, tmp_path: Path) -> None:
+    assert tracking.resolve_uri(uri, tmp_path) == uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("https://alice:s3cret@mlflow.example:8443/api", "https://mlflow.example:8443/api"),
+        ("http://token@127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("https://mlflow.example/", "https://mlflow.example/"),
+        ("sqlite:////tmp/x/mlflow.db", "sqlite:////tmp/x/mlflow.db"),
+    ],
+)
+def test_redact_removes_credentials(uri: str, expected: str) -> None:
+    assert tracking.redact(uri) == expected
+    assert "s3cret" not in tracking.redact(uri) and "alice" not in tracking.redact(uri)
+
+
+# --- tracked_run: the final status on every way out ----------------------------------------------
+
+
+def _status(client, run_id: str) -> str:
+    return client.get_run(run_id).info.status
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "error"),
+    [
+        (None, "FINISHED", None),
+        (Boom("exploded at epoch 3"), "FAILED", "Boom: exploded at epoch 3"),
+        (KeyboardInterrupt(), "KILLED", "interrupted"),
+        (tracking.Terminated("terminated by signal 15"), "KILLED", "terminated by signal 15"),
+        (SystemExit(0), "FINISHED", None),
+        (SystemExit(None), "FINISHED", None),
+        (SystemExit(1), "FAILED", None),
+    ],
+    ids=["success", "exception", "ctrl-c", "terminated", "exit-0", "exit-none", "exit-1"],
+)
+def test_tracked_run_status(store, raised: BaseException | None, status: str, error: str | None) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    params = {"lr": 0.1, "backend.name": "numpy"}
+    try:
+        with tracking.tracked_run(client, experiment_id, "a-run", params, {"backend": "numpy"}) as run:
+            run_id = run.run_id
+            assert _status(client, run_id) == "RUNNING"
+            run.log_metrics({"train_loss": 1.5}, step=1)
+            if raised is not None:
+                raise raised
+    except BaseException as err:
+        assert err is raised  # re-raised unchanged
+    else:
+        assert raised is None
+    found = client.get_run(run_id)
+    assert found.info.status == status
+    assert found.data.params == {"lr": "0.1", "backend.name": "numpy"}
+    assert found.data.metrics == {"train_loss": 1.5}
+    assert found.data.tags["backend"] == "numpy"
+    assert found.data.tags[tracking.TAG + "pid"] == str(os.getpid())
+    if error is None:
+        assert tracking.TAG + "error" not in found.data.tags
+    else:
+        assert error in found.data.tags[tracking.TAG + "error"]
+
+
+def test_tracked_run_links_its_parent(store) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    parent = client.create_run(experiment_id).info.run_id
+    with tracking.tracked_run(client, experiment_id, "child", {}, {}, parent_run_id=parent) as run:
+        pass
+    assert client.get_run(run.run_id).data.tags[tracking.PARENT_TAG] == parent
+
+
+# --- signals and the reaper ----------------------------------------------------------------------
+
+VICTIM = """
+import sys, time
+from mnist_bench import tracking
+client, experiment_id = tracking.open_store(sys.argv[1], "mnist-bench")
+with tracking.tracked_run(client, experiment_id, "victim", {"lr": 0.1}, {}) as run:
+    print(run.run_id, flush=True)
+    time.sleep(300)
+"""
+
+
+def start_victim(uri: str) -> tuple[subprocess.Popen, str]:
+    """A process that opens a tracked run and sleeps in it; returns it and its run id."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", VICTIM, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 120)
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+        pytest.fail(f"the victim process never opened its run: {stderr[-2000:]}")
+    return proc, line
+
+
+def test_sigterm_ends_the_run_killed(store) -> None:
+    proc, run_id = start_victim(store.uri)
+    assert _status(store.client, run_id) == "RUNNING"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    run = store.client.get_run(run_id)
+    assert run.info.status == "KILLED", stderr[-2000:]
+    assert f"signal {int(signal.SIGTERM)}" in run.data.tags[tracking.TAG + "error"]
+
+
+def test_sigkill_leaves_the_run_running_until_reaped(store) -> None:
+    proc, victim = start_victim(store.uri)
+    proc.kill()
+    proc.communicate(timeout=60)  # waited for: the pid is gone, not a zombie
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    assert _status(client, victim) == "RUNNING"  # nobody was left to close it
+
+    with tracking.tracked_run(client, experiment_id, "alive", {}, {}) as mine:
+        assert tracking.reap(client, experiment_id) == [victim]
+        assert _status(client, mine.run_id) == "RUNNING"  # this live process's run is left alone
+        assert tracking.reap(client, experiment_id) == []  # nothing left to reap
+    assert _status(client, mine.run_id) == "FINISHED"
+
+    reaped = client.get_run(victim)
+    assert reaped.info.status == "KILLED"
+    assert "process gone" in reaped.data.tags[tracking.TAG + "error"]
+
+
+def test_reap_leaves_runs_of_other_hosts_alone(store) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    tags = {tracking.TAG + "host": machine.hostname() + "-elsewhere", tracking.TAG + "pid": "999999999"}
+    other = client.create_run(experiment_id, tags=tags).info.run_id
+    assert tracking.reap(client, experiment_id) == []
+    assert _status(client, other) == "RUNNING"
+
+
+# --- a brand-new store opened by several processes at once ----------------------------------------
+
+PROCESSES, ROUNDS = 4, 3
+
+
+def open_rounds(uris: list[str], barrier, results) -> None:
+    """In a spawned process: for each store, wait for the others, then open it at the same moment."""
+    for uri in uris:
+        barrier.wait(timeout=240)
+        try:
+            _, experiment_id = tracking.open_store(uri, EXPERIMENT)
+            results.put((uri, experiment_id))
+        except Exception as err:
+            results.put((uri, f"error: {type(err).__name__}: {err}"))
+
+
+def test_parallel_processes_open_a_brand_new_store(tmp_path: Path) -> None:
+    uris = [f"sqlite:///{tmp_path}/round{k}/mlflow.db" for k in range(ROUNDS)]
+    for k in range(ROUNDS):
+        (tmp_path / f"round{k}").mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
+    procs = [ctx.Process(target=open_rounds, args=(uris, barrier, results)) for _ in range(PROCESSES)]
+    for proc in procs:
+        proc.start()
+    try:
+        outcomes = [results.get(timeout=300) for _ in range(PROCESSES * ROUNDS)]
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0] * PROCESSES
+    errors = [f"{uri}: {outcome}" for uri, outcome in outcomes if outcome.startswith("error")]
+    assert not errors
+    from mlflow.tracking import MlflowClient
+
+    for uri in uris:
+        ids = {outcome for u, outcome in outcomes if u == uri}
+        assert len(ids) == 1  # every process got the one experiment
+        path = uri.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        experiments = MlflowClient(uri).search_experiments(filter_string=f"name = '{EXPERIMENT}'")
+        assert [e.experiment_id for e in experiments] == list(ids)
