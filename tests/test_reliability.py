@@ -10,12 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR, NO_DATA, fetch_runs
 from mlflow.tracking import MlflowClient
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("MNIST_BENCH_DATA_DIR"), reason="needs MNIST_BENCH_DATA_DIR (real MNIST)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA_DIR, reason=NO_DATA)]
 
 SMALL = ["dataset.train_limit=600", "dataset.test_limit=200", "progress=none"]
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
@@ -35,10 +33,7 @@ def sweep_args(tmp: Path, *overrides: str) -> list[str]:
 
 
 def child_runs(tmp: Path) -> list:
-    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
-    experiment = client.get_experiment_by_name("mnist-bench")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [r for r in runs if r.data.tags.get("mnist_bench.kind") != "sweep"]
+    return [r for r in fetch_runs(f"sqlite:///{tmp}/mlflow.db") if r.data.tags.get("mnist_bench.kind") != "sweep"]
 
 
 @pytest.mark.parametrize("attempt", range(10))
@@ -91,7 +86,7 @@ def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # kill it while a later job is training
             time.sleep(0.5)
-            if (tmp_path / "mlflow.db").exists() and any(r.info.status == "RUNNING" for r in _children_after_one(tmp_path)):
+            if any(r.info.status == "RUNNING" for r in _children_after_one(tmp_path)):
                 break
         os.killpg(launcher.pid, signal.SIGKILL)
     finally:
