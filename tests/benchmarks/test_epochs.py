@@ -1,0 +1,117 @@
+"""One training epoch per backend x activation x batch plan on full MNIST, each round right after its
+calibration: the bare matrix products of the same epoch, timed in the same process under the same load
+(``extra_info.calibration_seconds``). ``mnist-bench check --benchmark-json`` holds each epoch to a multiple
+of its calibration, a ratio that carries from one machine to another."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from mnist_bench import backends
+from mnist_bench.backends import base
+from mnist_bench.config import BackendConfig, Config
+
+from .conftest import THREADS
+
+WARMUP, ROUNDS = 1, 3
+BATCHES = {"full": None, "b128": 128}
+
+
+class EpochStepper:
+    """Runs ``backend.fit`` in a thread that halts after every epoch, so each ``step()`` times exactly one
+    epoch as the backend runs it (with the test-set evaluation it does after each), whatever its loop."""
+
+    def __init__(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
+        self.epoch_seconds: list[float] = []  # as the backend itself measured them
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._stop, self._ended, self._error = False, False, None
+        self._thread = threading.Thread(target=self._fit, args=(backend, train, cfg), daemon=True)
+        self._thread.start()
+        self._wait()  # the first epoch runs untimed: tracing, compiling, first touch of the data
+
+    def _fit(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
+        try:
+            backend.fit(train, cfg, self._on_epoch)
+        except BaseException as err:  # handed to the benchmarking thread by _wait
+            self._error = err
+        finally:
+            self._ended = True
+            self._done.release()
+
+    def _on_epoch(self, metrics: base.EpochMetrics) -> bool:
+        self.epoch_seconds.append(metrics.epoch_seconds)
+        self._done.release()
+        self._go.acquire()
+        return self._stop
+
+    def _wait(self) -> None:
+        self._done.acquire()
+        if self._error is not None:
+            raise self._error
+        if self._ended:
+            raise RuntimeError("fit ended before the benchmark's last round")
+
+    def step(self) -> None:
+        self._go.release()
+        self._wait()
+
+    def close(self) -> None:
+        self._stop = True
+        self._go.release()
+        self._thread.join()
+
+
+def backend_or_skip(name: str) -> base.Backend:
+    try:
+        return backends.get(name)
+    except Exception as err:  # not installed, or its module is being written: skip, as the brief of the suite says
+        pytest.skip(f"backend {name} unavailable: {type(err).__name__}: {err}")
+
+
+def bare_products(x: np.ndarray, batch_size: int) -> Callable[[], None]:
+    """One epoch's matrix products and nothing else: per batch of contiguous rows, the forward ``x @ W``
+    and the weight gradient ``x.T @ dz``. No epoch of the linear model can do less work."""
+    weights = np.zeros((x.shape[1], base.NUM_CLASSES), x.dtype)
+    dz = np.zeros((batch_size, base.NUM_CLASSES), x.dtype)
+
+    def epoch() -> None:
+        for start in range(0, len(x), batch_size):
+            rows = x[start : start + batch_size]
+            rows @ weights
+            rows.T @ dz[: len(rows)]
+
+    return epoch
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("name", ["numpy", "tf", "keras"])
+def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str, batch: str) -> None:
+    backend = backend_or_skip(name)
+    backend_config = BackendConfig(name=name, threads=THREADS, warmup_epochs=0)
+    cfg = Config(backend=backend_config, activation=activation, batch_size=BATCHES[batch], epochs=100)
+    backend.resolve_device(cfg)  # sets TF's thread pools before its runtime starts, as a run does
+    products = bare_products(train_data.x_train, BATCHES[batch] or len(train_data.x_train))
+    calibration: list[float] = []
+
+    def calibrate() -> tuple[tuple, dict]:
+        """Runs (untimed by the benchmark) before every round, so each epoch has a calibration next to it."""
+        with threadpool_limits(limits=THREADS, user_api="blas"):
+            start = time.perf_counter()
+            products()
+            calibration.append(time.perf_counter() - start)
+        return (), {}
+
+    stepper = EpochStepper(backend, train_data, cfg)
+    try:
+        benchmark.pedantic(stepper.step, setup=calibrate, warmup_rounds=WARMUP, rounds=ROUNDS)
+    finally:
+        stepper.close()
+    benchmark.extra_info["calibration_seconds"] = calibration
+    benchmark.extra_info["backend_epoch_seconds"] = stepper.epoch_seconds[1:]
