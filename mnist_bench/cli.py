@@ -12,9 +12,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra.errors import HydraException
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from mnist_bench.config import Config
 
 log = logging.getLogger("mnist_bench")
 
@@ -24,6 +28,7 @@ SUBCOMMANDS = {
     "check": "mnist_bench.check",
     "reap": "mnist_bench.reaper",
     "roofline": "mnist_bench.roofline",
+    "server": "mnist_bench.server",  # the cluster's MLflow server (PostgreSQL store, proxied artifacts)
 }
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -66,9 +71,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _parallel_jobs(launcher: DictConfig) -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher)."""
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
+
+    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
+    default to the CPUs Ray reserved for it rather than the whole node's cores.
+    """
+    ray = launcher.get("ray")
+    if ray is not None:
+        from mnist_bench import machine
+
+        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
     n_jobs = launcher.get("n_jobs") or 1
     return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
+def _sweep_parent(config: Config, hydra_cfg: DictConfig, launch_dir: Path) -> str | None:
+    """The RUNNING parent run tagged with this job's sweep folder: for a launcher that drops hydra.job.env_set."""
+    from mnist_bench import sweep, tracking
+
+    folder = sweep.sweep_dir(hydra_cfg)
+    if "'" in folder:
+        return None
+    client, experiment_id = tracking.open_store(
+        tracking.resolve_uri(config.tracking.uri, launch_dir), config.tracking.experiment
+    )
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{sweep.SWEEP_DIR_TAG}` = '{folder}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
 
 
 def _job(cfg: DictConfig):
@@ -89,8 +122,9 @@ def _job(cfg: DictConfig):
             print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
             raise SystemExit(EXIT_BAD_INPUT) from None
     config = validate(cfg)  # a sweep validated every job before launching
-    parent = os.environ.get(experiment.PARENT_RUN_ENV)
     try:
+        # Set in the job's own process by hydra.job.env_set (see SweepCallback), else found in MLflow.
+        parent = os.environ.get(experiment.PARENT_RUN_ENV) or _sweep_parent(config, hydra_cfg, launch_dir)
         return experiment.run(config, launch_dir, _parallel_jobs(hydra_cfg.launcher), parent)
     except (KeyboardInterrupt, Terminated):
         raise
@@ -125,8 +159,15 @@ def run_app(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else EXIT_FAILED
-    except BaseException:
+    except BaseException as err:
         sweep.abort_active_sweep(FAILED)
+        if type(err).__module__.startswith("ray."):  # hydra/launcher=ray lost a job with its worker or node
+            print(
+                f"mnist-bench: error: a sweep job was lost ({one_line(err)});"
+                " run the same sweep again to resume it: FINISHED cells are skipped",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
         raise
     return 0
 

@@ -138,7 +138,7 @@ class Config:
     lr_schedule: str = "constant"
     # How the weight gradient is reduced over a batch; the bias gradient is always a mean.
     grad_reduction: str = "mean"
-    init: str = "uniform"
+    init: str = "zeros"
     init_scale: float = 1.0
     normalize: bool = True
     dtype: str = "float32"

@@ -11,13 +11,14 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from mnist_bench import experiment, tracking
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
@@ -25,6 +26,17 @@ from mnist_bench.config import Config, ConfigError, config_hash, run_name, valid
 log = logging.getLogger(__name__)
 
 CELLS_ARTIFACT = "sweep_cells.json"
+SWEEP_DIR_TAG = tracking.TAG + "sweep_dir"  # finds the parent run from a job that lacks PARENT_RUN_ENV
+
+# conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
+# The GPUs a job asks Ray for (conf/hydra/launcher/ray.yaml): one for device=gpu, none otherwise.
+OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device == "gpu"), replace=True)
+
+
+def sweep_dir(hydra_cfg: DictConfig) -> str:
+    """The sweep's output folder as an absolute path on the launching machine: the same string in every job."""
+    return str(Path(hydra_cfg.runtime.cwd) / str(hydra_cfg.sweep.dir))
 
 
 @dataclass
@@ -99,13 +111,18 @@ class SweepCallback(Callback):
         for run_id in tracking.reap(self.client, self.experiment_id):
             log.warning("marked run %s KILLED: its process is gone", run_id)
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
-        tags = {tracking.TAG + "kind": "sweep", "sweep_id": name, **tracking.process_tags()}
+        tags = {tracking.TAG + "kind": "sweep", "sweep_id": name, SWEEP_DIR_TAG: sweep_dir(config.hydra)}
+        tags.update(tracking.process_tags())
         self.parent_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         overrides = " ".join(config.hydra.overrides.task)
         self.client.log_param(self.parent_id, "sweep.overrides", overrides[:6000])
         self.client.log_param(self.parent_id, "sweep.cells", len(self.cells))
         self.client.log_dict(self.parent_id, [c.__dict__ for c in self.cells], CELLS_ARTIFACT)
         os.environ[experiment.PARENT_RUN_ENV] = self.parent_id
+        # Jobs may run in other processes or on other machines (Ray) that this environment never reaches:
+        # every launcher composes its jobs with these overrides, and Hydra sets env_set in the job's process.
+        with read_write(config.hydra.overrides):
+            config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{experiment.PARENT_RUN_ENV}='{self.parent_id}'")
         SweepCallback.active = (self.client, self.parent_id)
         print(f"sweep {name}: {len(self.cells)} jobs, parent run {self.parent_id}, store {tracking.redact(uri)}")
 

@@ -1,0 +1,424 @@
+"""The cluster set-up end to end: a throwaway PostgreSQL, ``mnist-bench server`` (MLflow) on it, a Ray
+head, and sweeps with ``hydra/launcher=ray`` that log to the server over HTTP.
+
+Everything listens on 127.0.0.1 only and every process started here is stopped by its fixture, by
+its own pid or process group (never by name: ``ray stop`` would end every Ray on the machine).
+The quick tests at the end check the server's input handling without any of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mnist_bench import server
+
+DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
+EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+ARTIFACTS = {"config.yaml", "curves.png", "weights.npz", "confusion_matrix.csv", "confusion_matrix.png"}
+SMALL = ["batch_size=256", "dataset.train_limit=2000", "dataset.test_limit=500", "progress=none"]
+SWEEP_TIMEOUT_S = 240
+
+
+def _initdb() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1])
+    which = shutil.which("initdb")
+    return Path(which) if which else None
+
+
+def _missing() -> str | None:
+    """Why the cluster tests cannot run here, or None."""
+    for module, package in (
+        ("ray", "ray[default]"),
+        ("hydra_plugins.hydra_ray_launcher", "hydra-ray-launcher"),
+        ("psycopg2", "psycopg2-binary"),
+    ):
+        if importlib.util.find_spec(module) is None:
+            return f"{package} is not installed (pip install -e '.[cluster]')"
+    if _initdb() is None:
+        return "PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run initdb as"
+    if not DATA_DIR:
+        return "MNIST_BENCH_DATA_DIR is not set (the folder holding mnist/)"
+    return None
+
+
+cluster = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll ``check`` until it returns something truthy; fail with the log if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
+    pytest.fail(f"{what} did not happen within {timeout:.0f} s\n{tail}")
+
+
+def stop(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM, then SIGKILL to the process's whole group (it was started in a session of its own)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@dataclass
+class Postgres:
+    port: int
+    user: str
+    password: str
+    database: str
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster in a temporary folder on 127.0.0.1 only, with a password-protected user."""
+    bindir = _initdb().parent
+    as_owner: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="mnist-bench-pg-"))  # not under pytest's root-only tmp: postgres reads it
+    if os.geteuid() == 0:  # initdb refuses root
+        owner = pwd.getpwnam("postgres")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "postgres.log"
+    port = free_port()
+    initdb = [*as_owner, bindir / "initdb", "-D", data, "-U", "postgres", "-E", "UTF8"]
+    subprocess.run([*initdb, "--auth-local=trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=60"
+    subprocess.run(
+        [*as_owner, bindir / "pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        db = Postgres(port, "mnist", secrets.token_hex(16), "mlflow")
+        sql = f"CREATE ROLE {db.user} LOGIN PASSWORD '{db.password}';\nCREATE DATABASE {db.database} OWNER {db.user};\n"
+        psql = [*as_owner, bindir / "psql", "-h", root, "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
+        subprocess.run([*psql, "-q", "-d", "postgres"], input=sql, text=True, check=True, capture_output=True)
+        yield db
+    finally:
+        subprocess.run([*as_owner, bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``mnist-bench server`` on the PostgreSQL store; yields its URI and its artifacts folder."""
+    folder = tmp_path_factory.mktemp("server")
+    artifacts, log = folder / "artifacts", folder / "server.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "MLFLOW_TRACKING_URI")}
+    env[server.PASSWORD_ENV] = postgres.password
+    command = [sys.executable, "-m", "mnist_bench", "server", "--db", postgres.uri, "--port", str(port)]
+    command += ["--artifacts-destination", str(artifacts), "--workers", "2"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 120, "the MLflow server's /health", process, log)
+        assert postgres.password not in " ".join(command)
+        yield uri, artifacts
+    finally:
+        stop(process)
+    assert postgres.password not in log.read_text(errors="replace"), "the database password was logged"
+
+
+@dataclass
+class RayHead:
+    process: subprocess.Popen
+    address: str
+    env: dict[str, str]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def ray_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """``ray start --head`` with 2 CPUs on 127.0.0.1 (token auth on), not yet waited for: it starts
+    while the MLflow server does."""
+    temp = Path(tempfile.mkdtemp(prefix="mbray-"))  # short: Ray's socket paths must fit in 107 bytes
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        RAY_USAGE_STATS_ENABLED="0",
+        # Ray's single-machine mode: otherwise it swaps 127.0.0.1 for the machine's outward address.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        MNIST_BENCH_DATA_DIR=str(DATA_DIR),  # jobs run in the workers' environment, not the sweep's
+    )
+    env.setdefault("MNIST_BENCH_CACHE_DIR", str(temp / "cache"))
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]  # `ray`, PATH or not
+    command += [
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        f"--temp-dir={temp}",
+    ]
+    command += ["--disable-usage-stats"]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield RayHead(process, f"127.0.0.1:{port}", env, log)
+    finally:
+        stop(process)  # `ray start --block` stops its cluster on SIGTERM; the group kill catches stragglers
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_head(ray_started: RayHead) -> tuple[str, dict[str, str]]:
+    """The Ray head once it runs: its address and the environment that reaches it."""
+    log = ray_started.log
+    started = lambda: "Ray runtime started" in log.read_text(errors="replace")  # noqa: E731
+    wait_for(started, 120, "ray start", ray_started.process, log)
+    return ray_started.address, ray_started.env
+
+
+def sweep_command(address: str, uri: str, experiment: str, sweep_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mnist_bench",
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *SMALL,
+        *overrides,
+    ]
+
+
+def client_for(uri: str, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return client, client.get_experiment_by_name(experiment).experiment_id
+
+
+def runs_of(client, experiment_id: str, filter_string: str = "") -> list:
+    return client.search_runs([experiment_id], filter_string=filter_string, max_results=1000)
+
+
+@cluster
+@pytest.mark.slow
+def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
+    ray_started, mlflow_server, ray_head, tmp_path: Path
+) -> None:
+    uri, artifacts = mlflow_server
+    address, env = ray_head
+    command = sweep_command(address, uri, "cluster-sweep", tmp_path / "sweep")
+    command += ["lr=0.05,0.1,0.2,0.5", "activation=sigmoid,softmax", "epochs=2"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    (tmp_path / "sweep.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sweep summary: finished 8" in done.stdout
+
+    client, experiment_id = client_for(uri, "cluster-sweep")
+    (parent,) = runs_of(client, experiment_id, "tags.`mnist_bench.kind` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mnist_bench.sweep_dir"] == str(tmp_path / "sweep")
+    children = runs_of(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 8
+    assert {(c.data.params["lr"], c.data.params["activation"]) for c in children} == {
+        (lr, act) for lr in ("0.05", "0.1", "0.2", "0.5") for act in ("sigmoid", "softmax")
+    }
+    launcher_pid = str(os.getpid())
+    for child in children:
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED", child.data.tags.get("mnist_bench.error")
+        assert child.data.tags["mnist_bench.pid"] != launcher_pid  # ran in a Ray worker
+        assert child.data.tags["backend.threads"] == "1"  # the one CPU each job asked Ray for
+        for metric in EPOCH_METRICS:
+            steps = [m.step for m in client.get_metric_history(run_id, metric)]
+            assert len(steps) == len(set(steps)) == 2, (metric, steps)
+        assert {a.path for a in client.list_artifacts(run_id)} >= ARTIFACTS
+        # Proxied: the bytes went through the server into its own artifacts folder.
+        stored = list(artifacts.rglob(f"{run_id}/artifacts/weights.npz"))
+        assert len(stored) == 1 and stored[0].stat().st_size > 0
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep_cells.json"}
+
+
+@cluster
+@pytest.mark.slow
+def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
+    ray_started, mlflow_server, ray_head, tmp_path: Path
+) -> None:
+    uri, _ = mlflow_server
+    address, env = ray_head
+    experiment = "cluster-kill"
+    # The long cell is launched last, so the short one is done when its worker dies.
+    command = sweep_command(address, uri, experiment, tmp_path / "sweep", "lr=0.3", "epochs=2,400")
+    log = tmp_path / "first.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def long_run_training():
+            try:
+                client, experiment_id = client_for(uri, experiment)
+            except AttributeError:  # no experiment yet
+                return None
+            for run in runs_of(client, experiment_id, "params.epochs = '400' and attributes.status = 'RUNNING'"):
+                if client.get_metric_history(run.info.run_id, "train_loss"):
+                    return run
+            return None
+
+        run = wait_for(long_run_training, SWEEP_TIMEOUT_S, "the long job's first epoch", first, log)
+        pid = int(run.data.tags["mnist_bench.pid"])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert "ray" in cmdline and pid != first.pid, cmdline  # a Ray worker of ours, nothing else
+        os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        if first.poll() is None:
+            stop(first)
+    output = log.read_text(errors="replace")
+    assert first.returncode != 0, output[-3000:]
+    assert "mnist-bench: error: a sweep job was lost (The worker died unexpectedly" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+    client, experiment_id = client_for(uri, experiment)
+    (parent,) = runs_of(client, experiment_id, "tags.`mnist_bench.kind` = 'sweep'")
+    assert parent.info.status == "FAILED"
+
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    by_cell: dict[str, list[str]] = {}
+    for job in runs_of(client, experiment_id):
+        if "mnist_bench.config_hash" in job.data.tags:  # every run but the two sweeps' parents
+            by_cell.setdefault(job.data.tags["mnist_bench.config_hash"], []).append(job.info.status)
+    assert len(by_cell) == 2
+    for statuses in by_cell.values():
+        assert statuses.count("FINISHED") == 1, by_cell
+        assert "RUNNING" not in statuses, by_cell  # the killed run was closed as KILLED
+    assert sorted(s for statuses in by_cell.values() for s in statuses) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+# Quick checks of the server's input handling: no database needed.
+
+
+def test_server_refuses_a_password_in_the_store_uri(capsys: pytest.CaptureFixture[str]) -> None:
+    assert server.main(["--db", "postgresql://mnist:s3cret@127.0.0.1:5432/mlflow", "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert "must not hold the password" in err and "s3cret" not in err
+
+
+def test_server_refuses_a_store_that_is_not_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    assert server.main(["--db", "sqlite:///mlflow.db", "--no-check"]) == 2
+    assert "must be PostgreSQL" in capsys.readouterr().err
+
+
+def test_server_command_binds_loopback_and_proxies_artifacts(tmp_path: Path) -> None:
+    args = server.parse_args(["--db", "postgresql://u@db:5432/m", "--artifacts-destination", str(tmp_path)])
+    command = server.mlflow_command(args, server.check_store_uri(args.db), str(tmp_path))
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert "--serve-artifacts" in command and command[command.index("--artifacts-destination") + 1] == str(tmp_path)
+    assert "--allowed-hosts" not in command
+    assert server.tracking_uri("127.0.0.1", 5000) == "http://127.0.0.1:5000"
+    assert server.tracking_uri("0.0.0.0", 5000) == f"http://{socket.getfqdn()}:5000"
+
+
+def test_server_passes_extra_arguments_to_mlflow() -> None:
+    args = server.parse_args(["--db", "postgresql://u@db/m", "--host", "0.0.0.0", "--", "--gunicorn-opts", "-t 60"])
+    command = server.mlflow_command(args, args.db, "/srv/artifacts")
+    assert command[-2:] == ["--gunicorn-opts", "-t 60"]
+    assert socket.gethostname() in command[command.index("--allowed-hosts") + 1]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="hydra-ray-launcher is not installed"
+)
+@pytest.mark.parametrize(
+    ("overrides", "remote"),
+    [
+        ([], {"num_cpus": None, "num_gpus": 0, "max_retries": 0}),
+        (["backend=keras", "device=gpu", "backend.threads=3"], {"num_cpus": 3, "num_gpus": 1, "max_retries": 0}),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:\\s*'hydra/launcher/ray' is validated against ConfigStore schema:UserWarning")
+def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], remote: dict) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from mnist_bench import cli, config, machine, sweep  # noqa: F401  (sweep registers the GPU resolver)
+
+    config.register()
+    with initialize_config_dir(config_dir=cli.conf_dir(), version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=ray", *overrides], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
+    assert launcher.ray.init.address is None  # a local Ray instance unless told otherwise
+    threads = remote["num_cpus"] or 1
+    assert cli._parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
+
+
+def test_a_job_without_the_env_var_finds_its_sweep_parent_in_mlflow(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from mnist_bench import cli, sweep, tracking
+    from mnist_bench.config import Config
+
+    cfg = Config()
+    cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
+    hydra_cfg = OmegaConf.create({"runtime": {"cwd": str(tmp_path)}, "sweep": {"dir": "multirun/a"}})
+    client, experiment_id = tracking.open_store(cfg.tracking.uri, cfg.tracking.experiment)
+    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) is None
+    tag = {sweep.SWEEP_DIR_TAG: str(tmp_path / "multirun/a")}
+    client.set_terminated(client.create_run(experiment_id, tags=tag).info.run_id)  # an earlier, finished sweep
+    client.create_run(experiment_id, tags={sweep.SWEEP_DIR_TAG: str(tmp_path / "multirun/b")})  # another sweep
+    parent = client.create_run(experiment_id, tags=tag).info.run_id
+    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) == parent
