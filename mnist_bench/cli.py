@@ -70,21 +70,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, DataError, TrackingError, BackendUnavailable, HydraException, OmegaConfBaseException
 
 
-def _parallel_jobs(launcher: DictConfig) -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
-
-    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
-    default to the CPUs Ray reserved for it rather than the whole node's cores.
-    """
-    ray = launcher.get("ray")
-    if ray is not None:
-        from mnist_bench import machine
-
-        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
-    n_jobs = launcher.get("n_jobs") or 1
-    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
-
-
 def _sweep_parent(config: Config, hydra_cfg: DictConfig, launch_dir: Path) -> str | None:
     """The RUNNING parent run tagged with this job's sweep folder: for a launcher that drops hydra.job.env_set."""
     from mnist_bench import sweep, tracking
@@ -125,7 +110,7 @@ def _job(cfg: DictConfig):
     try:
         # Set in the job's own process by hydra.job.env_set (see SweepCallback), else found in MLflow.
         parent = os.environ.get(experiment.PARENT_RUN_ENV) or _sweep_parent(config, hydra_cfg, launch_dir)
-        return experiment.run(config, launch_dir, _parallel_jobs(hydra_cfg.launcher), parent)
+        return experiment.run(config, launch_dir, experiment.parallel_jobs(hydra_cfg.launcher), parent)
     except (KeyboardInterrupt, Terminated):
         raise
     except Exception as err:

@@ -12,6 +12,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +90,20 @@ class _Observer:
         return self.cfg.stop_at_target and self.time_to_target is not None
 
 
-def resolve_threads(cfg: Config, parallel_jobs: int) -> int:
+def parallel_jobs(launcher: Mapping) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
+
+    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
+    default to the CPUs Ray reserved for it rather than the whole node's cores.
+    """
+    ray = launcher.get("ray")
+    if ray is not None:
+        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
+    n_jobs = launcher.get("n_jobs") or 1
+    return machine.cpu_count() if n_jobs < 0 else n_jobs
+
+
+def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
     """Threads per job: as configured, else the cores shared among the jobs that run at once.
 
     NumPy minibatches get one thread: OpenBLAS's threading of small GEMMs costs more than it
@@ -100,7 +114,7 @@ def resolve_threads(cfg: Config, parallel_jobs: int) -> int:
         return cfg.backend.threads
     if cfg.backend.name == "numpy" and cfg.batch_size is not None:
         return 1
-    return max(1, machine.cpu_count() // max(1, parallel_jobs))
+    return max(1, machine.cpu_count() // max(1, jobs_at_once))
 
 
 def _progress_bar(cfg: Config, name: str, in_sweep: bool):
@@ -131,14 +145,14 @@ def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_id: 
     return tags
 
 
-def run(cfg: Config, launch_dir: Path, parallel_jobs: int = 1, parent_run_id: str | None = None) -> Outcome:
+def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> Outcome:
     """Train and log one run. Raises on bad input before a run exists; a failure inside the run
     is recorded in MLflow (FAILED, error tag) and re-raised."""
     wall_start = _job_clock_start()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
     cell_hash = config_hash(cfg)  # of the config as given, before threads are resolved
-    cfg.backend.threads = resolve_threads(cfg, parallel_jobs)
+    cfg.backend.threads = resolve_threads(cfg, jobs_at_once)
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
     client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment)

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from mnist_bench import experiment, tracking
+from mnist_bench import experiment, roofline, tracking
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class SweepCallback(Callback):
         except (ConfigError, tracking.TrackingError) as err:
             print(f"mnist-bench: error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        # Probe the machine once here, not in every parallel job at the same moment (it is cached).
+        roofline.cached(experiment.resolve_threads(first, experiment.parallel_jobs(config.hydra.launcher)))
         for run_id in tracking.reap(self.client, self.experiment_id):
             log.warning("marked run %s KILLED: its process is gone", run_id)
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")

@@ -394,7 +394,7 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mnist_bench import cli, config, machine, sweep  # noqa: F401  (sweep registers the GPU resolver)
+    from mnist_bench import cli, config, experiment, machine, sweep  # noqa: F401  (sweep registers the GPU resolver)
 
     config.register()
     with initialize_config_dir(config_dir=cli.conf_dir(), version_base="1.3"):
@@ -403,7 +403,7 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
     assert launcher.ray.init.address is None  # a local Ray instance unless told otherwise
     threads = remote["num_cpus"] or 1
-    assert cli._parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
+    assert experiment.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
 
 
 def test_a_job_without_the_env_var_finds_its_sweep_parent_in_mlflow(tmp_path: Path) -> None:
