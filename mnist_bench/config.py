@@ -138,8 +138,8 @@ class Config:
     lr_schedule: str = "constant"
     # How the weight gradient is reduced over a batch; the bias gradient is always a mean.
     grad_reduction: str = "mean"
-    init: str = "zeros"
-    init_scale: float = 1.0
+    init: str = "normal"
+    init_scale: float = 0.01
     normalize: bool = True
     dtype: str = "float32"
     seed: int = 0
