@@ -73,9 +73,12 @@ RunCli = Callable[..., subprocess.CompletedProcess]
 
 @pytest.fixture(scope="session")
 def run_cli(cli_env: dict[str, str]) -> RunCli:
-    """``run_cli(args, cwd, env=None)``: ``python -m mnist_bench *args`` in cwd; env entries set to None are unset."""
+    """``run_cli(args, cwd, env=None, timeout=300)``: ``python -m mnist_bench *args`` in cwd; env entries set to None
+    are unset."""
 
-    def run(args: list[str], cwd: Path, env: Mapping[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        args: list[str], cwd: Path, env: Mapping[str, str | None] | None = None, timeout: float = CLI_TIMEOUT_S
+    ) -> subprocess.CompletedProcess:
         child_env = dict(cli_env)
         for key, value in (env or {}).items():
             if value is None:
@@ -88,7 +91,7 @@ def run_cli(cli_env: dict[str, str]) -> RunCli:
             env=child_env,
             capture_output=True,
             text=True,
-            timeout=CLI_TIMEOUT_S,
+            timeout=timeout,
         )
 
     return run

@@ -32,7 +32,13 @@ def test_installed_wheel_finds_its_configs_from_another_directory(tmp_path: Path
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr
-    assert "site-packages" in subprocess.run(
-        [python, "-c", "import mnist_bench; print(mnist_bench.__file__)"], cwd=elsewhere, capture_output=True, text=True
-    ).stdout  # the installed copy, not this checkout
+    assert (
+        "site-packages"
+        in subprocess.run(
+            [python, "-c", "import mnist_bench; print(mnist_bench.__file__)"],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )  # the installed copy, not this checkout
     assert "name: fashion_mnist" in done.stdout and "lr_schedule: cosine" in done.stdout

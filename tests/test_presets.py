@@ -20,7 +20,8 @@ TUTORIAL_TF_TRAIN_ACCURACY = 0.9092
 def sweep(run_cli, folder: Path, *overrides: str) -> list:
     """Run ``python -m mnist_bench -m *overrides`` into a fresh store; the finished child runs."""
     uri = f"sqlite:///{folder}/mlflow.db"
-    done = run_cli(["-m", *overrides, f"tracking.uri={uri}", "progress=none", *hydra_dirs(folder)], cwd=folder)
+    args = ["-m", *overrides, f"tracking.uri={uri}", "progress=none", *hydra_dirs(folder)]
+    done = run_cli(args, cwd=folder, timeout=1800)  # seed_tf: 3 x 1,000 full-batch epochs
     assert done.returncode == 0, done.stderr[-3000:]
     children = [r for r in fetch_runs(uri) if r.data.tags.get("mnist_bench.kind") != "sweep"]
     assert {r.info.status for r in children} == {"FINISHED"}

@@ -44,7 +44,8 @@ def config(backend: str, warmup_epochs: int = 0, xla: bool = False, device: str 
     return Config(
         backend=BackendConfig(name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla),
         device=DeviceConfig(device),
-        **{"dtype": "float64", "epochs": 20, **overrides},
+        # uniform(-1, 1) init: weights far from the optimum, so every test run visibly learns
+        **{"dtype": "float64", "epochs": 20, "init": "uniform", "init_scale": 1.0, **overrides},
     )
 
 
