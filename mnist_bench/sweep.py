@@ -68,7 +68,7 @@ def expand(config: DictConfig) -> tuple[list[Cell], Config]:
         except ConfigError as err:
             raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
         first = first or cfg
-        cells.append(Cell(list(overrides), config_hash(cfg), run_name(cfg)))
+        cells.append(Cell([tracking.redact_override(o) for o in overrides], config_hash(cfg), run_name(cfg)))
     return cells, first
 
 
@@ -116,7 +116,7 @@ class SweepCallback(Callback):
         tags = {tracking.TAG + "kind": "sweep", "sweep_id": name, SWEEP_DIR_TAG: sweep_dir(config.hydra)}
         tags.update(tracking.process_tags())
         self.parent_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        overrides = " ".join(config.hydra.overrides.task)
+        overrides = " ".join(tracking.redact_override(o) for o in config.hydra.overrides.task)
         self.client.log_param(self.parent_id, "sweep.overrides", overrides[:6000])
         self.client.log_param(self.parent_id, "sweep.cells", len(self.cells))
         self.client.log_dict(self.parent_id, [c.__dict__ for c in self.cells], CELLS_ARTIFACT)

@@ -67,6 +67,12 @@ def redact(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
+def redact_override(override: str) -> str:
+    """A Hydra override ``key=value`` with any credentials in its value removed."""
+    key, sep, value = override.partition("=")
+    return f"{key}{sep}{redact(value)}" if "://" in value else override
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 

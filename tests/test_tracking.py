@@ -233,3 +233,16 @@ def test_parallel_processes_open_a_brand_new_store(tmp_path: Path) -> None:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         experiments = MlflowClient(uri).search_experiments(filter_string=f"name = '{EXPERIMENT}'")
         assert [e.experiment_id for e in experiments] == list(ids)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tracking.uri=https://alice:s3cret@mlflow.example:5000", "tracking.uri=https://mlflow.example:5000"),
+        ("tracking.uri=sqlite:////tmp/m.db", "tracking.uri=sqlite:////tmp/m.db"),
+        ("lr=0.1,0.5", "lr=0.1,0.5"),
+    ],
+)
+def test_sweep_overrides_are_logged_without_credentials(override: str, expected: str) -> None:
+    """The parent run logs the sweep's command line; a password in a tracking URI must not reach it."""
+    assert tracking.redact_override(override) == expected
