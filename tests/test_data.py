@@ -451,3 +451,22 @@ def test_real_mnist_and_cache_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     np.testing.assert_array_equal(warm.y_test, cold.y_test)
     print(f"real MNIST: cold decode {cold_s:.3f} s, cached load {min(warm_s) * 1000:.2f} ms")
     assert min(warm_s) * 10 <= cold_s
+
+
+def test_fashion_mnist_from_debians_dataset_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dataset=fashion_mnist is found where `apt-get install dataset-fashion-mnist` puts it, even when
+    MNIST_BENCH_DATA_DIR points at a folder of other datasets (it is passed over, not an error)."""
+    from omegaconf import OmegaConf
+
+    system = Path("/usr/share/datasets/fashion-mnist")
+    if not system.is_dir():
+        pytest.skip(f"{system} does not exist (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setattr(data, "SYSTEM_ROOTS", ("/usr/share/datasets",))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(REAL_DATA_DIR or tmp_path))
+    yaml = OmegaConf.load(REPO / "conf" / "dataset" / "fashion_mnist.yaml")
+    spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
+    spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False)
+    fashion = load(spec)
+    assert fashion.source == str(system)
+    assert fashion.x_train.shape == (60000, 784) and fashion.x_test.shape == (10000, 784)
+    assert sorted(np.unique(fashion.y_test)) == list(range(10))
