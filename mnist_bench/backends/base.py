@@ -137,5 +137,4 @@ def prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test
             x *= np.asarray(1 / 255, dtype=cfg.dtype)
         return x
 
-    labels = lambda y: np.asarray(y, dtype=np.int64)  # noqa: E731
-    return TrainData(inputs(x_train), labels(y_train), inputs(x_test), labels(y_test))
+    return TrainData(inputs(x_train), y_train.astype(np.int64), inputs(x_test), y_test.astype(np.int64))
