@@ -244,6 +244,7 @@ def _log_summary(
             "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
         }
     summary["wall_seconds"] = time.time() - wall_start
+    summary["peak_rss_mb"] = machine.peak_rss_mb()
     active.log_metrics(summary)
     active.set_tags(
         {

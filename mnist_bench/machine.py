@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 import socket
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +31,12 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def hostname() -> str:

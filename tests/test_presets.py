@@ -1,4 +1,4 @@
-"""The presets reproduce the tutorial's two results and the modern baseline reaches its target.
+"""The presets reproduce the tutorial's two results, and the modern and fast baselines reach their targets.
 
 Each preset runs as a real sweep through the CLI on full MNIST, and the verdicts are read back
 from MLflow, the way the README's reproduction table is made.
@@ -53,3 +53,12 @@ def test_modern_preset_reaches_0925_test_accuracy(mnist_dir: Path, run_cli, tmp_
     assert run.data.params["batch_size"] != "None"  # minibatch SGD, as the preset promises
     assert run.data.metrics["final_test_accuracy"] >= 0.925
     assert "time_to_target_seconds" in run.data.metrics
+
+
+def test_fast_preset_reaches_092_test_accuracy_in_one_epoch_for_every_seed(
+    mnist_dir: Path, run_cli, tmp_path: Path
+) -> None:
+    runs = sweep(run_cli, tmp_path, "+experiment=fast", "seed=0,1,2")
+    assert [r.data.metrics["epochs_run"] for r in runs] == [1, 1, 1]
+    assert min(r.data.metrics["final_test_accuracy"] for r in runs) >= 0.92
+    assert all("time_to_target_seconds" in r.data.metrics for r in runs)

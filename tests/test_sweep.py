@@ -42,6 +42,7 @@ SUMMARY = (
     "warmup_seconds",
     "samples_per_second",
     "wall_seconds",
+    "peak_rss_mb",
 )
 TAGS = (
     "backend",
@@ -165,6 +166,7 @@ def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
         assert metrics["best_test_accuracy"] == max(test_accuracy)
         assert metrics["train_seconds"] == pytest.approx(sum(p.value for p in history["epoch_seconds"]))
         assert 0 < metrics["train_seconds"] <= metrics["wall_seconds"]
+        assert 50 < metrics["peak_rss_mb"] < 4096  # MiB: a Python process with NumPy, MLflow and the data
         assert all(0 <= v <= 1 for v in test_accuracy)
         assert all(v * TEST_LIMIT == pytest.approx(round(v * TEST_LIMIT)) for v in test_accuracy)  # k of 500
 
