@@ -1,8 +1,8 @@
 """The command line.
 
 ``python -m mnist_bench [overrides]`` (or ``mnist-bench run [overrides]``) is the Hydra app;
-``mnist-bench report|check|reap|roofline ...`` are the read-side tools. Bad input of any kind ends
-with one line on stderr naming what is wrong and what is allowed, and exit status 2.
+``mnist-bench report|check|reap|roofline|bench|server ...`` are the tools around it. Bad input of any
+kind ends with one line on stderr naming what is wrong and what is allowed, and exit status 2.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "check": "mnist_bench.check",
     "reap": "mnist_bench.reaper",
     "roofline": "mnist_bench.roofline",
+    "bench": "mnist_bench.bench",  # every backend side by side against the roofline and Keras+Adam
     "server": "mnist_bench.server",  # the cluster's MLflow server (PostgreSQL store, proxied artifacts)
 }
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130

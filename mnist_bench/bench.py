@@ -1,0 +1,325 @@
+"""``mnist-bench bench``: every backend side by side in one process, against the machine and against Keras.
+
+In one process, on full MNIST (float32, inputs in [0, 1]) with one thread count for everything:
+
+1. the roofline floor of an epoch, measured now (see ``mnist_bench.roofline``);
+2. the seconds of one epoch of each backend, full batch and minibatch, as the backend times it
+   (training compute only, after a warm-up epoch), and each over the floor;
+3. the training seconds each backend takes to reach the target test accuracy (0.92) with the fast
+   preset (conf/experiment/fast.yaml), and the same for the model most Keras users would write:
+   ``Dense(10, softmax)`` trained by ``model.fit`` with Adam at Keras' defaults (lr 0.001, batch 32).
+   Each is timed per epoch with test accuracy checked after every epoch (untimed), over seeds
+   0..repeats-1; the ratio is Keras+Adam's time over each backend's.
+
+Figures are min, median and max over the repeats. The load average before and after is printed
+with them: on a shared machine it says how far to trust them.
+
+    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,keras] [--reference keras-adam|none]
+                      [--batch-size 256] [--json PATH]
+
+Exit status: 0 when every figure was measured, 2 on bad input (one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from mnist_bench import backends, cli, data, experiment, machine, roofline
+from mnist_bench.backends import base
+from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig
+
+PROG = "mnist-bench bench"
+BACKENDS = ("numpy", "tf", "keras")
+REFERENCES = ("keras-adam", "none")
+TARGET = 0.92
+MAX_REFERENCE_EPOCHS = 10
+
+# One contender's figure for one seed: (training seconds to TARGET or None, epochs run, final test accuracy).
+Attempt = tuple[float | None, int, float]
+
+
+class BenchError(ValueError):
+    """Bad input: one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """min, median and max of a list of seconds."""
+
+    min: float
+    median: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(float(np.min(values)), float(np.median(values)), float(np.max(values)))
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} ({self.min:.3f}-{self.max:.3f})"
+
+
+@dataclass(frozen=True)
+class EpochFigure:
+    backend: str
+    batch: str
+    threads: int
+    seconds: Spread
+    floor_ratio: float
+
+
+@dataclass(frozen=True)
+class TargetFigure:
+    contender: str
+    seconds: Spread | None  # None when some repeat never reached the target
+    epochs: list[int]
+    final_test_accuracy: list[float]
+
+
+def _floor(roof: roofline.Roofline, train: base.TrainData) -> float:
+    return roof.epoch_floor_seconds(*train.x_train.shape, train.x_train.itemsize)
+
+
+def _packaged(relative: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(Path(cli.conf_dir()) / relative))
+
+
+def load_mnist() -> base.TrainData:
+    """Full MNIST as runs find it (dataset.dir, $MNIST_BENCH_DATA_DIR, the cache, a mirror), normalized float32."""
+    spec = OmegaConf.merge(OmegaConf.structured(DatasetConfig), _packaged("dataset/mnist.yaml"))
+    dataset = data.load(OmegaConf.to_object(spec))
+    return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, Config(normalize=True))
+
+
+def fast_preset(backend: str, threads: int | None, seed: int) -> Config:
+    """conf/experiment/fast.yaml on ``backend``, with one warm-up epoch (its time is not counted)."""
+    preset = _packaged("experiment/fast.yaml")
+    return Config(**preset, backend=BackendConfig(name=backend, threads=threads, warmup_epochs=1), seed=seed)
+
+
+def _fit(name: str, train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> int:
+    """Train as a run would, threads chosen as a run chooses them; returns the thread count used."""
+    cfg.backend.threads = experiment.resolve_threads(cfg, jobs_at_once=1)
+    backend = backends.get(name)
+    backend.resolve_device(cfg)  # TF's thread pools, before its runtime starts
+    backend.fit(train, cfg, on_epoch)
+    return cfg.backend.threads
+
+
+def epoch_seconds(
+    name: str, train: base.TrainData, threads: int | None, batch_size: int | None, repeats: int
+) -> tuple[list[float], int]:
+    """``repeats`` epochs of softmax SGD at lr 0.1, after one warm-up epoch, and the threads they used."""
+    cfg = Config(
+        backend=BackendConfig(name=name, threads=threads, warmup_epochs=1),
+        activation="softmax",
+        normalize=True,
+        batch_size=batch_size,
+        epochs=repeats,
+        lr=0.1,
+    )
+    seconds: list[float] = []
+    threads = _fit(name, train, cfg, lambda m: seconds.append(m.epoch_seconds) and False)
+    return seconds, threads
+
+
+def time_to_target(name: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
+    """(training seconds until test accuracy >= TARGET or None, epochs run, final test accuracy) of the fast preset."""
+    history: list[base.EpochMetrics] = []
+    _fit(name, train, fast_preset(name, threads, seed), lambda m: history.append(m) or m.test_accuracy >= TARGET)
+    reached = history[-1].test_accuracy >= TARGET
+    return (sum(m.epoch_seconds for m in history) if reached else None), len(history), history[-1].test_accuracy
+
+
+def keras_adam_time_to_target(train: base.TrainData, threads: int | None, seed: int) -> Attempt:
+    """The same figure for Dense(10, softmax) + Adam + model.fit at Keras' defaults.
+
+    One training step on a throwaway batch first traces and compiles fit's step function (as the
+    backends' warm-up epochs do); weights and Adam's state are then reset to where they started.
+    """
+    backends.get("keras").resolve_device(Config(backend=BackendConfig(name="keras", threads=threads)))
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((train.n_features,)), keras.layers.Dense(base.NUM_CLASSES, "softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    start = [model.get_weights(), [v.numpy() for v in model.optimizer.variables]]
+    model.fit(train.x_train[:32], train.y_train[:32], epochs=1, verbose=0)
+    model.set_weights(start[0])
+    for variable, value in zip(model.optimizer.variables, start[1], strict=True):
+        variable.assign(value)
+
+    class TimeToTarget(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self.accuracy = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            self.seconds.append(time.perf_counter() - self.start)
+            weights, bias = self.model.get_weights()
+            self.accuracy = float(((train.x_test @ weights + bias).argmax(axis=1) == train.y_test).mean())
+            self.model.stop_training = self.accuracy >= TARGET
+
+    timer = TimeToTarget()
+    model.fit(train.x_train, train.y_train, epochs=MAX_REFERENCE_EPOCHS, verbose=0, callbacks=[timer])
+    reached = timer.accuracy >= TARGET
+    return (sum(timer.seconds) if reached else None), len(timer.seconds), timer.accuracy
+
+
+def _target_figure(contender: str, measure: Callable[[int], Attempt], repeats: int) -> TargetFigure:
+    results = [measure(seed) for seed in range(repeats)]
+    seconds = [s for s, _, _ in results]
+    spread = Spread.of(seconds) if all(s is not None for s in seconds) else None
+    return TargetFigure(contender, spread, [e for _, e, _ in results], [a for _, _, a in results])
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise BenchError(message)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: backends must be a comma-separated list of {', '.join(BACKENDS)}")
+    return names
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--threads", type=_positive, help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)"
+    )
+    parser.add_argument("--repeats", type=_positive, default=5, help="epochs, and seeds, per figure (default 5)")
+    parser.add_argument("--backends", type=_names, default=list(BACKENDS), help="comma-separated (numpy,tf,keras)")
+    parser.add_argument("--reference", choices=REFERENCES, default="keras-adam", help="time-to-target reference")
+    parser.add_argument("--batch-size", type=_positive, default=256, help="minibatch of the epoch figures (256)")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = parser.parse_args(argv)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise BenchError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    needed = set(args.backends) | ({"keras"} if args.reference == "keras-adam" else set())
+    for name in sorted(needed):  # before anything is measured: a missing TensorFlow is bad input
+        try:
+            backends.get(name)
+        except ImportError as err:
+            raise BenchError(f"{err} (or leave it out: --backends numpy --reference none)") from None
+    return args
+
+
+def _load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _write_json(path: Path, report: dict) -> None:
+    """Whole or not at all: a temporary file beside it, renamed into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"--json {path}: cannot write it ({err.strerror})") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        train = load_mnist()
+    except (BenchError, ConfigError, data.DataError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+
+    load_before = _load_average()
+    print(f"cpu: {machine.cpu_model()}, {machine.cpu_count()} cores; load average {load_before}")
+    # The floor at every thread count the figures use: the one given, or 1 (numpy minibatches) and all cores.
+    roofs = {n: roofline.measure(n) for n in sorted({args.threads} if args.threads else {1, machine.cpu_count()})}
+    for threads, roof in roofs.items():
+        print(
+            f"roofline, {threads} threads: read {roof.read_gb_per_s:.1f} GB/s, sgemm {roof.sgemm_gflop_per_s:.0f}"
+            f" GFLOP/s -> epoch floor {_floor(roof, train) * 1000:.1f} ms"
+        )
+
+    def floor(threads: int) -> float:
+        return _floor(roofs[threads], train)
+
+    print(f"\nepoch seconds, median (min-max) of {args.repeats}, and x the floor at the same threads")
+    epochs: list[EpochFigure] = []
+    for name in args.backends:
+        for batch, size in (("full", None), (f"b{args.batch_size}", args.batch_size)):
+            times, threads = epoch_seconds(name, train, args.threads, size, args.repeats)
+            seconds = Spread.of(times)
+            epochs.append(EpochFigure(name, batch, threads, seconds, seconds.median / floor(threads)))
+            print(f"  {name:6s} {batch:6s} {threads} threads  {seconds!s:24s} {seconds.median / floor(threads):6.1f}x")
+
+    print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
+    contenders: dict[str, Callable[[int], Attempt]] = {
+        f"{name} fast": functools.partial(time_to_target, name, train, args.threads) for name in args.backends
+    }
+    if args.reference == "keras-adam":
+        contenders["keras model.fit + Adam"] = functools.partial(keras_adam_time_to_target, train, args.threads)
+    targets = []
+    for contender, measure in contenders.items():
+        figure = _target_figure(contender, measure, args.repeats)
+        targets.append(figure)
+        shown = str(figure.seconds) if figure.seconds else f"not reached every time: {figure.final_test_accuracy}"
+        print(f"  {contender:24s} {shown:24s} epochs {figure.epochs}")
+
+    reference = targets[-1] if args.reference == "keras-adam" else None
+    speedups = {}
+    if reference is not None and reference.seconds is not None:
+        print("\nKeras+Adam's time to target over each backend's (medians)")
+        for figure in targets[:-1]:
+            if figure.seconds is not None:
+                speedups[figure.contender] = reference.seconds.median / figure.seconds.median
+                print(f"  {figure.contender:24s} {speedups[figure.contender]:6.1f}x faster")
+    load_after = _load_average()
+    print(f"\nload average before {load_before}, after {load_after}")
+
+    if args.json is not None:
+        report = {
+            "cpu_model": machine.cpu_model(),
+            "cpu_count": machine.cpu_count(),
+            "repeats": args.repeats,
+            "load_average": {"before": load_before, "after": load_after},
+            "rooflines": [asdict(roof) | {"epoch_floor_seconds": _floor(roof, train)} for roof in roofs.values()],
+            "epochs": [asdict(e) for e in epochs],
+            "time_to_target": {"target": TARGET, "figures": [asdict(t) for t in targets]},
+            "keras_adam_over": speedups,
+        }
+        try:
+            _write_json(args.json, report)
+        except BenchError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return cli.EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""``mnist-bench bench``: the side-by-side measurement of issue 8, run for real on full MNIST.
+
+Its figures are timings on a shared machine, so the tests hold what must be true on any machine:
+every figure is there, an epoch is never faster than the floor measured beside it, the fast preset
+reaches its target, and bad input is one line with exit status 2 and no file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def bench(run_cli, folder: Path, *args: str, timeout: float = 300):
+    return run_cli(["bench", *args], cwd=folder, timeout=timeout)
+
+
+def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path, run_cli, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = bench(run_cli, tmp_path, "--backends", "numpy", "--reference", "none", "--repeats", "3", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    floors = {roof["threads"]: roof["epoch_floor_seconds"] for roof in report["rooflines"]}
+    assert set(floors) == {1, report["cpu_count"]}  # numpy minibatches run on 1 thread, full batches on all
+    figures = {e["batch"]: e for e in report["epochs"]}
+    assert set(figures) == {"full", "b256"} and {e["backend"] for e in report["epochs"]} == {"numpy"}
+    assert figures["b256"]["threads"] == 1
+    for figure in figures.values():
+        seconds = figure["seconds"]
+        assert 0 < seconds["min"] <= seconds["median"] <= seconds["max"]
+        assert figure["floor_ratio"] == pytest.approx(seconds["median"] / floors[figure["threads"]])
+        assert figure["floor_ratio"] > 1  # no epoch beats what the machine can do
+
+    (fast,) = report["time_to_target"]["figures"]
+    assert fast["contender"] == "numpy fast" and fast["epochs"] == [1, 1, 1]
+    assert min(fast["final_test_accuracy"]) >= report["time_to_target"]["target"] == 0.92
+    assert fast["seconds"]["median"] > 0
+    assert report["keras_adam_over"] == {}
+    assert "x the floor" in done.stdout and "load average before" in done.stdout
+
+
+@pytest.mark.slow
+def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "bench.json"
+    done = bench(run_cli, tmp_path, "--repeats", "3", "--json", str(out), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
+        (name, batch) for name in ("numpy", "tf", "keras") for batch in ("full", "b256")
+    }
+    figures = {f["contender"]: f for f in report["time_to_target"]["figures"]}
+    assert list(figures) == ["numpy fast", "tf fast", "keras fast", "keras model.fit + Adam"]
+    adam = figures.pop("keras model.fit + Adam")
+    assert adam["seconds"] is not None and max(adam["final_test_accuracy"]) >= 0.92
+    for name, figure in figures.items():
+        assert figure["epochs"] == [1, 1, 1], name  # every backend trains the fast preset alike
+        assert report["keras_adam_over"][name] == pytest.approx(adam["seconds"]["median"] / figure["seconds"]["median"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--backends", "numpy,jax"], "numpy, tf, keras"),
+        (["--repeats", "0"], ">= 1"),
+        (["--reference", "sklearn"], "keras-adam"),
+        (["--json", "{missing}/bench.json"], "does not exist"),
+    ],
+    ids=["unknown-backend", "zero-repeats", "unknown-reference", "json-in-missing-folder"],
+)
+def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: list[str], expected: str) -> None:
+    args = [a.format(missing=tmp_path / "missing") for a in args]
+    done = bench(run_cli, tmp_path, *args, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist-bench bench: error:") and expected in lines[0], lines
+    assert not (tmp_path / "missing").exists() and list(tmp_path.iterdir()) == []
