@@ -36,17 +36,18 @@ def write(folder: Path, cfg: Config, history: list[EpochMetrics], fit: FitResult
     (folder / "confusion_matrix.csv").write_text("\n".join([header, *rows]) + "\n")
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.11, top=0.93)
     ax.imshow(counts, cmap="Blues")
     for (i, j), value in np.ndenumerate(counts):
         ax.text(j, i, str(value), ha="center", va="center", fontsize=6)
     ax.set(xlabel="predicted", ylabel="true", xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES))
     ax.set_title("test-set confusion matrix")
-    fig.tight_layout()
     fig.savefig(folder / "confusion_matrix.png", dpi=100)
     plt.close(fig)
 
     columns = {key: [asdict(m)[key] for m in history] for key in asdict(history[0])} if history else {}
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.91, wspace=0.25)
     for split in ("train", "test"):
         loss_ax.plot(columns.get("epoch", []), columns.get(f"{split}_loss", []), label=split)
         acc_ax.plot(columns.get("epoch", []), columns.get(f"{split}_accuracy", []), label=split)
@@ -55,6 +56,5 @@ def write(folder: Path, cfg: Config, history: list[EpochMetrics], fit: FitResult
     for ax in (loss_ax, acc_ax):
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(folder / "curves.png", dpi=100)
     plt.close(fig)
