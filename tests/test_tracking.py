@@ -116,6 +116,16 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
         assert error in found.data.tags[tracking.TAG + "error"]
 
 
+def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
+        for epoch in range(1, 201):  # queued to MLflow's logging thread, faster than it stores them
+            run.log_metrics({"train_loss": 1 / epoch, "test_accuracy": epoch / 200}, step=epoch)
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    for key in ("train_loss", "test_accuracy"):
+        assert sorted(p.step for p in client.get_metric_history(run.run_id, key)) == list(range(1, 201))
+
+
 def test_tracked_run_links_its_parent(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     parent = client.create_run(experiment_id).info.run_id
