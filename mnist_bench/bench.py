@@ -1,10 +1,11 @@
 """``mnist-bench bench``: every backend side by side in one process, against the machine and against Keras.
 
-In one process, on full MNIST (float32, inputs in [0, 1]) with one thread count for everything:
+In one process, on full MNIST (float32, inputs in [0, 1]):
 
 1. the roofline floor of an epoch, measured now (see ``mnist_bench.roofline``);
-2. the seconds of one epoch of each backend, full batch and minibatch, as the backend times it
-   (training compute only, after a warm-up epoch), and each over the floor;
+2. the seconds of one epoch of each backend (tf and keras also with XLA), full batch and minibatch,
+   as the backend times it (training compute only, after a warm-up epoch), and each over the floor
+   at the same thread count (as runs choose them: numpy minibatches 1, else all cores; or --threads);
 3. the training seconds each backend takes to reach the target test accuracy (0.92) with the fast
    preset (conf/experiment/fast.yaml), and the same for the model most Keras users would write:
    ``Dense(10, softmax)`` trained by ``model.fit`` with Adam at Keras' defaults (lr 0.001, batch 32).
@@ -14,8 +15,8 @@ In one process, on full MNIST (float32, inputs in [0, 1]) with one thread count 
 Figures are min, median and max over the repeats. The load average before and after is printed
 with them: on a shared machine it says how far to trust them.
 
-    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,keras] [--reference keras-adam|none]
-                      [--batch-size 256] [--json PATH]
+    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla]
+                      [--reference keras-adam|none] [--batch-size 256] [--json PATH]
 
 Exit status: 0 when every figure was measured, 2 on bad input (one line).
 """
@@ -41,7 +42,8 @@ from mnist_bench.backends import base
 from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig
 
 PROG = "mnist-bench bench"
-BACKENDS = ("numpy", "tf", "keras")
+# A backend, or tf/keras with backend.xla=true ("tf+xla").
+BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla")
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
 MAX_REFERENCE_EPOCHS = 10
@@ -102,27 +104,32 @@ def load_mnist() -> base.TrainData:
     return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, Config(normalize=True))
 
 
-def fast_preset(backend: str, threads: int | None, seed: int) -> Config:
-    """conf/experiment/fast.yaml on ``backend``, with one warm-up epoch (its time is not counted)."""
-    preset = _packaged("experiment/fast.yaml")
-    return Config(**preset, backend=BackendConfig(name=backend, threads=threads, warmup_epochs=1), seed=seed)
+def backend_config(label: str, threads: int | None) -> BackendConfig:
+    """``numpy``, ``tf``, ``tf+xla``, ... as a backend config with one warm-up epoch (its time is not counted)."""
+    name, _, xla = label.partition("+")
+    return BackendConfig(name=name, threads=threads, warmup_epochs=1, xla=xla == "xla")
 
 
-def _fit(name: str, train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> int:
+def fast_preset(label: str, threads: int | None, seed: int) -> Config:
+    """conf/experiment/fast.yaml on the backend ``label`` names."""
+    return Config(**_packaged("experiment/fast.yaml"), backend=backend_config(label, threads), seed=seed)
+
+
+def _fit(train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> int:
     """Train as a run would, threads chosen as a run chooses them; returns the thread count used."""
     cfg.backend.threads = experiment.resolve_threads(cfg, jobs_at_once=1)
-    backend = backends.get(name)
+    backend = backends.get(cfg.backend.name)
     backend.resolve_device(cfg)  # TF's thread pools, before its runtime starts
     backend.fit(train, cfg, on_epoch)
     return cfg.backend.threads
 
 
 def epoch_seconds(
-    name: str, train: base.TrainData, threads: int | None, batch_size: int | None, repeats: int
+    label: str, train: base.TrainData, threads: int | None, batch_size: int | None, repeats: int
 ) -> tuple[list[float], int]:
     """``repeats`` epochs of softmax SGD at lr 0.1, after one warm-up epoch, and the threads they used."""
     cfg = Config(
-        backend=BackendConfig(name=name, threads=threads, warmup_epochs=1),
+        backend=backend_config(label, threads),
         activation="softmax",
         normalize=True,
         batch_size=batch_size,
@@ -130,14 +137,14 @@ def epoch_seconds(
         lr=0.1,
     )
     seconds: list[float] = []
-    threads = _fit(name, train, cfg, lambda m: seconds.append(m.epoch_seconds) and False)
+    threads = _fit(train, cfg, lambda m: seconds.append(m.epoch_seconds) and False)
     return seconds, threads
 
 
-def time_to_target(name: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
+def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
     """(training seconds until test accuracy >= TARGET or None, epochs run, final test accuracy) of the fast preset."""
     history: list[base.EpochMetrics] = []
-    _fit(name, train, fast_preset(name, threads, seed), lambda m: history.append(m) or m.test_accuracy >= TARGET)
+    _fit(train, fast_preset(label, threads, seed), lambda m: history.append(m) or m.test_accuracy >= TARGET)
     reached = history[-1].test_accuracy >= TARGET
     return (sum(m.epoch_seconds for m in history) if reached else None), len(history), history[-1].test_accuracy
 
@@ -217,14 +224,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--threads", type=_positive, help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)"
     )
     parser.add_argument("--repeats", type=_positive, default=5, help="epochs, and seeds, per figure (default 5)")
-    parser.add_argument("--backends", type=_names, default=list(BACKENDS), help="comma-separated (numpy,tf,keras)")
+    parser.add_argument(
+        "--backends", type=_names, default=list(BACKENDS), help=f"comma-separated ({','.join(BACKENDS)})"
+    )
     parser.add_argument("--reference", choices=REFERENCES, default="keras-adam", help="time-to-target reference")
     parser.add_argument("--batch-size", type=_positive, default=256, help="minibatch of the epoch figures (256)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.json is not None and not args.json.parent.is_dir():
         raise BenchError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    needed = set(args.backends) | ({"keras"} if args.reference == "keras-adam" else set())
+    needed = {label.partition("+")[0] for label in args.backends}
+    if args.reference == "keras-adam":
+        needed.add("keras")
     for name in sorted(needed):  # before anything is measured: a missing TensorFlow is bad input
         try:
             backends.get(name)
@@ -276,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             times, threads = epoch_seconds(name, train, args.threads, size, args.repeats)
             seconds = Spread.of(times)
             epochs.append(EpochFigure(name, batch, threads, seconds, seconds.median / floor(threads)))
-            print(f"  {name:6s} {batch:6s} {threads} threads  {seconds!s:24s} {seconds.median / floor(threads):6.1f}x")
+            print(f"  {name:9s} {batch:6s} {threads} threads  {seconds!s:24s} {seconds.median / floor(threads):6.1f}x")
 
     print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
     contenders: dict[str, Callable[[int], Attempt]] = {
@@ -289,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figure = _target_figure(contender, measure, args.repeats)
         targets.append(figure)
         shown = str(figure.seconds) if figure.seconds else f"not reached every time: {figure.final_test_accuracy}"
-        print(f"  {contender:24s} {shown:24s} epochs {figure.epochs}")
+        print(f"  {contender:26s} {shown:24s} epochs {figure.epochs}")
 
     reference = targets[-1] if args.reference == "keras-adam" else None
     speedups = {}
@@ -298,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for figure in targets[:-1]:
             if figure.seconds is not None:
                 speedups[figure.contender] = reference.seconds.median / figure.seconds.median
-                print(f"  {figure.contender:24s} {speedups[figure.contender]:6.1f}x faster")
+                print(f"  {figure.contender:26s} {speedups[figure.contender]:6.1f}x faster")
     load_after = _load_average()
     print(f"\nload average before {load_before}, after {load_after}")
 

@@ -50,11 +50,12 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
 
+    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla")
     assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
-        (name, batch) for name in ("numpy", "tf", "keras") for batch in ("full", "b256")
+        (label, batch) for label in labels for batch in ("full", "b256")
     }
     figures = {f["contender"]: f for f in report["time_to_target"]["figures"]}
-    assert list(figures) == ["numpy fast", "tf fast", "keras fast", "keras model.fit + Adam"]
+    assert list(figures) == [f"{label} fast" for label in labels] + ["keras model.fit + Adam"]
     adam = figures.pop("keras model.fit + Adam")
     assert adam["seconds"] is not None and max(adam["final_test_accuracy"]) >= 0.92
     for name, figure in figures.items():
@@ -65,7 +66,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--backends", "numpy,jax"], "numpy, tf, keras"),
+        (["--backends", "numpy,jax"], "numpy, tf, tf+xla, keras, keras+xla"),
         (["--repeats", "0"], ">= 1"),
         (["--reference", "sklearn"], "keras-adam"),
         (["--json", "{missing}/bench.json"], "does not exist"),
