@@ -97,10 +97,14 @@ def _packaged(relative: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(Path(cli.conf_dir()) / relative))
 
 
+def mnist_spec() -> DatasetConfig:
+    """conf/dataset/mnist.yaml as the harness composes it."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), _packaged("dataset/mnist.yaml")))
+
+
 def load_mnist() -> base.TrainData:
     """Full MNIST as runs find it (dataset.dir, $MNIST_BENCH_DATA_DIR, the cache, a mirror), normalized float32."""
-    spec = OmegaConf.merge(OmegaConf.structured(DatasetConfig), _packaged("dataset/mnist.yaml"))
-    dataset = data.load(OmegaConf.to_object(spec))
+    dataset = data.load(mnist_spec())
     return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, Config(normalize=True))
 
 

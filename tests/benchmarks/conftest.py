@@ -21,9 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from mnist_bench import data
+from mnist_bench import bench, data
 from mnist_bench.backends import base
 from mnist_bench.config import DatasetConfig
 
@@ -91,8 +90,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def mnist_spec() -> DatasetConfig:
     """conf/dataset/mnist.yaml as the harness composes it, never downloading."""
-    composed = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(REPO / "conf/dataset/mnist.yaml"))
-    return replace(OmegaConf.to_object(composed), download=False)
+    return replace(bench.mnist_spec(), download=False)
 
 
 @pytest.fixture(scope="session")
