@@ -326,22 +326,11 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
 
 
 def open_experiment(uri: str, experiment: str):
-    """A client on an existing store and experiment; never creates either (a read-side tool)."""
-    from mlflow.tracking import MlflowClient
-
-    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-    local = Path(uri) if "://" not in uri else None
-    if (db and not db.is_file()) or (local and not local.is_dir()):
-        raise CheckError(f"no MLflow store at {db or local}: run a sweep first, or pass --tracking-uri")
+    """A client on an existing store and experiment; creates neither (see tracking.open_existing)."""
     try:
-        tracking.check_reachable(uri)
+        return tracking.open_existing(uri, experiment)
     except tracking.TrackingError as err:
         raise CheckError(str(err)) from None
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise CheckError(f"no experiment {experiment!r} in {tracking.redact(uri)}; pass --experiment")
-    return client, found.experiment_id
 
 
 def sweep_runs(client, experiment_id: str, wanted: str, where: str) -> list:

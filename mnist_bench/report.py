@@ -117,33 +117,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _local_store(uri: str) -> Path | None:
-    """The database file or folder of a local store; None for a tracking server."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("file://") or "://" not in uri:
-        return Path(uri.removeprefix("file://"))
-    return None
-
-
 def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """A client and the id of an existing experiment. Unlike tracking.open_store this creates nothing,
-    so that a mistyped --tracking-uri or --experiment leaves no empty store behind."""
-    local = _local_store(uri)
-    if local is not None and not local.exists():
-        raise ReportError(
-            f"no tracking store at {tracking.redact(uri)}: pass --tracking-uri or set MLFLOW_TRACKING_URI"
-        )
+    """A client and the id of an existing experiment; creates nothing (see tracking.open_existing)."""
     try:
-        tracking.check_reachable(uri)  # also: writable, since the report is logged back to the store
+        return tracking.open_existing(uri, name)
     except tracking.TrackingError as err:
         raise ReportError(str(err)) from err
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        names = ", ".join(e.name for e in client.search_experiments()) or "none"
-        raise ReportError(f"no experiment {name!r} in {tracking.redact(uri)} (experiments: {names})")
-    return client, experiment.experiment_id
 
 
 def sweep_name(parent: Run) -> str:

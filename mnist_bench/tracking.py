@@ -100,6 +100,22 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             ) from err
 
 
+def _local_store(uri: str) -> Path | None:
+    """The database file or folder of a local store; None for a tracking server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://") or "://" not in uri:
+        return Path(uri.removeprefix("file://"))
+    return None
+
+
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    """Held while MLflow opens a SQLite store: opening runs its schema creation and migrations, which
+    race when two processes do it at once (jobs die, the file can become unopenable)."""
+    db = _sqlite_path(uri)
+    return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+
+
 def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, creating (and migrating) the store once, under a file lock.
 
@@ -107,18 +123,40 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     creation; the lock makes the first one create it while the others wait.
     """
     check_reachable(uri)
-    db = _sqlite_path(uri)
-    lock = FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
     from mlflow.tracking import MlflowClient
 
-    with lock:
+    with _store_lock(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             return client, found.experiment_id
         # Artifacts beside the database, not in whatever directory the process happens to be in.
+        db = _sqlite_path(uri)
         location = (db.parent / "mlruns").as_uri() if db is not None else None
         return client, client.create_experiment(experiment, artifact_location=location)
+
+
+def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+    """A client and the id of an existing experiment, for the tools that read a store.
+
+    Creates nothing, so a mistyped URI or experiment leaves no empty store behind; and it opens the
+    store under open_store's lock, so reading while a sweep creates the store cannot corrupt it.
+    """
+    local = _local_store(uri)
+    if local is not None and not local.exists():
+        raise TrackingError(
+            f"no tracking store at {redact(uri)}: run a sweep first, or pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        )
+    check_reachable(uri)  # also: writable, since the readers log their results back
+    from mlflow.tracking import MlflowClient
+
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise TrackingError(f"no experiment {experiment!r} in {redact(uri)} (experiments: {names}); pass --experiment")
+    return client, found.experiment_id
 
 
 def process_tags() -> dict[str, str]:

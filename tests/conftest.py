@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from mnist_bench import tracking
+
 if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store skip its import time
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
@@ -131,17 +133,18 @@ def store(tmp_path: Path, make_store: MakeStore) -> Store:
 
 
 def fetch_runs(uri: str, experiment: str = EXPERIMENT) -> list[Run]:
-    """Every run of the experiment in the store at uri (any status); [] if the store or experiment does not exist."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return []  # opening it would create it
-    from mlflow.entities import ViewType
-    from mlflow.tracking import MlflowClient
+    """Every run of the experiment in the store at uri (any status); [] if the store or experiment does not exist.
 
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+    Opens the store the way the product's readers do (creating nothing, under the store's lock), so a
+    test may poll a store that a running sweep is still creating.
+    """
+    from mlflow.entities import ViewType
+
+    try:
+        client, experiment_id = tracking.open_existing(uri, experiment)
+    except tracking.TrackingError:
         return []
-    return client.search_runs([found.experiment_id], run_view_type=ViewType.ALL, max_results=10000)
+    return client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=10000)
 
 
 @pytest.fixture(scope="session")

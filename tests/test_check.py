@@ -161,7 +161,7 @@ def test_bad_input_exits_2(sweep_uri: str, tmp_path: Path, capsys: pytest.Captur
     not_benchmarks = write(tmp_path, {"benchmarks": [{"name": "x"}]}, "other.json")
     cases = {
         "no sweep 'nope'": ["--tracking-uri", sweep_uri, "--sweep", "nope"],
-        "no MLflow store": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
+        "no tracking store at": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
         "no experiment 'other'": ["--tracking-uri", sweep_uri, "--experiment", "other"],
         "cannot read benchmark file": ["--benchmark-json", tmp_path / "absent.json"],
         "is not a pytest-benchmark JSON file": ["--benchmark-json", not_json],

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,24 +204,37 @@ def test_reap_leaves_runs_of_other_hosts_alone(store) -> None:
 PROCESSES, ROUNDS = 4, 3
 
 
-def open_rounds(uris: list[str], barrier, results) -> None:
-    """In a spawned process: for each store, wait for the others, then open it at the same moment."""
+def open_rounds(uris: list[str], barrier, results, reader: bool) -> None:
+    """In a spawned process: for each store, wait for the others, then open it at the same moment,
+    as a sweep job does (creating it) or as a report does (polling until a sweep has created it)."""
     for uri in uris:
         barrier.wait(timeout=240)
         try:
-            _, experiment_id = tracking.open_store(uri, EXPERIMENT)
+            experiment_id = _read_once_created(uri) if reader else tracking.open_store(uri, EXPERIMENT)[1]
             results.put((uri, experiment_id))
         except Exception as err:
             results.put((uri, f"error: {type(err).__name__}: {err}"))
 
 
-def test_parallel_processes_open_a_brand_new_store(tmp_path: Path) -> None:
+def _read_once_created(uri: str) -> str:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return tracking.open_existing(uri, EXPERIMENT)[1]
+        except tracking.TrackingError:  # no store or no experiment yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+@pytest.mark.parametrize("readers", [0, 2], ids=["creators", "creators-and-readers"])
+def test_parallel_processes_open_a_brand_new_store(tmp_path: Path, readers: int) -> None:
     uris = [f"sqlite:///{tmp_path}/round{k}/mlflow.db" for k in range(ROUNDS)]
     for k in range(ROUNDS):
         (tmp_path / f"round{k}").mkdir()
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [ctx.Process(target=open_rounds, args=(uris, barrier, results)) for _ in range(PROCESSES)]
+    procs = [ctx.Process(target=open_rounds, args=(uris, barrier, results, k < readers)) for k in range(PROCESSES)]
     for proc in procs:
         proc.start()
     try:
