@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_bench import server
+from mnist_bench import server, tracking
 
 DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
@@ -242,13 +242,6 @@ def sweep_command(address: str, uri: str, experiment: str, sweep_dir: Path, *ove
     ]
 
 
-def client_for(uri: str, experiment: str):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(uri)
-    return client, client.get_experiment_by_name(experiment).experiment_id
-
-
 def runs_of(client, experiment_id: str, filter_string: str = "") -> list:
     return client.search_runs([experiment_id], filter_string=filter_string, max_results=1000)
 
@@ -267,7 +260,7 @@ def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "sweep summary: finished 8" in done.stdout
 
-    client, experiment_id = client_for(uri, "cluster-sweep")
+    client, experiment_id = tracking.open_existing(uri, "cluster-sweep")
     (parent,) = runs_of(client, experiment_id, "tags.`mnist_bench.kind` = 'sweep'")
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["mnist_bench.sweep_dir"] == str(tmp_path / "sweep")
@@ -309,8 +302,8 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
 
         def long_run_training():
             try:
-                client, experiment_id = client_for(uri, experiment)
-            except AttributeError:  # no experiment yet
+                client, experiment_id = tracking.open_existing(uri, experiment)
+            except tracking.TrackingError:  # no experiment yet
                 return None
             for run in runs_of(client, experiment_id, "params.epochs = '400' and attributes.status = 'RUNNING'"):
                 if client.get_metric_history(run.info.run_id, "train_loss"):
@@ -331,7 +324,7 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
     assert "mnist-bench: error: a sweep job was lost (The worker died unexpectedly" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
 
-    client, experiment_id = client_for(uri, experiment)
+    client, experiment_id = tracking.open_existing(uri, experiment)
     (parent,) = runs_of(client, experiment_id, "tags.`mnist_bench.kind` = 'sweep'")
     assert parent.info.status == "FAILED"
 
