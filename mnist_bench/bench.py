@@ -37,7 +37,7 @@ from typing import NoReturn
 import numpy as np
 from omegaconf import OmegaConf
 
-from mnist_bench import backends, cli, data, experiment, machine, roofline
+from mnist_bench import atomic, backends, cli, data, experiment, machine, roofline
 from mnist_bench.backends import base
 from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig
 
@@ -252,17 +252,6 @@ def _load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def _write_json(path: Path, report: dict) -> None:
-    """Whole or not at all: a temporary file beside it, renamed into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise BenchError(f"--json {path}: cannot write it ({err.strerror})") from None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -329,9 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "keras_adam_over": speedups,
         }
         try:
-            _write_json(args.json, report)
-        except BenchError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
+            atomic.write(args.json, json.dumps(report, indent=2).encode())
+        except OSError as err:
+            print(f"{PROG}: error: --json {args.json}: cannot write it ({err.strerror})", file=sys.stderr)
             return cli.EXIT_BAD_INPUT
     return 0
 

@@ -14,18 +14,16 @@ import math
 import os
 import shutil
 import struct
-import tempfile
 import urllib.parse
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mnist_bench import atomic
 from mnist_bench.config import DatasetConfig, IdxFile
 
 DATA_DIR_ENV = "MNIST_BENCH_DATA_DIR"
@@ -128,27 +126,10 @@ def _save_array(target: Path, array: np.ndarray) -> None:
     if target.exists():
         return
     try:
-        with _replacing(target) as tmp:
+        with atomic.replacing(target) as tmp:
             np.save(tmp, array, allow_pickle=False)
     except OSError as err:
         warnings.warn(f"could not cache decoded arrays in {target.parent}: {err}", stacklevel=3)
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[Path]:
-    """A temp file next to target that atomically replaces it if the block succeeds, else is deleted.
-
-    Unique temp names plus os.replace make concurrent writers of the same entry safe.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_sources(spec: DatasetConfig, cache: Path) -> tuple[list[np.ndarray], str]:
@@ -291,7 +272,7 @@ def _fetch(spec: DatasetConfig, idx: IdxFile, images: bool, target: Path, looked
             failures.append(f"{url}: refused (only https://, or http:// on 127.0.0.1/localhost)")
             continue
         try:
-            with _replacing(target) as tmp:
+            with atomic.replacing(target) as tmp:
                 with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, tmp.open("wb") as out:
                     shutil.copyfileobj(response, out)
                 _read_verified(tmp, idx, images, url)

@@ -32,7 +32,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import report_plots, sweep, tracking
+from mnist_bench import atomic, report_plots, sweep, tracking
 from mnist_bench.report_plots import Plot
 
 PROG = "mnist-bench report"
@@ -617,20 +617,6 @@ def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
     return out or Path("results") / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
 
 
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write beside ``path`` and rename over it: a reader never sees half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for reading
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report and log it to the sweep's parent run; 2 with one line on stderr when there is nothing
     (valid) to report, 1 when the files were written but could not be logged."""
@@ -644,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folder, artifact_path = destinations(sel, args.out)
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        write_atomic(folder / name, content)
+        atomic.write(folder / name, content)
     try:
         for name in files:
             client.log_artifact(sel.parent.info.run_id, str(folder / name), artifact_path)

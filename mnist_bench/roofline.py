@@ -11,6 +11,7 @@ the same on a laptop, on CI and on a workstation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mnist_bench import machine
+from mnist_bench import atomic, machine
 
 CACHE_MAX_AGE_SECONDS = 7 * 24 * 3600
 _PROBE_BYTES = 256 * 2**20  # larger than any cache, so reads come from memory
@@ -85,13 +86,8 @@ def cached(threads: int) -> Roofline:
     except (OSError, ValueError, TypeError):
         pass
     roof = measure(threads)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(roof)))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs a re-measurement next time
+    with contextlib.suppress(OSError):  # a read-only cache only costs a re-measurement next time
+        atomic.write(path, json.dumps(asdict(roof)).encode())
     return roof
 
 
