@@ -77,7 +77,11 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+HEALTH_ATTEMPT_S = 10.0  # one request to a tracking server's /health
+HEALTH_PATIENCE_S = 60.0  # how long a server that answers slowly is asked again before we give up
+
+
+def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: float = HEALTH_PATIENCE_S) -> None:
     """Fail fast, before training, on an unwritable store path or a server that does not answer."""
     db = _sqlite_path(uri)
     if db is not None:
@@ -90,14 +94,27 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
         return
     if uri.startswith(("http://", "https://")):
+        _await_health(uri.rstrip("/") + "/health", attempt_s, patience_s)
+
+
+def _await_health(url: str, attempt_s: float, patience_s: float) -> None:
+    """A refused connection or an unknown host fails at once. A timeout or a 5xx is asked again until
+    patience runs out: a sweep's jobs all start at once, and on a few busy cores the server answers late."""
+    deadline = time.monotonic() + patience_s
+    while True:
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            with urllib.request.urlopen(url, timeout=attempt_s) as response:
                 response.read()
+            return
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise TrackingError(
-                f"tracking server {redact(uri)} is unreachable ({reason}); start it or set tracking.uri="
-            ) from err
+            struggling = isinstance(reason, TimeoutError) or getattr(err, "code", 0) >= 500
+            if not struggling or time.monotonic() >= deadline:
+                raise TrackingError(
+                    f"tracking server {redact(url.removesuffix('/health'))} is unreachable ({reason}); "
+                    "start it or set tracking.uri="
+                ) from err
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _local_store(uri: str) -> Path | None:

@@ -3,6 +3,7 @@ reaping, and many processes opening a brand-new store at once."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import select
@@ -10,7 +11,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,6 +70,76 @@ def test_uris_with_a_scheme_are_left_untouched(uri: str, tmp_path: Path) -> None
 def test_redact_removes_credentials(uri: str, expected: str) -> None:
     assert tracking.redact(uri) == expected
     assert "s3cret" not in tracking.redact(uri) and "alice" not in tracking.redact(uri)
+
+
+# --- check_reachable: a busy tracking server is waited for, a missing one fails at once -----------
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, list[str], dict[str, object]]]:
+    """A /health endpoint on 127.0.0.1 that answers its first ``struggles`` requests with ``how``:
+    ``"late"`` (after ``delay_s``) or a 503. Yields its URI, the requests seen, and the knobs."""
+    knobs: dict[str, object] = {"struggles": 0, "how": "late", "delay_s": 1.0}
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            if len(seen) <= knobs["struggles"]:
+                if knobs["how"] == "503":
+                    self.send_error(503)
+                    return
+                time.sleep(knobs["delay_s"])
+            with contextlib.suppress(ConnectionError):  # a late answer finds the client gone
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen, knobs
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("how", ["late", "503"])
+def test_a_server_that_struggles_at_first_is_asked_again(health_server, how: str) -> None:
+    uri, seen, knobs = health_server
+    knobs.update(struggles=2, how=how)
+    tracking.check_reachable(uri + "/", attempt_s=0.3, patience_s=30)
+    assert seen == ["/health"] * 3
+
+
+def test_a_server_that_never_answers_in_time_fails_naming_the_timeout(health_server) -> None:
+    uri, seen, knobs = health_server
+    knobs.update(struggles=100, delay_s=0.5)
+    with pytest.raises(
+        tracking.TrackingError, match=r"tracking server http://127\.0\.0\.1:\d+ is unreachable \(timed out\)"
+    ):
+        tracking.check_reachable(uri, attempt_s=0.2, patience_s=0.5)
+    assert 1 <= len(seen) <= 4
+
+
+def test_a_refused_connection_fails_without_asking_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[str] = []
+    real_urlopen = urllib.request.urlopen
+
+    def counting_urlopen(url: str, timeout: float):
+        attempts.append(url)
+        return real_urlopen(url, timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", counting_urlopen)
+    with pytest.raises(tracking.TrackingError, match=r"unreachable .*refused.*; start it or set tracking\.uri="):
+        tracking.check_reachable("http://127.0.0.1:9", patience_s=60)
+    assert attempts == ["http://127.0.0.1:9/health"]
 
 
 # --- tracked_run: the final status on every way out ----------------------------------------------
