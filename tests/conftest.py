@@ -1,4 +1,5 @@
-"""Shared fixtures: real MNIST (when CI provides it), the CLI as a subprocess, and real SQLite MLflow stores.
+"""Shared fixtures: real MNIST (when CI provides it), the CLI as a subprocess, real SQLite MLflow stores,
+and HTTP servers on 127.0.0.1.
 
 Nothing here mocks MLflow, Hydra or NumPy, and nothing is written into the repository: stores,
 caches and Hydra output folders all live under pytest's tmp dirs.
@@ -11,8 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,3 +165,23 @@ def hydra_dirs(folder: Path) -> list[str]:
 def hydra_args() -> Callable[[Path], list[str]]:
     """``hydra_args(folder)``: hydra.run.dir and hydra.sweep.dir under folder."""
     return hydra_dirs
+
+
+@pytest.fixture
+def serve_loopback() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], str]]:
+    """``serve_loopback(Handler)``: serves Handler on 127.0.0.1 (never another address) in a thread until
+    the test ends; returns its base URL."""
+    servers: list[tuple[ThreadingHTTPServer, threading.Thread]] = []
+
+    def serve(handler: type[BaseHTTPRequestHandler]) -> str:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        servers.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield serve
+    for httpd, thread in servers:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

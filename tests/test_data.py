@@ -11,8 +11,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -334,7 +334,7 @@ def test_limits_slice_the_first_rows(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[str, list[str]]]:
+def server(serve_loopback) -> tuple[str, list[str]]:
     """A 127.0.0.1 server with mirrors /good/, /corrupt/ (other content), /truncated/ (cut gzip); else 404."""
     routes: dict[str, bytes] = {}
     for part, content in GOOD.items():
@@ -359,15 +359,7 @@ def server() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    return serve_loopback(Handler), requests
 
 
 def dead_mirror() -> str:

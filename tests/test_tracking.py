@@ -11,11 +11,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -76,7 +74,7 @@ def test_redact_removes_credentials(uri: str, expected: str) -> None:
 
 
 @pytest.fixture
-def health_server() -> Iterator[tuple[str, list[str], dict[str, object]]]:
+def health_server(serve_loopback) -> tuple[str, list[str], dict[str, object]]:
     """A /health endpoint on 127.0.0.1 that answers its first ``struggles`` requests with ``how``:
     ``"late"`` (after ``delay_s``) or a 503. Yields its URI, the requests seen, and the knobs."""
     knobs: dict[str, object] = {"struggles": 0, "how": "late", "delay_s": 1.0}
@@ -99,15 +97,7 @@ def health_server() -> Iterator[tuple[str, list[str], dict[str, object]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", seen, knobs
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    return serve_loopback(Handler), seen, knobs
 
 
 @pytest.mark.parametrize("how", ["late", "503"])
