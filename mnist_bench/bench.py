@@ -279,8 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for batch, size in (("full", None), (f"b{args.batch_size}", args.batch_size)):
             times, threads = epoch_seconds(name, train, args.threads, size, args.repeats)
             seconds = Spread.of(times)
-            epochs.append(EpochFigure(name, batch, threads, seconds, seconds.median / floor(threads)))
-            print(f"  {name:9s} {batch:6s} {threads} threads  {seconds!s:24s} {seconds.median / floor(threads):6.1f}x")
+            figure = EpochFigure(name, batch, threads, seconds, seconds.median / floor(threads))
+            epochs.append(figure)
+            print(f"  {name:9s} {batch:6s} {threads} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x")
 
     print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
     contenders: dict[str, Callable[[int], Attempt]] = {

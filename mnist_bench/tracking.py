@@ -94,12 +94,13 @@ def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: f
             raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
         return
     if uri.startswith(("http://", "https://")):
-        _await_health(uri.rstrip("/") + "/health", attempt_s, patience_s)
+        _await_health(uri, attempt_s, patience_s)
 
 
-def _await_health(url: str, attempt_s: float, patience_s: float) -> None:
+def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
     """A refused connection or an unknown host fails at once. A timeout or a 5xx is asked again until
     patience runs out: a sweep's jobs all start at once, and on a few busy cores the server answers late."""
+    url = uri.rstrip("/") + "/health"
     deadline = time.monotonic() + patience_s
     while True:
         try:
@@ -111,8 +112,7 @@ def _await_health(url: str, attempt_s: float, patience_s: float) -> None:
             struggling = isinstance(reason, TimeoutError) or getattr(err, "code", 0) >= 500
             if not struggling or time.monotonic() >= deadline:
                 raise TrackingError(
-                    f"tracking server {redact(url.removesuffix('/health'))} is unreachable ({reason}); "
-                    "start it or set tracking.uri="
+                    f"tracking server {redact(uri)} is unreachable ({reason}); start it or set tracking.uri="
                 ) from err
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 

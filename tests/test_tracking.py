@@ -76,7 +76,7 @@ def test_redact_removes_credentials(uri: str, expected: str) -> None:
 @pytest.fixture
 def health_server(serve_loopback) -> tuple[str, list[str], dict[str, object]]:
     """A /health endpoint on 127.0.0.1 that answers its first ``struggles`` requests with ``how``:
-    ``"late"`` (after ``delay_s``) or a 503. Yields its URI, the requests seen, and the knobs."""
+    ``"late"`` (after ``delay_s``) or a 503. Returns its URI, the requests seen, and the knobs."""
     knobs: dict[str, object] = {"struggles": 0, "how": "late", "delay_s": 1.0}
     seen: list[str] = []
 
