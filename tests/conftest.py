@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from needs import DATA_DIR, NO_DATA, missing
 
 from mnist_bench import tracking
 
@@ -30,9 +31,19 @@ if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store s
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist-bench"
 CLI_TIMEOUT_S = 300
-# Read once at import: a test module may hide the variable from its own tests (tests/test_data.py does).
-DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
-NO_DATA = "MNIST_BENCH_DATA_DIR is not set: real MNIST is not available here (CI sets it)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed ``subprocess.run(..., check=True)`` shows what the child printed, not just its exit status."""
+    report = yield
+    error = call.excinfo.value if call.excinfo is not None else None
+    if isinstance(error, subprocess.CalledProcessError):
+        for name, output in (("stdout", error.stdout), ("stderr", error.stderr)):
+            if output:
+                text = output.decode(errors="replace") if isinstance(output, bytes) else output
+                report.sections.append((f"{name} of {error.cmd!r}", text[-5000:]))
+    return report
 
 
 @dataclass
@@ -53,7 +64,7 @@ class Store:
 def mnist_dir() -> Path:
     """The folder CI puts the real MNIST files in (it or its mnist/ subfolder holds them)."""
     if not DATA_DIR:
-        pytest.skip(NO_DATA)
+        missing(NO_DATA)
     return Path(DATA_DIR)
 
 

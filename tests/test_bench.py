@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from needs import import_extra
 
 
 def bench(run_cli, folder: Path, *args: str, timeout: float = 300):
@@ -44,7 +45,7 @@ def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path
 
 @pytest.mark.slow
 def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
+    import_extra("tensorflow", "tf")
     out = tmp_path / "bench.json"
     done = bench(run_cli, tmp_path, "--repeats", "3", "--json", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from needs import DATA_DIR, NO_DATA, POSTGRESQL, import_extra, missing
 
 from mnist_bench import server, tracking
 
-DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 ARTIFACTS = {"config.yaml", "curves.png", "weights.npz", "confusion_matrix.csv", "confusion_matrix.png"}
 SMALL = ["batch_size=256", "dataset.train_limit=2000", "dataset.test_limit=500", "progress=none"]
@@ -55,18 +55,23 @@ def _missing() -> str | None:
         if importlib.util.find_spec(module) is None:
             return f"{package} is not installed (pip install -e '.[cluster]')"
     if _initdb() is None:
-        return "PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)"
+        return f"PostgreSQL server binaries are missing (/usr/lib/postgresql/*/bin/initdb): {POSTGRESQL}"
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no 'postgres' user to run initdb as"
     if not DATA_DIR:
-        return "MNIST_BENCH_DATA_DIR is not set (the folder holding mnist/)"
+        return NO_DATA
     return None
 
 
-cluster = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+@pytest.fixture
+def cluster() -> None:
+    """Skips a test that needs the whole cluster stack where part of it is absent (fails in CI)."""
+    reason = _missing()
+    if reason is not None:
+        missing(reason)
 
 
 def free_port() -> int:
@@ -246,7 +251,7 @@ def runs_of(client, experiment_id: str, filter_string: str = "") -> list:
     return client.search_runs([experiment_id], filter_string=filter_string, max_results=1000)
 
 
-@cluster
+@pytest.mark.usefixtures("cluster")
 @pytest.mark.slow
 def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
     ray_started, mlflow_server, ray_head, tmp_path: Path
@@ -285,7 +290,7 @@ def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep_cells.json"}
 
 
-@cluster
+@pytest.mark.usefixtures("cluster")
 @pytest.mark.slow
 def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
     ray_started, mlflow_server, ray_head, tmp_path: Path
@@ -372,9 +377,6 @@ def test_server_passes_extra_arguments_to_mlflow() -> None:
     assert socket.gethostname() in command[command.index("--allowed-hosts") + 1]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="hydra-ray-launcher is not installed"
-)
 @pytest.mark.parametrize(
     ("overrides", "remote"),
     [
@@ -384,6 +386,7 @@ def test_server_passes_extra_arguments_to_mlflow() -> None:
 )
 @pytest.mark.filterwarnings("ignore:\\s*'hydra/launcher/ray' is validated against ConfigStore schema:UserWarning")
 def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], remote: dict) -> None:
+    import_extra("hydra_plugins.hydra_ray_launcher", "cluster")
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import DATA_DIR, FASHION_MNIST, NO_DATA, missing
 
 from mnist_bench import data
 from mnist_bench.config import DatasetConfig, IdxFile
@@ -24,7 +25,6 @@ from mnist_bench.data import DataError, load
 
 REPO = Path(__file__).resolve().parents[1]
 # Read before the autouse fixture hides it: where the real MNIST is (a parent of mnist/ or the folder).
-REAL_DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
 NAMES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -420,9 +420,9 @@ def test_plain_http_elsewhere_is_refused_without_connecting(tmp_path: Path, monk
 def test_real_mnist_and_cache_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from omegaconf import OmegaConf
 
-    root = Path(REAL_DATA_DIR or REPO.parent / "shared" / "data")
-    if not root.is_dir():
-        pytest.skip(f"real MNIST not found: {root} does not exist (set {data.DATA_DIR_ENV})")
+    if not DATA_DIR:
+        missing(NO_DATA)
+    root = Path(DATA_DIR)
     monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
     yaml = OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml")
     spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
@@ -452,9 +452,9 @@ def test_fashion_mnist_from_debians_dataset_package(tmp_path: Path, monkeypatch:
 
     system = Path("/usr/share/datasets/fashion-mnist")
     if not system.is_dir():
-        pytest.skip(f"{system} does not exist (apt-get install dataset-fashion-mnist)")
+        missing(f"{system} does not exist: {FASHION_MNIST}")
     monkeypatch.setattr(data, "SYSTEM_ROOTS", ("/usr/share/datasets",))
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(REAL_DATA_DIR or tmp_path))
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(DATA_DIR or tmp_path))
     yaml = OmegaConf.load(REPO / "conf" / "dataset" / "fashion_mnist.yaml")
     spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
     spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False)

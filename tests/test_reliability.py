@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, NO_DATA, fetch_runs
+from conftest import fetch_runs
 from mlflow.tracking import MlflowClient
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DATA_DIR, reason=NO_DATA)]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mnist_dir")]
 
 SMALL = ["dataset.train_limit=600", "dataset.test_limit=200", "progress=none"]
 METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import import_extra
 
-tf = pytest.importorskip("tensorflow")
+tf = import_extra("tensorflow", "tf")
 
 from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
 from mnist_bench.backends import base, get  # noqa: E402
@@ -256,8 +256,7 @@ def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: py
 # --- real data -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not os.environ.get("MNIST_BENCH_DATA_DIR"), reason="MNIST_BENCH_DATA_DIR is not set")
-def test_real_mnist_slice_float32(tmp_path: Path) -> None:
+def test_real_mnist_slice_float32(mnist_dir: Path, tmp_path: Path) -> None:
     """The benchmark's setting (float32) on the first 2000 MNIST images: losses and weights within 1e-4
     of NumPy's, accuracies within 2 images (float32 rounding can flip a near tie)."""
     from omegaconf import OmegaConf

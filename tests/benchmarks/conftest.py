@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from needs import missing
 
 from mnist_bench import bench, data
 from mnist_bench.backends import base
@@ -98,7 +99,7 @@ def mnist(mnist_spec: DatasetConfig) -> data.Dataset:
     try:
         return data.load(mnist_spec)
     except data.DataError as err:
-        pytest.skip(f"full MNIST not found (set {data.DATA_DIR_ENV}): {err}")
+        missing(f"full MNIST not found (export {data.DATA_DIR_ENV}=<the folder holding mnist/>): {err}")
 
 
 @pytest.fixture(scope="session")
@@ -114,5 +115,5 @@ def source_dir(mnist_spec: DatasetConfig) -> str:
     """The folder with the official gzip files, for the cold-decode benchmark."""
     folder = os.environ.get(data.DATA_DIR_ENV)
     if not folder:
-        pytest.skip(f"cold decoding needs the gzip files: set {data.DATA_DIR_ENV}")
+        missing(f"cold decoding needs the gzip files: export {data.DATA_DIR_ENV}=<the folder holding mnist/>")
     return folder

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from needs import missing
 from threadpoolctl import threadpool_limits
 
 from mnist_bench import backends
@@ -68,10 +69,11 @@ class EpochStepper:
 
 
 def backend_or_skip(name: str) -> base.Backend:
+    """The backend; a missing extra skips (fails in CI), and any other import error fails the benchmark."""
     try:
         return backends.get(name)
-    except Exception as err:  # not installed, or its module is being written: skip, as the brief of the suite says
-        pytest.skip(f"backend {name} unavailable: {type(err).__name__}: {err}")
+    except base.BackendUnavailable as err:
+        missing(str(err))
 
 
 def bare_products(x: np.ndarray, batch_size: int) -> Callable[[], None]:

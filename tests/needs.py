@@ -1,0 +1,41 @@
+"""What the tests need from outside the virtualenv, and how its absence is reported.
+
+On a developer's machine a missing system requirement (the real MNIST, PostgreSQL, Debian's
+Fashion-MNIST package) or optional extra skips the test, naming the one command that provides it.
+In CI (``CI=true``), where ``.ci/run`` installs everything the README names, the same absence is a
+failure: a green CI must never rest on tests that quietly did not run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
+NO_DATA = "real MNIST not available: export MNIST_BENCH_DATA_DIR=<the folder holding mnist/> (see README, Data)"
+POSTGRESQL = "apt-get install postgresql"
+FASHION_MNIST = "apt-get install dataset-fashion-mnist"
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip for an absent requirement; in CI, fail instead."""
+    if IN_CI:
+        pytest.fail(f"CI lacks a test requirement: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_extra(name: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or report it missing with the extra that installs it.
+
+    Only a truly absent package counts as missing: one that is installed but fails to import is a
+    real error, and the test fails with it.
+    """
+    if importlib.util.find_spec(name) is None:
+        missing(f"{name} is not installed: pip install -e '.[{extra}]'")
+    return importlib.import_module(name)
