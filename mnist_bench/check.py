@@ -29,15 +29,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import yaml
 
-from mnist_bench import cli, data, sweep, tracking
-from mnist_bench.config import DatasetConfig
+from mnist_bench import paths, sweep, tracking
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
 
 PROG = "mnist-bench check"
-EXIT_OK, EXIT_BREACH, EXIT_BAD_INPUT = 0, 1, 2
 PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
 CALIBRATION = "calibration"  # a ratio's denominator: extra_info.calibration_seconds of the numerator itself
 _TOP_KEYS = {"scope", "gate", "runs", "benchmarks"}
@@ -46,7 +45,7 @@ _BENCHMARK_KEYS = {"ratio", "min", "max", "requires", "reason"}
 _GATE_KEYS = {"name", "backends", "overrides"}
 
 
-class CheckError(Exception):
+class CheckError(UserError):
     """Bad input (thresholds, store, sweep, file): one line, exit status 2."""
 
 
@@ -150,7 +149,7 @@ def _flatten(node: dict, prefix: str = "") -> dict[str, object]:
 
 def _preset(where: str, name: object) -> dict[str, object]:
     """The keys a ``+experiment=NAME`` preset sets, as run params to match."""
-    path = Path(cli.conf_dir()) / "experiment" / f"{name}.yaml"
+    path = paths.conf_dir() / "experiment" / f"{name}.yaml"
     try:
         return _flatten(_mapping(f"{where}: preset {name!r}", yaml.safe_load(path.read_text())))
     except OSError:
@@ -325,14 +324,6 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
         raise CheckError(f"{path} is not a pytest-benchmark JSON file ({type(err).__name__}: {err})") from None
 
 
-def open_experiment(uri: str, experiment: str):
-    """A client on an existing store and experiment; creates neither (see tracking.open_existing)."""
-    try:
-        return tracking.open_existing(uri, experiment)
-    except tracking.TrackingError as err:
-        raise CheckError(str(err)) from None
-
-
 def sweep_runs(client, experiment_id: str, wanted: str, where: str) -> list:
     """The runs of one sweep (its parent by run id, by name, or the latest): its children, and for cells a
     resumed sweep skipped, the earlier FINISHED run it reused."""
@@ -379,8 +370,8 @@ def run_gate(gate: list[GateSweep], workdir: Path) -> tuple[str, list[str]]:
     during the gate, under the same load as their epochs; the dataset cache stays the usual one.
     """
     uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-    env = {**os.environ, data.CACHE_DIR_ENV: str(workdir / "cache")}
-    data_cache = data._cache_dir(DatasetConfig())  # where data.load would keep it without the override above
+    env = {**os.environ, paths.CACHE_DIR_ENV: str(workdir / "cache")}
+    data_cache = paths.cache_dir()  # where data.load would keep it without the override above
     ran = []
     for entry in gate:
         backends = [b for b in entry.backends if not backend_unavailable(b)]
@@ -449,17 +440,12 @@ def verdict(rows: list[Row], section: str) -> int:
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise CheckError(message)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description="Check MLflow sweeps or a benchmark file against thresholds.")
+    parser = ArgumentParser(prog=PROG, description="Check MLflow sweeps or a benchmark file against thresholds.")
     parser.add_argument(
         "--thresholds",
         type=Path,
-        default=Path(cli.conf_dir()) / "thresholds.yaml",
+        default=paths.conf_dir() / "thresholds.yaml",
         help="default: conf/thresholds.yaml",
     )
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
@@ -481,7 +467,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _check_sweeps(thresholds: Thresholds, uri: str, experiment: str, wanted: list[str]) -> int:
-    client, experiment_id = open_experiment(uri, experiment)
+    client, experiment_id = tracking.open_existing(uri, experiment)
     where = f"experiment {experiment!r} of {tracking.redact(uri)}"
     runs = [run for name in wanted for run in sweep_runs(client, experiment_id, name, where)]
     scope = " ".join(f"{k}={_shown(v)}" for k, v in thresholds.scope.items())
@@ -503,20 +489,20 @@ def _quick(thresholds: Thresholds, workdir: Path | None, experiment: str) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per sweep_cells.json read
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        thresholds = load_thresholds(args.thresholds)
-        if args.benchmark_json:
-            timings = read_benchmarks(args.benchmark_json)
-            print(f"check: {args.benchmark_json} ({len(timings)} benchmarks; ratios of their fastest rounds)")
-            return verdict(evaluate_benchmarks(thresholds, timings), "benchmarks")
-        if args.quick:
-            return _quick(thresholds, args.workdir, args.experiment)
-        uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-        return _check_sweeps(thresholds, uri, args.experiment, args.sweep or ["latest"])
-    except CheckError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    thresholds = load_thresholds(args.thresholds)
+    if args.benchmark_json:
+        timings = read_benchmarks(args.benchmark_json)
+        print(f"check: {args.benchmark_json} ({len(timings)} benchmarks; ratios of their fastest rounds)")
+        return verdict(evaluate_benchmarks(thresholds, timings), "benchmarks")
+    if args.quick:
+        return _quick(thresholds, args.workdir, args.experiment)
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    return _check_sweeps(thresholds, uri, args.experiment, args.sweep or ["latest"])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UserError, one_line
+from mnist_bench.paths import conf_dir
+
 if TYPE_CHECKING:
     from mnist_bench.config import Config
 
@@ -31,44 +34,13 @@ SUBCOMMANDS = {
     "bench": "mnist_bench.bench",  # every backend side by side against the roofline and Keras+Adam
     "server": "mnist_bench.server",  # the cluster's MLflow server (PostgreSQL store, proxied artifacts)
 }
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
-
-
-def conf_dir() -> str:
-    """The packaged config tree: inside the installed package, or conf/ beside it in a checkout."""
-    package = Path(__file__).resolve().parent
-    installed = package / "conf"
-    return str(installed if installed.is_dir() else package.parent / "conf")
-
-
-def one_line(err: BaseException) -> str:
-    """An error message on one line: Hydra's multi-line messages folded, option lists joined."""
-    text, options = [], []
-    for line in str(err).splitlines():
-        if line.startswith("Config search path"):
-            break
-        if line.startswith("\t"):
-            options.append(line.strip())
-        elif line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type=")):
-            text.append(line.strip())
-    message = " ".join(text)
-    if options:
-        message = f"{message} {', '.join(options)}"
-    cause = err.__cause__
-    if isinstance(err, HydraException) and cause is not None and str(cause).strip():
-        message = f"{message} ({str(cause).splitlines()[0]})"
-    return message
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    """Ours, and Hydra's and OmegaConf's for a bad override or config file."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from mnist_bench.backends.base import BackendUnavailable
-    from mnist_bench.config import ConfigError
-    from mnist_bench.data import DataError
-    from mnist_bench.tracking import TrackingError
-
-    return ConfigError, DataError, TrackingError, BackendUnavailable, HydraException, OmegaConfBaseException
+    return UserError, HydraException, OmegaConfBaseException
 
 
 def _sweep_parent(config: Config, hydra_cfg: DictConfig, launch_dir: Path) -> str | None:
@@ -129,7 +101,7 @@ def run_app(argv: list[str]) -> int:
     full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     config.register()
-    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(_job)
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(_job)
     sys.argv = [sys.argv[0], *argv]
     try:
         app()

@@ -16,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from mnist_bench.errors import UserError
+
 ACTIVATIONS = ("sigmoid", "softmax")
 INITS = ("zeros", "uniform", "normal")
 DTYPES = ("float32", "float64")
@@ -26,7 +28,7 @@ TARGET_METRICS = ("test_accuracy", "train_accuracy")
 PROGRESS = ("auto", "bar", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value outside what is allowed; the message names the key and the fix."""
 
 

@@ -25,7 +25,6 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pandas as pd
 from mlflow.entities import Run
@@ -33,10 +32,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_bench import atomic, report_plots, sweep, tracking
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
 
 PROG = "mnist-bench report"
-EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 MAX_RESULTS = 50000  # the SQL store's limit for one search
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 # Params that get no configuration column of their own: shown as backend/device already, averaged
@@ -79,15 +78,8 @@ CSS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """Nothing (valid) to report: one line on stderr, exit status 2, and no file written."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one ReportError line instead of usage text plus message."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -100,7 +92,7 @@ def _filter(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; a usage error raises ReportError (one line, exit 2) like every other bad input."""
-    parser = _Parser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
+    parser = ArgumentParser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     parser.add_argument("--experiment", default="mnist-bench", help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--sweep", default="latest", help="parent run id, sweep name, or latest (default)")
@@ -115,14 +107,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="default: results/<sweep>/ (results/<sweep>/filtered/<filters>/)")
     return parser.parse_args(argv)
-
-
-def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """A client and the id of an existing experiment; creates nothing (see tracking.open_existing)."""
-    try:
-        return tracking.open_existing(uri, name)
-    except tracking.TrackingError as err:
-        raise ReportError(str(err)) from err
 
 
 def sweep_name(parent: Run) -> str:
@@ -355,7 +339,7 @@ class Selection:
 def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     """Open the store, reap dead runs, find the sweep and read its runs; every way of selecting nothing raises."""
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-    client, experiment_id = open_experiment(uri, args.experiment)
+    client, experiment_id = tracking.open_existing(uri, args.experiment)
     reaped = tracking.reap(client, experiment_id)
     where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
     parent = find_sweep(client, experiment_id, args.sweep, where)
@@ -620,13 +604,13 @@ def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report and log it to the sweep's parent run; 2 with one line on stderr when there is nothing
     (valid) to report, 1 when the files were written but could not be logged."""
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        client, sel = select(args)
-        files = render(sel)
-    except ReportError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    client, sel = select(args)
+    files = render(sel)
     folder, artifact_path = destinations(sel, args.out)
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -644,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"report of sweep {sel.name}: {folder / 'report.md'} ({len(sel.runs)} runs; also {artifact_path}/ "
         f"of run {sel.parent.info.run_id})"
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 
 from mnist_bench import machine
+from mnist_bench.errors import UserError
 
 if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
     from mlflow.tracking import MlflowClient
@@ -33,7 +34,7 @@ FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 _BATCH = 100  # MLflow's limit of params per log_batch call
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; raised before any training starts."""
 
 

@@ -390,10 +390,10 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mnist_bench import cli, config, experiment, machine, sweep  # noqa: F401  (sweep registers the GPU resolver)
+    from mnist_bench import config, experiment, machine, paths, sweep  # noqa: F401  (sweep registers the GPU resolver)
 
     config.register()
-    with initialize_config_dir(config_dir=cli.conf_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=ray", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
