@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, UserError, one_line
 from mnist_bench.paths import conf_dir
+from mnist_bench.schema import RunStatus, Tag
 
 if TYPE_CHECKING:
     from mnist_bench.config import Config
@@ -55,7 +56,7 @@ def _sweep_parent(config: Config, hydra_cfg: DictConfig, launch_dir: Path) -> st
     )
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{sweep.SWEEP_DIR_TAG}` = '{folder}' and attributes.status = 'RUNNING'",
+        filter_string=f"tags.`{Tag.SWEEP_DIR}` = '{folder}' and attributes.status = '{RunStatus.RUNNING}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -87,8 +88,8 @@ def _job(cfg: DictConfig):
     except (KeyboardInterrupt, Terminated):
         raise
     except Exception as err:
-        log.error("%s: FAILED: %s", run_name(config), one_line(err))
-        return experiment.Outcome(run_name(config), "FAILED", error=one_line(err))
+        log.error("%s: FAILED: %s", run_name(config), one_line(err))  # recorded in MLflow; the summary counts it
+        return None
 
 
 def run_app(argv: list[str]) -> int:

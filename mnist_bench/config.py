@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from mnist_bench.errors import UserError
+from mnist_bench.schema import flatten
 
 ACTIVATIONS = ("sigmoid", "softmax")
 INITS = ("zeros", "uniform", "normal")
@@ -225,17 +226,7 @@ def _allowed_keys(full_key: str) -> str:
 
 def as_flat_dict(cfg: Config) -> dict[str, object]:
     """The config as dotted keys: what MLflow stores as params."""
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        else:
-            flat[prefix[:-1]] = node
-
-    walk("", asdict(cfg))
-    return flat
+    return flatten(asdict(cfg))
 
 
 def config_hash(cfg: Config) -> str:

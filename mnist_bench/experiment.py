@@ -21,6 +21,7 @@ import numpy as np
 from mnist_bench import artifacts, data, machine, roofline, tracking
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, run_name
+from mnist_bench.schema import Tag
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,6 @@ def _job_clock_start() -> float:
         return now
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
     return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Outcome:
-    """How a job ended, for the sweep's summary."""
-
-    name: str
-    status: str  # FINISHED, FAILED, KILLED, SKIPPED
-    run_id: str | None = None
-    diverged: bool = False
-    error: str = ""
 
 
 @dataclass
@@ -126,28 +116,28 @@ def _progress_bar(cfg: Config, name: str, in_sweep: bool):
     return tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=True)
 
 
-def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_id: str | None) -> dict[str, str]:
+def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name: str | None) -> dict[str, str]:
     tags = {
-        "backend": cfg.backend.name,
-        "activation": cfg.activation,
-        "dataset": cfg.dataset.name,
-        "device": device,
-        "device_name": device_name,
-        "git_commit": machine.git_commit(),
-        "cpu_model": machine.cpu_model(),
-        "cpu_count": str(machine.cpu_count()),
-        "blas": machine.blas_library(),
-        tracking.TAG + "config_hash": cell_hash,
+        Tag.BACKEND: cfg.backend.name,
+        Tag.ACTIVATION: cfg.activation,
+        Tag.DATASET: cfg.dataset.name,
+        Tag.DEVICE: device,
+        Tag.DEVICE_NAME: device_name,
+        Tag.GIT_COMMIT: machine.git_commit(),
+        Tag.CPU_MODEL: machine.cpu_model(),
+        Tag.CPU_COUNT: str(machine.cpu_count()),
+        Tag.BLAS: machine.blas_library(),
+        Tag.CONFIG_HASH: cell_hash,
     }
-    tags.update({f"version.{k}": v for k, v in machine.package_versions().items()})
-    if sweep_id:
-        tags["sweep_id"] = sweep_id
+    tags.update({Tag.VERSION_PREFIX + k: v for k, v in machine.package_versions().items()})
+    if sweep_name:
+        tags[Tag.SWEEP_NAME] = sweep_name
     return tags
 
 
-def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> Outcome:
-    """Train and log one run. Raises on bad input before a run exists; a failure inside the run
-    is recorded in MLflow (FAILED, error tag) and re-raised."""
+def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> str | None:
+    """Train and log one run; its id, or None when it was skipped. Raises on bad input before a run exists;
+    a failure inside the run is recorded in MLflow (FAILED, error tag) and re-raised."""
     wall_start = _job_clock_start()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
@@ -160,10 +150,10 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         done = tracking.find_finished(client, experiment_id, cell_hash)
         if done:
             log.info("%s: skipped, already FINISHED as run %s (resume=false re-runs it)", name, done)
-            return Outcome(name, "SKIPPED", done)
+            return None
     if in_sweep and cfg.fail_fast and tracking.has_failed_child(client, experiment_id, parent_run_id):
         log.info("%s: skipped, an earlier job of this sweep failed and fail_fast=true", name)
-        return Outcome(name, "SKIPPED")
+        return None
 
     backend = get(cfg.backend.name)
     device, device_name = backend.resolve_device(cfg)
@@ -173,9 +163,9 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
 
     params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
     params["tracking.experiment"] = cfg.tracking.experiment
-    sweep_id = client.get_run(parent_run_id).data.tags.get("sweep_id") if parent_run_id else None
+    sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
     with tracking.tracked_run(
-        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_id), parent_run_id
+        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_name), parent_run_id
     ) as active:
         bar = _progress_bar(cfg, name, in_sweep)
         observer = _Observer(cfg, active, bar)
@@ -197,7 +187,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
             final.test_accuracy,
             observer.train_seconds / max(1, fit.epochs_run),
         )
-    return Outcome(name, "FINISHED", active.run_id, diverged=observer.diverged)
+    return active.run_id
 
 
 def _check_batch_size(cfg: Config, n_train: int) -> None:
@@ -248,7 +238,7 @@ def _log_summary(
     active.log_metrics(summary)
     active.set_tags(
         {
-            "diverged": str(observer.diverged).lower(),
-            "backend.threads": str(cfg.backend.threads),
+            Tag.DIVERGED: str(observer.diverged).lower(),
+            Tag.THREADS: str(cfg.backend.threads),
         }
     )

@@ -16,12 +16,10 @@ import base64
 import contextlib
 import datetime as dt
 import html
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +29,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import atomic, report_plots, sweep, tracking
+from mnist_bench import atomic, report_plots, tracking
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
+from mnist_bench.schema import CELLS_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
+from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
-MAX_RESULTS = 50000  # the SQL store's limit for one search
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 # Params that get no configuration column of their own: shown as backend/device already, averaged
 # over (seed), or only changing where and how a run is logged, never its numbers.
@@ -63,7 +62,7 @@ METRICS = {  # per-run value -> heading in the main table
     "samples_per_second": "samples/s",
 }
 HISTORY = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
-MACHINE_TAGS = ["cpu_model", "cpu_count", "device_name"]
+MACHINE_TAGS = [Tag.CPU_MODEL, Tag.CPU_COUNT, Tag.DEVICE_NAME]
 REFERENCE = "numpy-sigmoid"
 MODEL_ORDER = [REFERENCE, "tf-softmax", "numpy-softmax", "tf-sigmoid", "keras-sigmoid", "keras-softmax"]
 PROBLEM_COLUMNS = ["status", "cell", "run_id", "overrides", "error"]
@@ -109,69 +108,32 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sweep_name(parent: Run) -> str:
-    """What a sweep is called: its sweep_id tag (the sweep_name config or a timestamp), else the run's name."""
-    return parent.data.tags.get("sweep_id") or parent.info.run_name or parent.info.run_id
-
-
-def find_sweep(client: MlflowClient, experiment_id: str, wanted: str, where: str) -> Run:
-    """The sweep's parent run: by run id, by name (run name or sweep_id tag), or the most recent one."""
-    sweeps = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tracking.TAG}kind` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=MAX_RESULTS,
-    )
-    for parent in sweeps:
-        if wanted == "latest" or wanted in (parent.info.run_id, parent.info.run_name, parent.data.tags.get("sweep_id")):
-            return parent
-    if not sweeps:
-        raise ReportError(f"no sweep in {where}; run one first, e.g. python -m mnist_bench -m lr=0.1,0.5")
-    latest = ", ".join(sweep_name(parent) for parent in sweeps[:5])
-    raise ReportError(f"no sweep named {wanted!r} (nor a parent run with that id) in {where}; latest sweeps: {latest}")
-
-
 def _run_row(run: Run) -> dict[str, object]:
     """One child run as a flat record: params as logged (strings), summary metrics, the tags we report.
-    Status is lower-case, "diverged" for a finished run that diverged (as sweep.cell_statuses says)."""
+    Status is the cell vocabulary's (schema.status_of)."""
     tags, params = run.data.tags, run.data.params
-    status = run.info.status.lower()
-    if status == "finished" and tags.get("diverged") == "true":
-        status = "diverged"
     return {
         **params,
         **run.data.metrics,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
-        "status": status,
-        "error": tags.get(tracking.TAG + "error", ""),
-        "backend": params.get("backend.name") or tags.get("backend", ""),
-        "device": tags.get("device") or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
+        "status": status_of(run).value,
+        "error": tags.get(Tag.ERROR, ""),
+        "backend": params.get("backend.name") or tags.get(Tag.BACKEND, ""),
+        "device": tags.get(Tag.DEVICE) or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
         **{key: tags.get(key, "") for key in MACHINE_TAGS},
     }
 
 
 def load_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[pd.DataFrame, list[str]]:
     """The sweep's child runs, one row each, and the names of their params (what --filter may name)."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'", max_results=MAX_RESULTS
-    )
+    children = tracking.children(client, experiment_id, parent_id)
     params = sorted({key for run in children for key in run.data.params})
     runs = pd.DataFrame([_run_row(run) for run in children])
     text = list(dict.fromkeys([*params, *BASE_CONFIG]))
     runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *text, *METRICS])))
     runs[text] = runs[text].fillna("")
     return runs, params
-
-
-def normalise(value: object) -> str:
-    """A param value in comparable form: 0.1, 0.10 and 1e-1 are one number; True/true and None/null one word."""
-    text = str(value).strip().lower()
-    with contextlib.suppress(ValueError):
-        number = float(text)
-        if math.isfinite(number):
-            return repr(number)
-    return "none" if text == "null" else text
 
 
 def apply_filters(
@@ -289,26 +251,18 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[key] = saved
 
 
-def load_cells(client: MlflowClient, parent_id: str) -> list[sweep.Cell] | None:
-    """The cells the sweep set out to run (its sweep_cells.json artifact); None when the parent has none."""
-    if sweep.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
-        path = client.download_artifacts(parent_id, sweep.CELLS_ARTIFACT, folder)
-        return [sweep.Cell(**item) for item in json.loads(Path(path).read_text())]
-
-
 def problem_cells(
-    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[sweep.Cell] | None
+    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[Cell] | None
 ) -> pd.DataFrame:
     """Every planned cell that did not finish cleanly (missing, skipped, failed, killed, diverged, running),
     then every selected run that did not and is not listed yet, with the error tag where there is one."""
     errors = runs.set_index("run_id")["error"]
     rows = []
-    for cell, status, run_id in sweep.cell_statuses(client, experiment_id, parent_id, cells) if cells else []:
+    for outcome in tracking.cell_outcomes(client, experiment_id, parent_id, cells) if cells else []:
+        cell, status, run_id = outcome.cell, outcome.status, outcome.run_id
         # Missing and skipped cells have no run of this sweep to filter on: always listed.
-        if status != "finished" and (run_id in errors.index or status in ("missing", "skipped")):
-            rows.append((status, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
+        if status is not Status.FINISHED and (run_id in errors.index or status in (Status.MISSING, Status.SKIPPED)):
+            rows.append((status.value, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
     listed = {row[2] for row in rows}
     unlisted = runs[runs["status"].ne("finished") & ~runs["run_id"].isin(listed)]
     rows += [(r.status, r.run_name, r.run_id, "", r.error) for r in unlisted.itertuples(index=False)]
@@ -326,14 +280,14 @@ class Selection:
     runs: pd.DataFrame  # the selected child runs, in table order, with seconds_per_epoch from their histories
     columns: list[str]  # the configuration columns
     filters: list[tuple[str, str]]
-    cells: list[sweep.Cell] | None
+    cells: list[Cell] | None
     histories: pd.DataFrame  # per-epoch metrics of the finished runs
     problems: pd.DataFrame
     reaped: list[str]
 
     @property
     def name(self) -> str:
-        return sweep_name(self.parent)
+        return tracking.sweep_name(self.parent)
 
 
 def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
@@ -342,17 +296,18 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     client, experiment_id = tracking.open_existing(uri, args.experiment)
     reaped = tracking.reap(client, experiment_id)
     where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
-    parent = find_sweep(client, experiment_id, args.sweep, where)
+    parent = tracking.find_sweep(client, experiment_id, args.sweep, where)
     parent_id = parent.info.run_id
     runs, params = load_runs(client, experiment_id, parent_id)
     if runs.empty:
-        raise ReportError(f"sweep {sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
-    runs = apply_filters(runs, params, args.filters, sweep_name(parent))
+        raise ReportError(f"sweep {tracking.sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
+    runs = apply_filters(runs, params, args.filters, tracking.sweep_name(parent))
     columns = config_columns(runs, params)
     runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=_sort_key)
     histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
     runs["seconds_per_epoch"] = runs["run_id"].map(histories.groupby("run_id")["epoch_seconds"].median())
-    cells = load_cells(client, parent_id)
+    with _no_progress_bar():
+        cells = tracking.sweep_cells(client, parent_id)
     problems = problem_cells(client, experiment_id, parent_id, runs, cells)
     selection = Selection(
         uri, args.experiment, parent, runs, columns, list(args.filters), cells, histories, problems, reaped
@@ -382,13 +337,6 @@ def _shown_config(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return frame[list(columns)].replace({"batch_size": {"None": "full"}})
 
 
-def _redacted(overrides: str) -> str:
-    """The sweep's overrides with any password taken out of a URI value (tracking.uri=http://user:pw@host)."""
-    return " ".join(
-        key + sep + tracking.redact(value) for key, sep, value in (o.partition("=") for o in overrides.split())
-    )
-
-
 def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     """Which sweep, where from, when, on what machine, how many runs, and the command behind it."""
     parent, runs = sel.parent, sel.runs
@@ -399,6 +347,7 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     def distinct(column: str) -> str:
         return ", ".join(sorted({value for value in runs[column] if value})) or "unknown"
 
+    command = redact_overrides(parent.data.params.get(SweepParam.SWEEP_OVERRIDES, "(not logged)"))
     items = [
         f"Sweep: `{sel.name}`, parent run `{parent.info.run_id}` ({parent.info.status}), started "
         f"{started:%Y-%m-%d %H:%M %Z}",
@@ -406,7 +355,7 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
         f"Report generated: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"Machine: {distinct('cpu_model')} ({distinct('cpu_count')} cores); devices: {distinct('device_name')}",
         f"Runs: {len(runs)} ({statuses}){planned}, in {len(summary)} configurations",
-        f"Command: `python -m mnist_bench -m {_redacted(parent.data.params.get('sweep.overrides', '(not logged)'))}`",
+        f"Command: `python -m mnist_bench -m {command}`",
     ]
     if sel.filters:
         items.append("Filters: " + ", ".join(f"`{key}={value}`" for key, value in sel.filters))
@@ -458,7 +407,7 @@ def problem_blocks(sel: Selection) -> list[Block]:
     """The cells and runs that are not in the means, each with its status and error."""
     blocks: list[Block] = [("h2", PROBLEMS_TITLE)]
     if sel.cells is None:
-        blocks.append(("p", f"The parent run has no {sweep.CELLS_ARTIFACT}: cells that never started cannot be seen."))
+        blocks.append(("p", f"The parent run has no {CELLS_ARTIFACT}: cells that never started cannot be seen."))
     problems = sel.problems
     if problems.empty:
         return [*blocks, ("p", "None: every cell of the selection finished without diverging.")]

@@ -12,7 +12,8 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -22,11 +23,9 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from mnist_bench import experiment, roofline, tracking
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag
 
 log = logging.getLogger(__name__)
-
-CELLS_ARTIFACT = "sweep_cells.json"
-SWEEP_DIR_TAG = tracking.TAG + "sweep_dir"  # finds the parent run from a job that lacks PARENT_RUN_ENV
 
 # conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
@@ -37,15 +36,6 @@ OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device ==
 def sweep_dir(hydra_cfg: DictConfig) -> str:
     """The sweep's output folder as an absolute path on the launching machine: the same string in every job."""
     return str(Path(hydra_cfg.runtime.cwd) / str(hydra_cfg.sweep.dir))
-
-
-@dataclass
-class Cell:
-    """One point of the sweep's grid."""
-
-    overrides: list[str]
-    config_hash: str
-    name: str
 
 
 def expand(config: DictConfig) -> tuple[list[Cell], Config]:
@@ -72,28 +62,6 @@ def expand(config: DictConfig) -> tuple[list[Cell], Config]:
     return cells, first
 
 
-def cell_statuses(client, experiment_id: str, parent_run_id: str, cells: list[Cell]) -> list[tuple[Cell, str, str]]:
-    """(cell, status, run id) for every cell: finished, diverged, failed, killed, skipped or missing."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_run_id}'", max_results=50000
-    )
-    latest = {}
-    for run in sorted(children, key=lambda r: r.info.start_time):
-        latest[run.data.tags.get(tracking.TAG + "config_hash")] = run
-    rows = []
-    for cell in cells:
-        run = latest.get(cell.config_hash)
-        if run is None:
-            earlier = tracking.find_finished(client, experiment_id, cell.config_hash)
-            rows.append((cell, "skipped" if earlier else "missing", earlier or ""))
-            continue
-        status = run.info.status.lower()
-        if status == "finished" and run.data.tags.get("diverged") == "true":
-            status = "diverged"
-        rows.append((cell, status, run.info.run_id))
-    return rows
-
-
 class SweepCallback(Callback):
     """Opens the sweep's parent run before its jobs and closes it with a summary after them."""
 
@@ -113,13 +81,13 @@ class SweepCallback(Callback):
         for run_id in tracking.reap(self.client, self.experiment_id):
             log.warning("marked run %s KILLED: its process is gone", run_id)
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
-        tags = {tracking.TAG + "kind": "sweep", "sweep_id": name, SWEEP_DIR_TAG: sweep_dir(config.hydra)}
+        tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name, Tag.SWEEP_DIR: sweep_dir(config.hydra)}
         tags.update(tracking.process_tags())
         self.parent_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
         overrides = " ".join(tracking.redact_override(o) for o in config.hydra.overrides.task)
-        self.client.log_param(self.parent_id, "sweep.overrides", overrides[:6000])
-        self.client.log_param(self.parent_id, "sweep.cells", len(self.cells))
-        self.client.log_dict(self.parent_id, [c.__dict__ for c in self.cells], CELLS_ARTIFACT)
+        self.client.log_param(self.parent_id, SweepParam.SWEEP_OVERRIDES, overrides[:6000])
+        self.client.log_param(self.parent_id, SweepParam.SWEEP_CELLS, len(self.cells))
+        self.client.log_dict(self.parent_id, [asdict(c) for c in self.cells], CELLS_ARTIFACT)
         os.environ[experiment.PARENT_RUN_ENV] = self.parent_id
         # Jobs may run in other processes or on other machines (Ray) that this environment never reaches:
         # every launcher composes its jobs with these overrides, and Hydra sets env_set in the job's process.
@@ -131,14 +99,12 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         os.environ.pop(experiment.PARENT_RUN_ENV, None)
         SweepCallback.active = None
-        rows = cell_statuses(self.client, self.experiment_id, self.parent_id, self.cells)
-        counts: dict[str, int] = {}
-        for _, status, _ in rows:
-            counts[status] = counts.get(status, 0) + 1
-        bad = [(cell, status) for cell, status, _ in rows if status in ("failed", "killed", "missing")]
+        outcomes = tracking.cell_outcomes(self.client, self.experiment_id, self.parent_id, self.cells)
+        counts = Counter(outcome.status.value for outcome in outcomes)
+        bad = [outcome for outcome in outcomes if outcome.status.is_failure]
         print("sweep summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        for cell, status in bad:
-            print(f"  {status}: {cell.name} [{' '.join(cell.overrides)}]")
+        for outcome in bad:
+            print(f"  {outcome.status.value}: {outcome.cell.name} [{' '.join(outcome.cell.overrides)}]")
         self.client.set_terminated(self.parent_id, tracking.FAILED if bad else tracking.FINISHED)
         if bad:
             raise SystemExit(1)

@@ -3,6 +3,7 @@ and one slow end-to-end test that runs a tiny real sweep and the report through 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from collections.abc import Callable
@@ -15,7 +16,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import machine, report, report_plots, sweep, tracking
+from mnist_bench import machine, report, report_plots, tracking
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
 
 EXPERIMENT = "mnist-bench"
 SWEEP = "sweep-test"
@@ -100,25 +102,25 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         "momentum": 0.0,
     }
     tags = {
-        tracking.PARENT_TAG: parent_id,
-        tracking.TAG + "config_hash": f"hash-{cell_name(key)}",
-        "sweep_id": parent_id,  # experiment.py tags a sweep's jobs with the parent run's id
-        "backend": backend,
-        "activation": activation,
-        "device": "cpu",
-        "device_name": "Test CPU 9000",
-        "cpu_model": "Test CPU 9000",
-        "cpu_count": "2",
-        "diverged": str(key == DIVERGED).lower(),
+        Tag.PARENT: parent_id,
+        Tag.CONFIG_HASH: f"hash-{cell_name(key)}",
+        Tag.SWEEP_NAME: SWEEP,
+        Tag.BACKEND: backend,
+        Tag.ACTIVATION: activation,
+        Tag.DEVICE: "cpu",
+        Tag.DEVICE_NAME: "Test CPU 9000",
+        Tag.CPU_MODEL: "Test CPU 9000",
+        Tag.CPU_COUNT: "2",
+        Tag.DIVERGED: str(key == DIVERGED).lower(),
     }
     if key == DEAD:
         tags |= {
-            tracking.TAG + "host": machine.hostname(),
-            tracking.TAG + "pid": str(2**22 + 7),  # above Linux's pid_max: no such process
-            tracking.TAG + "pid_start": "12345",
+            Tag.HOST: machine.hostname(),
+            Tag.PID: str(2**22 + 7),  # above Linux's pid_max: no such process
+            Tag.PID_START: "12345",
         }
     if key == FAILED:
-        tags[tracking.TAG + "error"] = ERROR
+        tags[Tag.ERROR] = ERROR
     epochs_logged = 1 if key in (FAILED, DEAD) else epochs
     metrics = [
         Metric(name, float(values[step - 1]), start, step)
@@ -138,15 +140,15 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         client.set_terminated(run_id, tracking.FAILED if key == FAILED else tracking.FINISHED)
 
 
-def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[sweep.Cell] | None) -> str:
+def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[Cell] | None) -> str:
     """A sweep's parent run as sweep.SweepCallback opens it, with its sweep_cells.json unless cells is None."""
-    tags = {tracking.TAG + "kind": "sweep", "sweep_id": name}
+    tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name}
     parent_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags).info.run_id
     client.log_param(
-        parent_id, "sweep.overrides", f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
+        parent_id, SweepParam.SWEEP_OVERRIDES, f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
     )
     if cells is not None:
-        client.log_dict(parent_id, [cell.__dict__ for cell in cells], sweep.CELLS_ARTIFACT)
+        client.log_dict(parent_id, [dataclasses.asdict(cell) for cell in cells], CELLS_ARTIFACT)
     return parent_id
 
 
@@ -162,7 +164,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory, make_store: Callable) 
     client.set_terminated(old_parent, tracking.FINISHED)
 
     keys = [(*config, seed) for config in CONFIGS for seed in SEEDS]
-    cells = [sweep.Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
+    cells = [Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
     parent_id = log_parent(client, experiment_id, SWEEP, start + 60_000, cells)
     result = LoggedSweep(uri, client, experiment_id, parent_id, old_parent)
     for index, key in enumerate(keys):
@@ -345,14 +347,14 @@ def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSwee
     markdown = (out / "report.md").read_text()
     assert "No configuration has a finished run" in markdown and "No plots: no run" in markdown
     listed = section(markdown, report.PROBLEMS_TITLE)
-    assert f"has no {sweep.CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
+    assert f"has no {CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
     assert not list(out.glob("*.png"))
     assert_self_contained(out)
 
 
 def test_find_sweep_by_name_id_and_latest(sweep_store: LoggedSweep) -> None:
     def found(wanted: str) -> str:
-        return report.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
+        return tracking.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
 
     assert found("latest") == found(SWEEP) == found(sweep_store.parent_id) == sweep_store.parent_id
     assert found("sweep-old") == sweep_store.old_parent_id
@@ -402,8 +404,8 @@ def test_missing_store_is_reported_and_not_created(tmp_path: Path, capsys: pytes
     ("a", "b"), [("0.1", "0.10"), ("0.1", "1e-1"), ("256", "256.0"), ("None", "null"), ("True", "true")]
 )
 def test_normalise_makes_equal_values_equal(a: str, b: str) -> None:
-    assert report.normalise(a) == report.normalise(b)
-    assert report.normalise("0.1") != report.normalise("0.5")
+    assert normalise(a) == normalise(b)
+    assert normalise("0.1") != normalise("0.5")
 
 
 def test_heatmap_when_lr_and_epochs_both_vary() -> None:
