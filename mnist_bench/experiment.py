@@ -12,7 +12,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from mnist_bench.schema import Tag
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # set by the sweep callback for its jobs
 _process_clock_used = False
 
 
@@ -78,19 +76,6 @@ class _Observer:
         if target is not None and self.time_to_target is None and getattr(m, self.cfg.target_metric) >= target:
             self.time_to_target = self.train_seconds
         return self.cfg.stop_at_target and self.time_to_target is not None
-
-
-def parallel_jobs(launcher: Mapping) -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
-
-    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
-    default to the CPUs Ray reserved for it rather than the whole node's cores.
-    """
-    ray = launcher.get("ray")
-    if ray is not None:
-        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
-    n_jobs = launcher.get("n_jobs") or 1
-    return machine.cpu_count() if n_jobs < 0 else n_jobs
 
 
 def resolve_threads(cfg: Config, jobs_at_once: int) -> int:

@@ -142,6 +142,21 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """What MLflow, SQLAlchemy or the OS raise when a store cannot be opened, as one TrackingError line."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise TrackingError(
+            f"tracking store {redact(uri)} cannot be opened ({type(err).__name__}: {reason}); "
+            "fix or move it, or choose another with tracking.uri= (or --tracking-uri)"
+        ) from err
+
+
 def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, creating (and migrating) the store once, under a file lock.
 
@@ -151,7 +166,7 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri):
+    with _store_lock(uri), _store_errors(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -176,7 +191,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)  # also: writable, since the readers log their results back
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri):
+    with _store_lock(uri), _store_errors(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -229,7 +244,7 @@ class TrackedRun:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into an exception while a run is open (main thread only)."""
 
     def handler(signum: int, frame: object) -> None:
@@ -272,7 +287,7 @@ def tracked_run(
         items = [Param(k, str(v)) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
             client.log_batch(run_id, params=items[start : start + _BATCH])
-        with _sigterm_raises():
+        with sigterm_raises():
             yield active
         active.wait()  # the run is FINISHED only once all its metrics are stored
         status = FINISHED

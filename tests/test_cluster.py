@@ -391,32 +391,13 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mnist_bench import config, experiment, machine, paths, sweep  # noqa: F401  (sweep registers the GPU resolver)
+    from mnist_bench import hydra_app, machine, paths
 
-    config.register()
+    hydra_app.register()
     with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=ray", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
     assert launcher.ray.init.address is None  # a local Ray instance unless told otherwise
     threads = remote["num_cpus"] or 1
-    assert experiment.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
-
-
-def test_a_job_without_the_env_var_finds_its_sweep_parent_in_mlflow(tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from mnist_bench import cli, tracking
-    from mnist_bench.config import Config
-    from mnist_bench.schema import Tag
-
-    cfg = Config()
-    cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
-    hydra_cfg = OmegaConf.create({"runtime": {"cwd": str(tmp_path)}, "sweep": {"dir": "multirun/a"}})
-    client, experiment_id = tracking.open_store(cfg.tracking.uri, cfg.tracking.experiment)
-    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) is None
-    tag = {Tag.SWEEP_DIR: str(tmp_path / "multirun/a")}
-    client.set_terminated(client.create_run(experiment_id, tags=tag).info.run_id)  # an earlier, finished sweep
-    client.create_run(experiment_id, tags={Tag.SWEEP_DIR: str(tmp_path / "multirun/b")})  # another sweep
-    parent = client.create_run(experiment_id, tags=tag).info.run_id
-    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) == parent
+    assert hydra_app.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
