@@ -114,6 +114,23 @@ class DeviceConfig:
 
 
 @dataclass
+class TimingConfig:
+    """When a run's timings count as stable (mnist_bench.timing): limits on what else the machine did."""
+
+    # Share of all cores' time that other processes (parallel jobs included) may use while a run trains.
+    max_other_cpu_share: float = 0.2
+    # Share of CPU time the hypervisor may steal.
+    max_cpu_steal_share: float = 0.05
+    # Interquartile range over median of the timed epochs.
+    max_epoch_spread: float = 0.25
+
+    def __post_init__(self) -> None:
+        for key in ("max_other_cpu_share", "max_cpu_steal_share", "max_epoch_spread"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, f"timing.{key}", value, "a number >= 0")
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are logged."""
 
@@ -130,6 +147,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
     activation: str = "sigmoid"
     lr: float = 0.1
@@ -188,7 +206,7 @@ class Config:
 
 
 # Keys that change where or how a run is logged or shown, never what it computes.
-_NOT_IN_HASH = {"tracking", "progress", "resume", "fail_fast", "sweep_name"}
+_NOT_IN_HASH = {"tracking", "timing", "progress", "resume", "fail_fast", "sweep_name"}
 _DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
 
 

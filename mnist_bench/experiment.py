@@ -12,12 +12,12 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mnist_bench import artifacts, data, machine, roofline, tracking
+from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, run_name
 from mnist_bench.schema import Tag
@@ -126,8 +126,12 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     wall_start = _job_clock_start()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
-    cell_hash = config_hash(cfg)  # of the config as given, before threads are resolved
-    cfg.backend.threads = resolve_threads(cfg, jobs_at_once)
+    cell_hash = config_hash(cfg)
+    # Params are the config as given (backend.threads null: "as many as fit"), so that runs of backends
+    # that resolve it differently still compare as one setting; the resolved count is the THREADS tag.
+    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
+    params["tracking.experiment"] = cfg.tracking.experiment
+    cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
     client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment)
@@ -146,31 +150,33 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     _check_batch_size(cfg, len(dataset.x_train))
     train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
 
-    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
-    params["tracking.experiment"] = cfg.tracking.experiment
     sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
     with tracking.tracked_run(
         client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_name), parent_run_id
     ) as active:
         bar = _progress_bar(cfg, name, in_sweep)
         observer = _Observer(cfg, active, bar)
+        probe = timing.ConditionsProbe()
         try:
             fit = backend.fit(train, cfg, observer)
         finally:
             if bar is not None:
                 bar.close()
-        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start)
+        conditions = probe.finish([m.epoch_seconds for m in observer.history])
+        unstable = timing.unstable_reasons(conditions, cfg.timing)
+        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, observer.history, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
         final = observer.history[-1]
         log.info(
-            "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch",
+            "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
             name,
             "DIVERGED" if observer.diverged else "FINISHED",
             fit.epochs_run,
             final.test_accuracy,
-            observer.train_seconds / max(1, fit.epochs_run),
+            timing.seconds_per_epoch([m.epoch_seconds for m in observer.history]),
+            f"; timing unstable: {'; '.join(unstable)}" if unstable else "",
         )
     return active.run_id
 
@@ -193,9 +199,12 @@ def _log_summary(
     device: str,
     train_shape: tuple[int, int],
     wall_start: float,
+    conditions: timing.Conditions,
+    unstable: list[str],
 ) -> None:
     n_train, n_features = train_shape
     history = observer.history
+    epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in history])
     finite = [m.test_accuracy for m in history if math.isfinite(m.test_accuracy)]
     summary = {
         "final_test_accuracy": history[-1].test_accuracy,
@@ -203,6 +212,9 @@ def _log_summary(
         "best_test_accuracy": max(finite) if finite else float("nan"),
         "epochs_run": fit.epochs_run,
         "train_seconds": observer.train_seconds,
+        "seconds_per_epoch": epoch_seconds,
+        "timing_stable": float(not unstable),
+        **conditions.metrics(),
         "warmup_seconds": fit.warmup_seconds,
         "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
     }
@@ -211,19 +223,16 @@ def _log_summary(
     if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
         roof = roofline.cached(cfg.backend.threads)
         floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)
-        median_epoch = float(np.median([m.epoch_seconds for m in history]))
         summary |= {
             "roofline_floor_seconds": floor,
-            "roofline_ratio": median_epoch / floor,
+            "roofline_ratio": epoch_seconds / floor,
             "machine_read_gb_per_s": roof.read_gb_per_s,
             "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
         }
     summary["wall_seconds"] = time.time() - wall_start
     summary["peak_rss_mb"] = machine.peak_rss_mb()
     active.log_metrics(summary)
-    active.set_tags(
-        {
-            Tag.DIVERGED: str(observer.diverged).lower(),
-            Tag.THREADS: str(cfg.backend.threads),
-        }
-    )
+    tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
+    if unstable:
+        tags[Tag.TIMING_UNSTABLE] = "; ".join(unstable)
+    active.set_tags(tags)

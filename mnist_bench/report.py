@@ -29,7 +29,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import atomic, report_plots, tracking
+from mnist_bench import atomic, report_plots, timing, tracking
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
 from mnist_bench.schema import CELLS_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
@@ -119,6 +119,9 @@ def _run_row(run: Run) -> dict[str, object]:
         "run_name": run.info.run_name,
         "status": status_of(run).value,
         "error": tags.get(Tag.ERROR, ""),
+        "timing_unstable": tags.get(Tag.TIMING_UNSTABLE, ""),
+        "threads": tags.get(Tag.THREADS, ""),  # as resolved for the run (the param may be null)
+        "blas": tags.get(Tag.BLAS, ""),
         "backend": params.get("backend.name") or tags.get(Tag.BACKEND, ""),
         "device": tags.get(Tag.DEVICE) or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
         **{key: tags.get(key, "") for key in MACHINE_TAGS},
@@ -215,16 +218,14 @@ def _verdict(row: Mapping[str, object]) -> str:
 
 def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Each backend-activation pair beside numpy-sigmoid on the same device with otherwise-equal settings:
-    the accuracy difference, the speed ratio (numpy-sigmoid's s/epoch over this one's: > 1 is faster)
-    and whether the difference exceeds the seed spread."""
+    the accuracy difference and whether it exceeds the seed spread (speed: see speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     done = summary[summary["n"] > 0]
     done = done.assign(model=done["backend"] + "-" + done["activation"])
-    kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n", "seconds_per_epoch_mean"]
+    kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n"]
     reference = done.loc[done["model"] == REFERENCE, [*settings, *kept]]
     table = done.merge(reference, on=settings, how="left", suffixes=("", "_ref"))
     table["accuracy_diff"] = table["final_test_accuracy_mean"] - table["final_test_accuracy_mean_ref"]
-    table["speed_ratio"] = table["seconds_per_epoch_mean_ref"] / table["seconds_per_epoch_mean"]
     table["pooled_std"] = pooled_std(
         table["final_test_accuracy_std"],
         table["final_test_accuracy_n"],
@@ -234,6 +235,49 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFram
     table["beyond_spread"] = [_verdict(row) for row in table.to_dict("records")]
     table["rank"] = [MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER) for m in table["model"]]
     return table.sort_values([*settings, "rank", "model"], key=_sort_key).reset_index(drop=True)
+
+
+SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict"]
+
+
+def speed_table(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Each configuration's speed beside numpy-sigmoid's with the same other settings (timing.compare over
+    their finished runs' timed epochs): numpy-sigmoid's seconds per epoch over this one's (> 1: faster),
+    its 95% interval, and the verdict, which is "unreliable" when a run on either side was not stable."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    finished = runs[runs["status"].eq(Status.FINISHED.value)]
+    finished = finished.assign(model=finished["backend"] + "-" + finished["activation"])
+    epochs = histories.dropna(subset=["epoch_seconds"]).groupby("run_id")["epoch_seconds"].apply(list)
+    rows = []
+    for key, group in finished.groupby(settings, sort=False):
+        sides = {model: side for model, side in group.groupby("model") if side["run_id"].isin(epochs.index).any()}
+        if REFERENCE not in sides:
+            continue
+        for model, side in sides.items():
+            if model == REFERENCE:
+                continue
+            both = pd.concat([sides[REFERENCE], side])
+            shaky = [f"{r.model} {r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable]
+            unstable = f"{shaky[0]}" + (f" (and {len(shaky) - 1} more runs)" if len(shaky) > 1 else "") if shaky else ""
+            result = timing.compare(
+                [epochs[i] for i in sides[REFERENCE]["run_id"] if i in epochs.index],
+                [epochs[i] for i in side["run_id"] if i in epochs.index],
+                unstable,
+            )
+            rows.append(
+                {**dict(zip(settings, key, strict=True)), "model": model}
+                | dict(zip(SPEED_COLUMNS, (result.ratio, result.low, result.high, result.verdict), strict=True))
+            )
+    return pd.DataFrame(rows, columns=[*settings, "model", *SPEED_COLUMNS])
+
+
+def comparisons_table(headline: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """comparisons.csv: every candidate against the reference, accuracy and speed side by side."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    table = headline[headline["model"].ne(REFERENCE) & headline["final_test_accuracy_mean_ref"].notna()]
+    return table.assign(reference=REFERENCE, candidate=table["model"])[
+        ["reference", "candidate", *settings, "accuracy_diff", "beyond_spread", *SPEED_COLUMNS]
+    ]
 
 
 @contextlib.contextmanager
@@ -305,7 +349,8 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     columns = config_columns(runs, params)
     runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=_sort_key)
     histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
-    runs["seconds_per_epoch"] = runs["run_id"].map(histories.groupby("run_id")["epoch_seconds"].median())
+    per_run = histories.groupby("run_id")["epoch_seconds"].agg(timing.seconds_per_epoch)
+    runs["seconds_per_epoch"] = runs["run_id"].map(per_run)
     with _no_progress_bar():
         cells = tracking.sweep_cells(client, parent_id)
     problems = problem_cells(client, experiment_id, parent_id, runs, cells)
@@ -366,10 +411,9 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     return [("ul", items)]
 
 
-def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
-    """The NumPy-sigmoid vs TF-softmax (and every other pair) comparison, with its rule spelled out."""
+def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
+    """The NumPy-sigmoid vs TF-softmax (and every other pair) comparison, with its rules spelled out."""
     blocks: list[Block] = [("h2", "Headline: each backend-activation beside numpy-sigmoid")]
-    table = headline_table(summary, columns)
     if table.empty:
         return [*blocks, ("p", "No configuration has a finished run: nothing to compare.")]
     blocks.append(
@@ -377,13 +421,18 @@ def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block
             "p",
             f"Rows share the device and every other setting with the {REFERENCE} row they are compared to. "
             f"Δ acc = final test accuracy minus {REFERENCE}'s; speed ratio = {REFERENCE}'s s/epoch ÷ this "
-            "row's (> 1: faster). Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the "
-            "seed-to-seed std pooled over both configurations); it needs n ≥ 2 on both sides, so with "
-            "n = 1 the spread is unknown and so is the answer.",
+            "row's (> 1: faster), s/epoch being the median of a run's timed epochs, with a 95% bootstrap "
+            "interval over runs and their epochs. The speed verdict is faster or slower only when the "
+            "interval excludes 1 and every run on both sides was timed under stable conditions "
+            "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise. "
+            "Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the seed-to-seed std pooled "
+            "over both configurations); it needs n ≥ 2 on both sides, so with n = 1 the spread is "
+            "unknown and so is the answer.",
         )
     )
     if (table["n"] < 2).all():
         blocks.append(("p", "Every configuration here has one finished run: no difference can be called real."))
+    blocks += [("p", sentence) for sentence in _answers(table, columns)]
     settings = [
         "device",
         *[c for c in report_plots.varying(table, columns) if c not in ("backend", "activation", "device")],
@@ -396,11 +445,90 @@ def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block
             "test acc": [mean_std(row, "final_test_accuracy") for row in records],
             "s/epoch": [mean_std(row, "seconds_per_epoch") for row in records],
             f"Δ acc vs {REFERENCE}": table["accuracy_diff"].map(lambda d: "" if pd.isna(d) else f"{d:+.4f}"),
-            "speed ratio": table["speed_ratio"].map(lambda r: "" if pd.isna(r) else f"{r:.2f}×"),
+            "speed ratio (95% interval)": [_ratio(row) for row in records],
+            "speed verdict": table["speed_verdict"].fillna(""),
             "beyond seed spread": table["beyond_spread"],
         },
     )
     return [*blocks, ("table", shown)]
+
+
+CONDITION_METRICS = ["load_average_start", "load_average_end", "other_cpu_share", "cpu_steal_share", "epoch_spread"]
+
+
+def conditions_blocks(sel: Selection) -> list[Block]:
+    """Under what conditions the timings were taken, per backend-activation-device: the figures a speed
+    verdict rests on, and every run whose timings were not stable, with the reason."""
+    finished = sel.runs[sel.runs["status"].eq(Status.FINISHED.value)]
+    blocks: list[Block] = [("h2", "Measurement conditions")]
+    if finished.empty:
+        return [*blocks, ("p", "No finished run: no timing to qualify.")]
+    blocks.append(
+        (
+            "p",
+            "Per run: the 1-minute load average at the start and end of training, the share of all cores' time "
+            "other processes used while it trained (parallel jobs of the same sweep included), the share the "
+            "hypervisor stole, and the spread of its timed epochs (IQR ÷ median). A run is stable when these "
+            "stay within the run's timing.* limits. Shown: median (max) over the runs.",
+        )
+    )
+    frame = finished.reindex(columns=list(dict.fromkeys([*finished.columns, *CONDITION_METRICS, "timing_stable"])))
+    rows = []
+    for (backend, activation, device), group in frame.groupby(["backend", "activation", "device"], sort=False):
+
+        def median_max(metric: str, percent: bool = False, group: pd.DataFrame = group) -> str:
+            values = group[metric].dropna()
+            if values.empty:
+                return "—"
+            shown = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}")
+            return f"{shown(values.median())} ({shown(values.max())})"
+
+        stable = group["timing_stable"].dropna()
+        rows.append(
+            {
+                "model": f"{backend}-{activation}",
+                "device": device,
+                "threads": ", ".join(sorted({str(t) for t in group["threads"] if t})) or "?",
+                "BLAS": ", ".join(sorted({b for b in group["blas"] if b})) or "?",
+                "load avg at start": median_max("load_average_start"),
+                "load avg at end": median_max("load_average_end"),
+                "other processes' CPU": median_max("other_cpu_share", percent=True),
+                "steal": median_max("cpu_steal_share", percent=True),
+                "epoch spread": median_max("epoch_spread"),
+                "stable runs": f"{int(stable.sum())}/{len(stable)}" if len(stable) else "not recorded",
+            }
+        )
+    blocks.append(("table", pd.DataFrame(rows)))
+    shaky = finished[finished["timing_unstable"].ne("")]
+    if not shaky.empty:
+        blocks.append(("ul", [f"`{r.run_name}`: {r.timing_unstable}" for r in shaky.itertuples()]))
+    return blocks
+
+
+HEADLINE_CANDIDATE = "tf-softmax"  # the tutorial's question: its TF-softmax model against its NumPy-sigmoid one
+
+
+def _answers(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The tutorial's question answered in one sentence for each setting where both of its models ran."""
+    shown = [c for c in report_plots.varying(table, columns) if c not in ("backend", "activation")]
+    answers = []
+    for row in table[table["model"].eq(HEADLINE_CANDIDATE) & table["accuracy_diff"].notna()].to_dict("records"):
+        where = ", ".join(f"{c}={row[c]}" for c in shown)
+        accuracy = f"{abs(row['accuracy_diff']):.4f} {'more' if row['accuracy_diff'] >= 0 else 'less'} accurate"
+        spread = {"yes": "beyond", "no": "within"}.get(row["beyond_spread"], "with unknown")
+        verdict = row.get("speed_verdict")
+        speed = "has no speed comparison" if pd.isna(verdict) else f"is {verdict} on speed ({_ratio(row)})"
+        answers.append(
+            f"**{HEADLINE_CANDIDATE} vs {REFERENCE}**{f' ({where})' if where else ''}: {accuracy} "
+            f"({spread} seed spread), and {speed}."
+        )
+    return answers
+
+
+def _ratio(row: Mapping[str, object]) -> str:
+    if pd.isna(row["speed_ratio"]):
+        return ""
+    return f"{row['speed_ratio']:.2f}× ({row['speed_ratio_low']:.2f}–{row['speed_ratio_high']:.2f})"
 
 
 def problem_blocks(sel: Selection) -> list[Block]:
@@ -519,10 +647,14 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
 def render(sel: Selection) -> dict[str, bytes]:
     """Every file of the report, in memory: nothing touches the disk until all of it exists."""
     summary = summary_table(sel.runs, sel.columns)
+    speed = speed_table(sel.runs, sel.histories, sel.columns)
+    settings = [c for c in sel.columns if c not in ("backend", "activation")]
+    headline = headline_table(summary, sel.columns).merge(speed, on=[*settings, "model"], how="left")
     plots, notes = make_plots(sel, summary)
     blocks = [
         *header_blocks(sel, summary),
-        *headline_blocks(summary, sel.columns),
+        *headline_blocks(headline, sel.columns),
+        *conditions_blocks(sel),
         *problem_blocks(sel),
         *summary_blocks(summary, sel.columns),
         ("h2", "Plots"),
@@ -534,6 +666,7 @@ def render(sel: Selection) -> dict[str, bytes]:
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
         "summary.csv": summary.to_csv(index=False).encode(),
+        "comparisons.csv": comparisons_table(headline, sel.columns).to_csv(index=False).encode(),
     }
     return files | {plot.name: plot.png for plot in plots}
 

@@ -33,6 +33,7 @@ class Tag:
     BLAS = "blas"
     THREADS = "backend.threads"  # as resolved for this job (config: null = cores / parallel jobs)
     DIVERGED = "diverged"  # "true" when a loss became NaN or infinite
+    TIMING_UNSTABLE = "timing_unstable"  # why a run's timings cannot be trusted (mnist_bench.timing)
     SWEEP_NAME = "sweep_name"  # on a sweep's parent and each of its jobs
     VERSION_PREFIX = "version."  # version.numpy, version.mlflow, ...
     KIND = PREFIX + "kind"  # "sweep" on a sweep's parent run

@@ -280,7 +280,7 @@ def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
         run_id = child.info.run_id
         assert child.info.status == "FINISHED", child.data.tags.get(Tag.ERROR)
         assert child.data.tags[Tag.PID] != launcher_pid  # ran in a Ray worker
-        assert child.data.tags["backend.threads"] == "1"  # the one CPU each job asked Ray for
+        assert child.data.tags[Tag.THREADS] == "1"  # the one CPU each job asked Ray for
         for metric in EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(run_id, metric)]
             assert len(steps) == len(set(steps)) == 2, (metric, steps)

@@ -43,6 +43,11 @@ SUMMARY = (
     "train_seconds",
     "warmup_seconds",
     "samples_per_second",
+    "seconds_per_epoch",
+    "timing_stable",
+    "load_average_start",
+    "load_average_end",
+    "epoch_spread",
     "wall_seconds",
     "peak_rss_mb",
 )
@@ -166,6 +171,9 @@ def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
         assert metrics["final_test_accuracy"] == test_accuracy[-1]
         assert metrics["best_test_accuracy"] == max(test_accuracy)
         assert metrics["train_seconds"] == pytest.approx(sum(p.value for p in history["epoch_seconds"]))
+        epoch_seconds = [p.value for p in history["epoch_seconds"]]
+        assert metrics["seconds_per_epoch"] == pytest.approx(np.median(epoch_seconds))  # one definition
+        assert metrics["timing_stable"] == float(Tag.TIMING_UNSTABLE not in run.data.tags)
         assert 0 < metrics["train_seconds"] <= metrics["wall_seconds"]
         assert 50 < metrics["peak_rss_mb"] < 4096  # MiB: a Python process with NumPy, MLflow and the data
         assert all(0 <= v <= 1 for v in test_accuracy)
