@@ -32,14 +32,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from mnist_bench import atomic, backends, cli, data, experiment, machine, roofline
+from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline
 from mnist_bench.backends import base
-from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig
+from mnist_bench.config import BackendConfig, Config, DatasetConfig
+from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 
 PROG = "mnist-bench bench"
 # A backend, or tf/keras with backend.xla=true ("tf+xla").
@@ -52,7 +52,7 @@ MAX_REFERENCE_EPOCHS = 10
 Attempt = tuple[float | None, int, float]
 
 
-class BenchError(ValueError):
+class BenchError(UserError):
     """Bad input: one line, exit status 2."""
 
 
@@ -94,7 +94,7 @@ def _floor(roof: roofline.Roofline, train: base.TrainData) -> float:
 
 
 def _packaged(relative: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(Path(cli.conf_dir()) / relative))
+    return OmegaConf.to_container(OmegaConf.load(paths.conf_dir() / relative))
 
 
 def mnist_spec() -> DatasetConfig:
@@ -203,11 +203,6 @@ def _target_figure(contender: str, measure: Callable[[int], Attempt], repeats: i
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise BenchError(message)
-
-
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in BACKENDS]
@@ -223,7 +218,7 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--threads", type=_positive, help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)"
     )
@@ -253,12 +248,12 @@ def _load_average() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        train = load_mnist()
-    except (BenchError, ConfigError, data.DataError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return cli.EXIT_BAD_INPUT
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    train = load_mnist()
 
     load_before = _load_average()
     print(f"cpu: {machine.cpu_model()}, {machine.cpu_count()} cores; load average {load_before}")
@@ -321,9 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             atomic.write(args.json, json.dumps(report, indent=2).encode())
         except OSError as err:
-            print(f"{PROG}: error: --json {args.json}: cannot write it ({err.strerror})", file=sys.stderr)
-            return cli.EXIT_BAD_INPUT
-    return 0
+            raise BenchError(f"--json {args.json}: cannot write it ({err.strerror})") from None
+    return EXIT_OK
 
 
 if __name__ == "__main__":

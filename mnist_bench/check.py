@@ -29,15 +29,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import yaml
 
-from mnist_bench import cli, data, sweep, tracking
-from mnist_bench.config import DatasetConfig
+from mnist_bench import paths, tracking
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
+from mnist_bench.schema import RunStatus, flatten, normalise
 
 PROG = "mnist-bench check"
-EXIT_OK, EXIT_BREACH, EXIT_BAD_INPUT = 0, 1, 2
 PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
 CALIBRATION = "calibration"  # a ratio's denominator: extra_info.calibration_seconds of the numerator itself
 _TOP_KEYS = {"scope", "gate", "runs", "benchmarks"}
@@ -46,7 +46,7 @@ _BENCHMARK_KEYS = {"ratio", "min", "max", "requires", "reason"}
 _GATE_KEYS = {"name", "backends", "overrides"}
 
 
-class CheckError(Exception):
+class CheckError(UserError):
     """Bad input (thresholds, store, sweep, file): one line, exit status 2."""
 
 
@@ -138,21 +138,11 @@ def _bound(where: str, entry: dict, allowed: set[str]) -> tuple[str, float, str,
     return bounds[0], _number(where, entry, bounds[0]), _text(where, entry, "reason"), requires
 
 
-def _flatten(node: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _preset(where: str, name: object) -> dict[str, object]:
     """The keys a ``+experiment=NAME`` preset sets, as run params to match."""
-    path = Path(cli.conf_dir()) / "experiment" / f"{name}.yaml"
+    path = paths.conf_dir() / "experiment" / f"{name}.yaml"
     try:
-        return _flatten(_mapping(f"{where}: preset {name!r}", yaml.safe_load(path.read_text())))
+        return flatten(_mapping(f"{where}: preset {name!r}", yaml.safe_load(path.read_text())))
     except OSError:
         raise CheckError(f"{where}: no preset {name!r} (no file {path})") from None
 
@@ -237,14 +227,9 @@ def backend_unavailable(name: str) -> str | None:
     return None
 
 
-def _same(param: str, wanted: object) -> bool:
-    """Whether a run param (MLflow keeps str(value)) is the wanted config value: numbers compare as numbers."""
-    if wanted is None or isinstance(wanted, bool):
-        return param == str(wanted)
-    try:
-        return float(param) == float(wanted)
-    except (TypeError, ValueError):
-        return param == str(wanted)
+def _same(param: str | None, wanted: object) -> bool:
+    """Whether a run's param (absent: None) is the wanted config value."""
+    return param is not None and normalise(param) == normalise(wanted)
 
 
 def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
@@ -255,9 +240,11 @@ def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
             rows.append(Row(t, SKIP, note=why))
             continue
         wanted = thresholds.scope | t.where
-        matched = [r for r in runs if all(_same(r.data.params.get(k, "\0"), v) for k, v in wanted.items())]
+        matched = [r for r in runs if all(_same(r.data.params.get(k), v) for k, v in wanted.items())]
         values = [
-            r.data.metrics[t.metric] for r in matched if r.info.status == "FINISHED" and t.metric in r.data.metrics
+            r.data.metrics[t.metric]
+            for r in matched
+            if r.info.status == RunStatus.FINISHED and t.metric in r.data.metrics
         ]
         if not values:
             note = f"{len(matched)} matching runs, none FINISHED with {t.metric}" if matched else "no run matches"
@@ -325,50 +312,6 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
         raise CheckError(f"{path} is not a pytest-benchmark JSON file ({type(err).__name__}: {err})") from None
 
 
-def open_experiment(uri: str, experiment: str):
-    """A client on an existing store and experiment; creates neither (see tracking.open_existing)."""
-    try:
-        return tracking.open_existing(uri, experiment)
-    except tracking.TrackingError as err:
-        raise CheckError(str(err)) from None
-
-
-def sweep_runs(client, experiment_id: str, wanted: str, where: str) -> list:
-    """The runs of one sweep (its parent by run id, by name, or the latest): its children, and for cells a
-    resumed sweep skipped, the earlier FINISHED run it reused."""
-    parents = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tracking.TAG}kind` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1000,
-    )
-    names = lambda p: (p.info.run_id, p.info.run_name, p.data.tags.get("sweep_id"))  # noqa: E731
-    parent = next((p for p in parents if wanted == "latest" or wanted in names(p)), None)
-    if parent is None:
-        known = ", ".join(p.info.run_name for p in parents[:5]) or "none"
-        raise CheckError(f"no sweep {wanted!r} (name or parent run id) in {where}; latest sweeps: {known}")
-    parent_id = parent.info.run_id
-    runs = {
-        r.info.run_id: r
-        for r in client.search_runs(
-            [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'", max_results=50000
-        )
-    }
-    for _, status, run_id in sweep.cell_statuses(client, experiment_id, parent_id, _cells(client, parent_id)):
-        if status == "skipped" and run_id not in runs:
-            runs[run_id] = client.get_run(run_id)
-    return list(runs.values())
-
-
-def _cells(client, parent_id: str) -> list[sweep.Cell]:
-    """The cells the sweep set out to run, from its parent's artifact (none when it has no such artifact)."""
-    if sweep.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_id)}:
-        return []
-    with tempfile.TemporaryDirectory(prefix="mnist-bench-check-") as folder:
-        path = client.download_artifacts(parent_id, sweep.CELLS_ARTIFACT, folder)
-        return [sweep.Cell(**cell) for cell in json.loads(Path(path).read_text())]
-
-
 # ---------------------------------------------------------------- the quick gate
 
 
@@ -379,8 +322,8 @@ def run_gate(gate: list[GateSweep], workdir: Path) -> tuple[str, list[str]]:
     during the gate, under the same load as their epochs; the dataset cache stays the usual one.
     """
     uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
-    env = {**os.environ, data.CACHE_DIR_ENV: str(workdir / "cache")}
-    data_cache = data._cache_dir(DatasetConfig())  # where data.load would keep it without the override above
+    env = {**os.environ, paths.CACHE_DIR_ENV: str(workdir / "cache")}
+    data_cache = paths.cache_dir()  # where data.load would keep it without the override above
     ran = []
     for entry in gate:
         backends = [b for b in entry.backends if not backend_unavailable(b)]
@@ -449,17 +392,12 @@ def verdict(rows: list[Row], section: str) -> int:
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise CheckError(message)
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = _Parser(prog=PROG, description="Check MLflow sweeps or a benchmark file against thresholds.")
+    parser = ArgumentParser(prog=PROG, description="Check MLflow sweeps or a benchmark file against thresholds.")
     parser.add_argument(
         "--thresholds",
         type=Path,
-        default=Path(cli.conf_dir()) / "thresholds.yaml",
+        default=paths.conf_dir() / "thresholds.yaml",
         help="default: conf/thresholds.yaml",
     )
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
@@ -481,9 +419,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _check_sweeps(thresholds: Thresholds, uri: str, experiment: str, wanted: list[str]) -> int:
-    client, experiment_id = open_experiment(uri, experiment)
+    client, experiment_id = tracking.open_existing(uri, experiment)
     where = f"experiment {experiment!r} of {tracking.redact(uri)}"
-    runs = [run for name in wanted for run in sweep_runs(client, experiment_id, name, where)]
+    parents = [tracking.find_sweep(client, experiment_id, name, where) for name in wanted]
+    runs = [run for parent in parents for run in tracking.sweep_runs(client, experiment_id, parent)]
     scope = " ".join(f"{k}={_shown(v)}" for k, v in thresholds.scope.items())
     print(
         f"check: sweeps {', '.join(wanted)} in {where}" + (f"; every run threshold also needs {scope}" if scope else "")
@@ -503,20 +442,20 @@ def _quick(thresholds: Thresholds, workdir: Path | None, experiment: str) -> int
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per sweep_cells.json read
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        thresholds = load_thresholds(args.thresholds)
-        if args.benchmark_json:
-            timings = read_benchmarks(args.benchmark_json)
-            print(f"check: {args.benchmark_json} ({len(timings)} benchmarks; ratios of their fastest rounds)")
-            return verdict(evaluate_benchmarks(thresholds, timings), "benchmarks")
-        if args.quick:
-            return _quick(thresholds, args.workdir, args.experiment)
-        uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-        return _check_sweeps(thresholds, uri, args.experiment, args.sweep or ["latest"])
-    except CheckError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    thresholds = load_thresholds(args.thresholds)
+    if args.benchmark_json:
+        timings = read_benchmarks(args.benchmark_json)
+        print(f"check: {args.benchmark_json} ({len(timings)} benchmarks; ratios of their fastest rounds)")
+        return verdict(evaluate_benchmarks(thresholds, timings), "benchmarks")
+    if args.quick:
+        return _quick(thresholds, args.workdir, args.experiment)
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    return _check_sweeps(thresholds, uri, args.experiment, args.sweep or ["latest"])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
+from mnist_bench.errors import UserError
+from mnist_bench.schema import flatten
+
 ACTIVATIONS = ("sigmoid", "softmax")
 INITS = ("zeros", "uniform", "normal")
 DTYPES = ("float32", "float64")
@@ -26,7 +29,7 @@ TARGET_METRICS = ("test_accuracy", "train_accuracy")
 PROGRESS = ("auto", "bar", "none")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value outside what is allowed; the message names the key and the fix."""
 
 
@@ -111,6 +114,23 @@ class DeviceConfig:
 
 
 @dataclass
+class TimingConfig:
+    """When a run's timings count as stable (mnist_bench.timing): limits on what else the machine did."""
+
+    # Share of all cores' time that other processes (parallel jobs included) may use while a run trains.
+    max_other_cpu_share: float = 0.2
+    # Share of CPU time the hypervisor may steal.
+    max_cpu_steal_share: float = 0.05
+    # Interquartile range over median of the timed epochs.
+    max_epoch_spread: float = 0.25
+
+    def __post_init__(self) -> None:
+        for key in ("max_other_cpu_share", "max_cpu_steal_share", "max_epoch_spread"):
+            value = getattr(self, key)
+            _require(math.isfinite(value) and value >= 0, f"timing.{key}", value, "a number >= 0")
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are logged."""
 
@@ -127,6 +147,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
     activation: str = "sigmoid"
     lr: float = 0.1
@@ -185,7 +206,7 @@ class Config:
 
 
 # Keys that change where or how a run is logged or shown, never what it computes.
-_NOT_IN_HASH = {"tracking", "progress", "resume", "fail_fast", "sweep_name"}
+_NOT_IN_HASH = {"tracking", "timing", "progress", "resume", "fail_fast", "sweep_name"}
 _DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
 
 
@@ -223,17 +244,7 @@ def _allowed_keys(full_key: str) -> str:
 
 def as_flat_dict(cfg: Config) -> dict[str, object]:
     """The config as dotted keys: what MLflow stores as params."""
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, node: object) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(f"{prefix}{key}.", value)
-        else:
-            flat[prefix[:-1]] = node
-
-    walk("", asdict(cfg))
-    return flat
+    return flatten(asdict(cfg))
 
 
 def config_hash(cfg: Config) -> str:

@@ -25,9 +25,9 @@ import numpy as np
 
 from mnist_bench import atomic
 from mnist_bench.config import DatasetConfig, IdxFile
+from mnist_bench.errors import UserError
+from mnist_bench.paths import DATA_DIR_ENV, cache_dir
 
-DATA_DIR_ENV = "MNIST_BENCH_DATA_DIR"
-CACHE_DIR_ENV = "MNIST_BENCH_CACHE_DIR"
 # Where Debian's dataset packages install, e.g. dataset-fashion-mnist -> /usr/share/datasets/fashion-mnist.
 SYSTEM_ROOTS: tuple[str, ...] = ("/usr/share/datasets",)
 DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist"}
@@ -38,7 +38,7 @@ _PARTS = ("train_images", "train_labels", "test_images", "test_labels")
 _REPLACE_HINT = "replace it with an intact copy of the official file (or delete it to download it again)"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A dataset that cannot be found or trusted; the message is one line naming the place and the fix."""
 
     def __init__(self, message: str) -> None:
@@ -63,7 +63,7 @@ class Dataset:
 
 def load(spec: DatasetConfig) -> Dataset:
     """The dataset from the decoded-array cache, else from the first place holding verified files."""
-    cache = _cache_dir(spec)
+    cache = cache_dir(spec.cache_dir)
     arrays = _load_cached(spec, cache)
     source = "cache"
     if arrays is None:
@@ -79,13 +79,6 @@ def load(spec: DatasetConfig) -> Dataset:
 
 def _idx(spec: DatasetConfig, part: str) -> IdxFile:
     return getattr(spec, part)
-
-
-def _cache_dir(spec: DatasetConfig) -> Path:
-    explicit = spec.cache_dir or os.environ.get(CACHE_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnist-bench"
 
 
 def _array_path(cache: Path, idx: IdxFile) -> Path:

@@ -12,19 +12,18 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mnist_bench import artifacts, data, machine, roofline, tracking
+from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, run_name
+from mnist_bench.schema import Tag
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # set by the sweep callback for its jobs
 _process_clock_used = False
 
 
@@ -40,17 +39,6 @@ def _job_clock_start() -> float:
         return now
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
     return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Outcome:
-    """How a job ended, for the sweep's summary."""
-
-    name: str
-    status: str  # FINISHED, FAILED, KILLED, SKIPPED
-    run_id: str | None = None
-    diverged: bool = False
-    error: str = ""
 
 
 @dataclass
@@ -90,19 +78,6 @@ class _Observer:
         return self.cfg.stop_at_target and self.time_to_target is not None
 
 
-def parallel_jobs(launcher: Mapping) -> int:
-    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
-
-    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
-    default to the CPUs Ray reserved for it rather than the whole node's cores.
-    """
-    ray = launcher.get("ray")
-    if ray is not None:
-        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
-    n_jobs = launcher.get("n_jobs") or 1
-    return machine.cpu_count() if n_jobs < 0 else n_jobs
-
-
 def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
     """Threads per job: as configured, else the cores shared among the jobs that run at once.
 
@@ -126,33 +101,37 @@ def _progress_bar(cfg: Config, name: str, in_sweep: bool):
     return tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=True)
 
 
-def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_id: str | None) -> dict[str, str]:
+def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name: str | None) -> dict[str, str]:
     tags = {
-        "backend": cfg.backend.name,
-        "activation": cfg.activation,
-        "dataset": cfg.dataset.name,
-        "device": device,
-        "device_name": device_name,
-        "git_commit": machine.git_commit(),
-        "cpu_model": machine.cpu_model(),
-        "cpu_count": str(machine.cpu_count()),
-        "blas": machine.blas_library(),
-        tracking.TAG + "config_hash": cell_hash,
+        Tag.BACKEND: cfg.backend.name,
+        Tag.ACTIVATION: cfg.activation,
+        Tag.DATASET: cfg.dataset.name,
+        Tag.DEVICE: device,
+        Tag.DEVICE_NAME: device_name,
+        Tag.GIT_COMMIT: machine.git_commit(),
+        Tag.CPU_MODEL: machine.cpu_model(),
+        Tag.CPU_COUNT: str(machine.cpu_count()),
+        Tag.BLAS: machine.blas_library(),
+        Tag.CONFIG_HASH: cell_hash,
     }
-    tags.update({f"version.{k}": v for k, v in machine.package_versions().items()})
-    if sweep_id:
-        tags["sweep_id"] = sweep_id
+    tags.update({Tag.VERSION_PREFIX + k: v for k, v in machine.package_versions().items()})
+    if sweep_name:
+        tags[Tag.SWEEP_NAME] = sweep_name
     return tags
 
 
-def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> Outcome:
-    """Train and log one run. Raises on bad input before a run exists; a failure inside the run
-    is recorded in MLflow (FAILED, error tag) and re-raised."""
+def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> str | None:
+    """Train and log one run; its id, or None when it was skipped. Raises on bad input before a run exists;
+    a failure inside the run is recorded in MLflow (FAILED, error tag) and re-raised."""
     wall_start = _job_clock_start()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
-    cell_hash = config_hash(cfg)  # of the config as given, before threads are resolved
-    cfg.backend.threads = resolve_threads(cfg, jobs_at_once)
+    cell_hash = config_hash(cfg)
+    # Params are the config as given (backend.threads null: "as many as fit"), so that runs of backends
+    # that resolve it differently still compare as one setting; the resolved count is the THREADS tag.
+    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
+    params["tracking.experiment"] = cfg.tracking.experiment
+    cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
     client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment)
@@ -160,10 +139,10 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         done = tracking.find_finished(client, experiment_id, cell_hash)
         if done:
             log.info("%s: skipped, already FINISHED as run %s (resume=false re-runs it)", name, done)
-            return Outcome(name, "SKIPPED", done)
+            return None
     if in_sweep and cfg.fail_fast and tracking.has_failed_child(client, experiment_id, parent_run_id):
         log.info("%s: skipped, an earlier job of this sweep failed and fail_fast=true", name)
-        return Outcome(name, "SKIPPED")
+        return None
 
     backend = get(cfg.backend.name)
     device, device_name = backend.resolve_device(cfg)
@@ -171,33 +150,35 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     _check_batch_size(cfg, len(dataset.x_train))
     train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
 
-    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
-    params["tracking.experiment"] = cfg.tracking.experiment
-    sweep_id = client.get_run(parent_run_id).data.tags.get("sweep_id") if parent_run_id else None
+    sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
     with tracking.tracked_run(
-        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_id), parent_run_id
+        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_name), parent_run_id
     ) as active:
         bar = _progress_bar(cfg, name, in_sweep)
         observer = _Observer(cfg, active, bar)
+        probe = timing.ConditionsProbe()
         try:
             fit = backend.fit(train, cfg, observer)
         finally:
             if bar is not None:
                 bar.close()
-        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start)
+        conditions = probe.finish([m.epoch_seconds for m in observer.history])
+        unstable = timing.unstable_reasons(conditions, cfg.timing)
+        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, observer.history, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
         final = observer.history[-1]
         log.info(
-            "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch",
+            "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
             name,
             "DIVERGED" if observer.diverged else "FINISHED",
             fit.epochs_run,
             final.test_accuracy,
-            observer.train_seconds / max(1, fit.epochs_run),
+            timing.seconds_per_epoch([m.epoch_seconds for m in observer.history]),
+            f"; timing unstable: {'; '.join(unstable)}" if unstable else "",
         )
-    return Outcome(name, "FINISHED", active.run_id, diverged=observer.diverged)
+    return active.run_id
 
 
 def _check_batch_size(cfg: Config, n_train: int) -> None:
@@ -218,9 +199,12 @@ def _log_summary(
     device: str,
     train_shape: tuple[int, int],
     wall_start: float,
+    conditions: timing.Conditions,
+    unstable: list[str],
 ) -> None:
     n_train, n_features = train_shape
     history = observer.history
+    epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in history])
     finite = [m.test_accuracy for m in history if math.isfinite(m.test_accuracy)]
     summary = {
         "final_test_accuracy": history[-1].test_accuracy,
@@ -228,6 +212,9 @@ def _log_summary(
         "best_test_accuracy": max(finite) if finite else float("nan"),
         "epochs_run": fit.epochs_run,
         "train_seconds": observer.train_seconds,
+        "seconds_per_epoch": epoch_seconds,
+        "timing_stable": float(not unstable),
+        **conditions.metrics(),
         "warmup_seconds": fit.warmup_seconds,
         "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
     }
@@ -236,19 +223,16 @@ def _log_summary(
     if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
         roof = roofline.cached(cfg.backend.threads)
         floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)
-        median_epoch = float(np.median([m.epoch_seconds for m in history]))
         summary |= {
             "roofline_floor_seconds": floor,
-            "roofline_ratio": median_epoch / floor,
+            "roofline_ratio": epoch_seconds / floor,
             "machine_read_gb_per_s": roof.read_gb_per_s,
             "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
         }
     summary["wall_seconds"] = time.time() - wall_start
     summary["peak_rss_mb"] = machine.peak_rss_mb()
     active.log_metrics(summary)
-    active.set_tags(
-        {
-            "diverged": str(observer.diverged).lower(),
-            "backend.threads": str(cfg.backend.threads),
-        }
-    )
+    tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
+    if unstable:
+        tags[Tag.TIMING_UNSTABLE] = "; ".join(unstable)
+    active.set_tags(tags)

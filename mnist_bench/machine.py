@@ -53,13 +53,15 @@ def process_start_ticks(pid: int) -> str | None:
 
 
 def blas_library() -> str:
-    """The BLAS NumPy calls, e.g. ``openblas 0.3.31 (Haswell)``."""
+    """The BLAS NumPy calls, e.g. ``openblas 0.3.31 (Haswell)``: NumPy's own, not another package's
+    (SciPy, loaded by TensorFlow, bundles an OpenBLAS of its own)."""
     import numpy  # noqa: F401  (loads the BLAS so threadpoolctl can see it)
     from threadpoolctl import threadpool_info
 
-    for pool in threadpool_info():
-        if pool.get("user_api") == "blas":
-            return f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
+    pools = [pool for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    numpys = [pool for pool in pools if any(part.startswith("numpy") for part in Path(pool["filepath"]).parts[-3:-1])]
+    for pool in numpys or pools:
+        return f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
     return "unknown"
 
 

@@ -6,24 +6,25 @@ and reports reap automatically; this command does it on demand (e.g. from cron).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from mnist_bench import tracking
+from mnist_bench.errors import ArgumentParser, run_tool
+
+PROG = "mnist-bench reap"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mnist-bench reap", description=__doc__.split("\n\n")[0])
+    return run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     parser.add_argument("--experiment", default="mnist-bench")
     args = parser.parse_args(argv)
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-    try:
-        client, experiment_id = tracking.open_store(uri, args.experiment)
-    except tracking.TrackingError as err:
-        print(f"mnist-bench reap: error: {err}", file=sys.stderr)
-        return 2
+    client, experiment_id = tracking.open_store(uri, args.experiment)
     reaped = tracking.reap(client, experiment_id)
     for run_id in reaped:
         print(f"marked KILLED: {run_id}")

@@ -16,28 +16,26 @@ import base64
 import contextlib
 import datetime as dt
 import html
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import atomic, report_plots, sweep, tracking
+from mnist_bench import atomic, report_plots, timing, tracking
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
+from mnist_bench.schema import CELLS_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
+from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
-EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
-MAX_RESULTS = 50000  # the SQL store's limit for one search
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 # Params that get no configuration column of their own: shown as backend/device already, averaged
 # over (seed), or only changing where and how a run is logged, never its numbers.
@@ -64,7 +62,7 @@ METRICS = {  # per-run value -> heading in the main table
     "samples_per_second": "samples/s",
 }
 HISTORY = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
-MACHINE_TAGS = ["cpu_model", "cpu_count", "device_name"]
+MACHINE_TAGS = [Tag.CPU_MODEL, Tag.CPU_COUNT, Tag.DEVICE_NAME]
 REFERENCE = "numpy-sigmoid"
 MODEL_ORDER = [REFERENCE, "tf-softmax", "numpy-softmax", "tf-sigmoid", "keras-sigmoid", "keras-softmax"]
 PROBLEM_COLUMNS = ["status", "cell", "run_id", "overrides", "error"]
@@ -79,15 +77,8 @@ CSS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """Nothing (valid) to report: one line on stderr, exit status 2, and no file written."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors become one ReportError line instead of usage text plus message."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ReportError(message)
 
 
 def _filter(text: str) -> tuple[str, str]:
@@ -100,7 +91,7 @@ def _filter(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; a usage error raises ReportError (one line, exit 2) like every other bad input."""
-    parser = _Parser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
+    parser = ArgumentParser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
     parser.add_argument("--experiment", default="mnist-bench", help="MLflow experiment (default: %(default)s)")
     parser.add_argument("--sweep", default="latest", help="parent run id, sweep name, or latest (default)")
@@ -117,77 +108,35 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_experiment(uri: str, name: str) -> tuple[MlflowClient, str]:
-    """A client and the id of an existing experiment; creates nothing (see tracking.open_existing)."""
-    try:
-        return tracking.open_existing(uri, name)
-    except tracking.TrackingError as err:
-        raise ReportError(str(err)) from err
-
-
-def sweep_name(parent: Run) -> str:
-    """What a sweep is called: its sweep_id tag (the sweep_name config or a timestamp), else the run's name."""
-    return parent.data.tags.get("sweep_id") or parent.info.run_name or parent.info.run_id
-
-
-def find_sweep(client: MlflowClient, experiment_id: str, wanted: str, where: str) -> Run:
-    """The sweep's parent run: by run id, by name (run name or sweep_id tag), or the most recent one."""
-    sweeps = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tracking.TAG}kind` = 'sweep'",
-        order_by=["attributes.start_time DESC"],
-        max_results=MAX_RESULTS,
-    )
-    for parent in sweeps:
-        if wanted == "latest" or wanted in (parent.info.run_id, parent.info.run_name, parent.data.tags.get("sweep_id")):
-            return parent
-    if not sweeps:
-        raise ReportError(f"no sweep in {where}; run one first, e.g. python -m mnist_bench -m lr=0.1,0.5")
-    latest = ", ".join(sweep_name(parent) for parent in sweeps[:5])
-    raise ReportError(f"no sweep named {wanted!r} (nor a parent run with that id) in {where}; latest sweeps: {latest}")
-
-
 def _run_row(run: Run) -> dict[str, object]:
     """One child run as a flat record: params as logged (strings), summary metrics, the tags we report.
-    Status is lower-case, "diverged" for a finished run that diverged (as sweep.cell_statuses says)."""
+    Status is the cell vocabulary's (schema.status_of)."""
     tags, params = run.data.tags, run.data.params
-    status = run.info.status.lower()
-    if status == "finished" and tags.get("diverged") == "true":
-        status = "diverged"
     return {
         **params,
         **run.data.metrics,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
-        "status": status,
-        "error": tags.get(tracking.TAG + "error", ""),
-        "backend": params.get("backend.name") or tags.get("backend", ""),
-        "device": tags.get("device") or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
+        "status": status_of(run).value,
+        "error": tags.get(Tag.ERROR, ""),
+        "timing_unstable": tags.get(Tag.TIMING_UNSTABLE, ""),
+        "threads": tags.get(Tag.THREADS, ""),  # as resolved for the run (the param may be null)
+        "blas": tags.get(Tag.BLAS, ""),
+        "backend": params.get("backend.name") or tags.get(Tag.BACKEND, ""),
+        "device": tags.get(Tag.DEVICE) or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
         **{key: tags.get(key, "") for key in MACHINE_TAGS},
     }
 
 
 def load_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[pd.DataFrame, list[str]]:
     """The sweep's child runs, one row each, and the names of their params (what --filter may name)."""
-    children = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent_id}'", max_results=MAX_RESULTS
-    )
+    children = tracking.children(client, experiment_id, parent_id)
     params = sorted({key for run in children for key in run.data.params})
     runs = pd.DataFrame([_run_row(run) for run in children])
     text = list(dict.fromkeys([*params, *BASE_CONFIG]))
     runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *text, *METRICS])))
     runs[text] = runs[text].fillna("")
     return runs, params
-
-
-def normalise(value: object) -> str:
-    """A param value in comparable form: 0.1, 0.10 and 1e-1 are one number; True/true and None/null one word."""
-    text = str(value).strip().lower()
-    with contextlib.suppress(ValueError):
-        number = float(text)
-        if math.isfinite(number):
-            return repr(number)
-    return "none" if text == "null" else text
 
 
 def apply_filters(
@@ -269,16 +218,14 @@ def _verdict(row: Mapping[str, object]) -> str:
 
 def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Each backend-activation pair beside numpy-sigmoid on the same device with otherwise-equal settings:
-    the accuracy difference, the speed ratio (numpy-sigmoid's s/epoch over this one's: > 1 is faster)
-    and whether the difference exceeds the seed spread."""
+    the accuracy difference and whether it exceeds the seed spread (speed: see speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     done = summary[summary["n"] > 0]
     done = done.assign(model=done["backend"] + "-" + done["activation"])
-    kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n", "seconds_per_epoch_mean"]
+    kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n"]
     reference = done.loc[done["model"] == REFERENCE, [*settings, *kept]]
     table = done.merge(reference, on=settings, how="left", suffixes=("", "_ref"))
     table["accuracy_diff"] = table["final_test_accuracy_mean"] - table["final_test_accuracy_mean_ref"]
-    table["speed_ratio"] = table["seconds_per_epoch_mean_ref"] / table["seconds_per_epoch_mean"]
     table["pooled_std"] = pooled_std(
         table["final_test_accuracy_std"],
         table["final_test_accuracy_n"],
@@ -288,6 +235,49 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFram
     table["beyond_spread"] = [_verdict(row) for row in table.to_dict("records")]
     table["rank"] = [MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER) for m in table["model"]]
     return table.sort_values([*settings, "rank", "model"], key=_sort_key).reset_index(drop=True)
+
+
+SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict"]
+
+
+def speed_table(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Each configuration's speed beside numpy-sigmoid's with the same other settings (timing.compare over
+    their finished runs' timed epochs): numpy-sigmoid's seconds per epoch over this one's (> 1: faster),
+    its 95% interval, and the verdict, which is "unreliable" when a run on either side was not stable."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    finished = runs[runs["status"].eq(Status.FINISHED.value)]
+    finished = finished.assign(model=finished["backend"] + "-" + finished["activation"])
+    epochs = histories.dropna(subset=["epoch_seconds"]).groupby("run_id")["epoch_seconds"].apply(list)
+    rows = []
+    for key, group in finished.groupby(settings, sort=False):
+        sides = {model: side for model, side in group.groupby("model") if side["run_id"].isin(epochs.index).any()}
+        if REFERENCE not in sides:
+            continue
+        for model, side in sides.items():
+            if model == REFERENCE:
+                continue
+            both = pd.concat([sides[REFERENCE], side])
+            shaky = [f"{r.model} {r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable]
+            unstable = f"{shaky[0]}" + (f" (and {len(shaky) - 1} more runs)" if len(shaky) > 1 else "") if shaky else ""
+            result = timing.compare(
+                [epochs[i] for i in sides[REFERENCE]["run_id"] if i in epochs.index],
+                [epochs[i] for i in side["run_id"] if i in epochs.index],
+                unstable,
+            )
+            rows.append(
+                {**dict(zip(settings, key, strict=True)), "model": model}
+                | dict(zip(SPEED_COLUMNS, (result.ratio, result.low, result.high, result.verdict), strict=True))
+            )
+    return pd.DataFrame(rows, columns=[*settings, "model", *SPEED_COLUMNS])
+
+
+def comparisons_table(headline: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """comparisons.csv: every candidate against the reference, accuracy and speed side by side."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    table = headline[headline["model"].ne(REFERENCE) & headline["final_test_accuracy_mean_ref"].notna()]
+    return table.assign(reference=REFERENCE, candidate=table["model"])[
+        ["reference", "candidate", *settings, "accuracy_diff", "beyond_spread", *SPEED_COLUMNS]
+    ]
 
 
 @contextlib.contextmanager
@@ -305,26 +295,18 @@ def _no_progress_bar() -> Iterator[None]:
             os.environ[key] = saved
 
 
-def load_cells(client: MlflowClient, parent_id: str) -> list[sweep.Cell] | None:
-    """The cells the sweep set out to run (its sweep_cells.json artifact); None when the parent has none."""
-    if sweep.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_id)}:
-        return None
-    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
-        path = client.download_artifacts(parent_id, sweep.CELLS_ARTIFACT, folder)
-        return [sweep.Cell(**item) for item in json.loads(Path(path).read_text())]
-
-
 def problem_cells(
-    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[sweep.Cell] | None
+    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[Cell] | None
 ) -> pd.DataFrame:
     """Every planned cell that did not finish cleanly (missing, skipped, failed, killed, diverged, running),
     then every selected run that did not and is not listed yet, with the error tag where there is one."""
     errors = runs.set_index("run_id")["error"]
     rows = []
-    for cell, status, run_id in sweep.cell_statuses(client, experiment_id, parent_id, cells) if cells else []:
+    for outcome in tracking.cell_outcomes(client, experiment_id, parent_id, cells) if cells else []:
+        cell, status, run_id = outcome.cell, outcome.status, outcome.run_id
         # Missing and skipped cells have no run of this sweep to filter on: always listed.
-        if status != "finished" and (run_id in errors.index or status in ("missing", "skipped")):
-            rows.append((status, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
+        if status is not Status.FINISHED and (run_id in errors.index or status in (Status.MISSING, Status.SKIPPED)):
+            rows.append((status.value, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
     listed = {row[2] for row in rows}
     unlisted = runs[runs["status"].ne("finished") & ~runs["run_id"].isin(listed)]
     rows += [(r.status, r.run_name, r.run_id, "", r.error) for r in unlisted.itertuples(index=False)]
@@ -342,33 +324,35 @@ class Selection:
     runs: pd.DataFrame  # the selected child runs, in table order, with seconds_per_epoch from their histories
     columns: list[str]  # the configuration columns
     filters: list[tuple[str, str]]
-    cells: list[sweep.Cell] | None
+    cells: list[Cell] | None
     histories: pd.DataFrame  # per-epoch metrics of the finished runs
     problems: pd.DataFrame
     reaped: list[str]
 
     @property
     def name(self) -> str:
-        return sweep_name(self.parent)
+        return tracking.sweep_name(self.parent)
 
 
 def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     """Open the store, reap dead runs, find the sweep and read its runs; every way of selecting nothing raises."""
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-    client, experiment_id = open_experiment(uri, args.experiment)
+    client, experiment_id = tracking.open_existing(uri, args.experiment)
     reaped = tracking.reap(client, experiment_id)
     where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
-    parent = find_sweep(client, experiment_id, args.sweep, where)
+    parent = tracking.find_sweep(client, experiment_id, args.sweep, where)
     parent_id = parent.info.run_id
     runs, params = load_runs(client, experiment_id, parent_id)
     if runs.empty:
-        raise ReportError(f"sweep {sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
-    runs = apply_filters(runs, params, args.filters, sweep_name(parent))
+        raise ReportError(f"sweep {tracking.sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
+    runs = apply_filters(runs, params, args.filters, tracking.sweep_name(parent))
     columns = config_columns(runs, params)
     runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=_sort_key)
     histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
-    runs["seconds_per_epoch"] = runs["run_id"].map(histories.groupby("run_id")["epoch_seconds"].median())
-    cells = load_cells(client, parent_id)
+    per_run = histories.groupby("run_id")["epoch_seconds"].agg(timing.seconds_per_epoch)
+    runs["seconds_per_epoch"] = runs["run_id"].map(per_run)
+    with _no_progress_bar():
+        cells = tracking.sweep_cells(client, parent_id)
     problems = problem_cells(client, experiment_id, parent_id, runs, cells)
     selection = Selection(
         uri, args.experiment, parent, runs, columns, list(args.filters), cells, histories, problems, reaped
@@ -398,13 +382,6 @@ def _shown_config(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return frame[list(columns)].replace({"batch_size": {"None": "full"}})
 
 
-def _redacted(overrides: str) -> str:
-    """The sweep's overrides with any password taken out of a URI value (tracking.uri=http://user:pw@host)."""
-    return " ".join(
-        key + sep + tracking.redact(value) for key, sep, value in (o.partition("=") for o in overrides.split())
-    )
-
-
 def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     """Which sweep, where from, when, on what machine, how many runs, and the command behind it."""
     parent, runs = sel.parent, sel.runs
@@ -415,6 +392,7 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     def distinct(column: str) -> str:
         return ", ".join(sorted({value for value in runs[column] if value})) or "unknown"
 
+    command = redact_overrides(parent.data.params.get(SweepParam.SWEEP_OVERRIDES, "(not logged)"))
     items = [
         f"Sweep: `{sel.name}`, parent run `{parent.info.run_id}` ({parent.info.status}), started "
         f"{started:%Y-%m-%d %H:%M %Z}",
@@ -422,7 +400,7 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
         f"Report generated: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"Machine: {distinct('cpu_model')} ({distinct('cpu_count')} cores); devices: {distinct('device_name')}",
         f"Runs: {len(runs)} ({statuses}){planned}, in {len(summary)} configurations",
-        f"Command: `python -m mnist_bench -m {_redacted(parent.data.params.get('sweep.overrides', '(not logged)'))}`",
+        f"Command: `python -m mnist_bench -m {command}`",
     ]
     if sel.filters:
         items.append("Filters: " + ", ".join(f"`{key}={value}`" for key, value in sel.filters))
@@ -433,10 +411,9 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     return [("ul", items)]
 
 
-def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
-    """The NumPy-sigmoid vs TF-softmax (and every other pair) comparison, with its rule spelled out."""
+def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
+    """The NumPy-sigmoid vs TF-softmax (and every other pair) comparison, with its rules spelled out."""
     blocks: list[Block] = [("h2", "Headline: each backend-activation beside numpy-sigmoid")]
-    table = headline_table(summary, columns)
     if table.empty:
         return [*blocks, ("p", "No configuration has a finished run: nothing to compare.")]
     blocks.append(
@@ -444,13 +421,18 @@ def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block
             "p",
             f"Rows share the device and every other setting with the {REFERENCE} row they are compared to. "
             f"Δ acc = final test accuracy minus {REFERENCE}'s; speed ratio = {REFERENCE}'s s/epoch ÷ this "
-            "row's (> 1: faster). Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the "
-            "seed-to-seed std pooled over both configurations); it needs n ≥ 2 on both sides, so with "
-            "n = 1 the spread is unknown and so is the answer.",
+            "row's (> 1: faster), s/epoch being the median of a run's timed epochs, with a 95% bootstrap "
+            "interval over runs and their epochs. The speed verdict is faster or slower only when the "
+            "interval excludes 1 and every run on both sides was timed under stable conditions "
+            "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise. "
+            "Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the seed-to-seed std pooled "
+            "over both configurations); it needs n ≥ 2 on both sides, so with n = 1 the spread is "
+            "unknown and so is the answer.",
         )
     )
     if (table["n"] < 2).all():
         blocks.append(("p", "Every configuration here has one finished run: no difference can be called real."))
+    blocks += [("p", sentence) for sentence in _answers(table, columns)]
     settings = [
         "device",
         *[c for c in report_plots.varying(table, columns) if c not in ("backend", "activation", "device")],
@@ -463,18 +445,97 @@ def headline_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block
             "test acc": [mean_std(row, "final_test_accuracy") for row in records],
             "s/epoch": [mean_std(row, "seconds_per_epoch") for row in records],
             f"Δ acc vs {REFERENCE}": table["accuracy_diff"].map(lambda d: "" if pd.isna(d) else f"{d:+.4f}"),
-            "speed ratio": table["speed_ratio"].map(lambda r: "" if pd.isna(r) else f"{r:.2f}×"),
+            "speed ratio (95% interval)": [_ratio(row) for row in records],
+            "speed verdict": table["speed_verdict"].fillna(""),
             "beyond seed spread": table["beyond_spread"],
         },
     )
     return [*blocks, ("table", shown)]
 
 
+CONDITION_METRICS = ["load_average_start", "load_average_end", "other_cpu_share", "cpu_steal_share", "epoch_spread"]
+
+
+def conditions_blocks(sel: Selection) -> list[Block]:
+    """Under what conditions the timings were taken, per backend-activation-device: the figures a speed
+    verdict rests on, and every run whose timings were not stable, with the reason."""
+    finished = sel.runs[sel.runs["status"].eq(Status.FINISHED.value)]
+    blocks: list[Block] = [("h2", "Measurement conditions")]
+    if finished.empty:
+        return [*blocks, ("p", "No finished run: no timing to qualify.")]
+    blocks.append(
+        (
+            "p",
+            "Per run: the 1-minute load average at the start and end of training, the share of all cores' time "
+            "other processes used while it trained (parallel jobs of the same sweep included), the share the "
+            "hypervisor stole, and the spread of its timed epochs (IQR ÷ median). A run is stable when these "
+            "stay within the run's timing.* limits. Shown: median (max) over the runs.",
+        )
+    )
+    frame = finished.reindex(columns=list(dict.fromkeys([*finished.columns, *CONDITION_METRICS, "timing_stable"])))
+    rows = []
+    for (backend, activation, device), group in frame.groupby(["backend", "activation", "device"], sort=False):
+
+        def median_max(metric: str, percent: bool = False, group: pd.DataFrame = group) -> str:
+            values = group[metric].dropna()
+            if values.empty:
+                return "—"
+            shown = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.2f}")
+            return f"{shown(values.median())} ({shown(values.max())})"
+
+        stable = group["timing_stable"].dropna()
+        rows.append(
+            {
+                "model": f"{backend}-{activation}",
+                "device": device,
+                "threads": ", ".join(sorted({str(t) for t in group["threads"] if t})) or "?",
+                "BLAS": ", ".join(sorted({b for b in group["blas"] if b})) or "?",
+                "load avg at start": median_max("load_average_start"),
+                "load avg at end": median_max("load_average_end"),
+                "other processes' CPU": median_max("other_cpu_share", percent=True),
+                "steal": median_max("cpu_steal_share", percent=True),
+                "epoch spread": median_max("epoch_spread"),
+                "stable runs": f"{int(stable.sum())}/{len(stable)}" if len(stable) else "not recorded",
+            }
+        )
+    blocks.append(("table", pd.DataFrame(rows)))
+    shaky = finished[finished["timing_unstable"].ne("")]
+    if not shaky.empty:
+        blocks.append(("ul", [f"`{r.run_name}`: {r.timing_unstable}" for r in shaky.itertuples()]))
+    return blocks
+
+
+HEADLINE_CANDIDATE = "tf-softmax"  # the tutorial's question: its TF-softmax model against its NumPy-sigmoid one
+
+
+def _answers(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The tutorial's question answered in one sentence for each setting where both of its models ran."""
+    shown = [c for c in report_plots.varying(table, columns) if c not in ("backend", "activation")]
+    answers = []
+    for row in table[table["model"].eq(HEADLINE_CANDIDATE) & table["accuracy_diff"].notna()].to_dict("records"):
+        where = ", ".join(f"{c}={row[c]}" for c in shown)
+        accuracy = f"{abs(row['accuracy_diff']):.4f} {'more' if row['accuracy_diff'] >= 0 else 'less'} accurate"
+        spread = {"yes": "beyond", "no": "within"}.get(row["beyond_spread"], "with unknown")
+        verdict = row.get("speed_verdict")
+        speed = "has no speed comparison" if pd.isna(verdict) else f"is {verdict} on speed ({_ratio(row)})"
+        answers.append(
+            f"**{HEADLINE_CANDIDATE} vs {REFERENCE}**{f' ({where})' if where else ''}: {accuracy} "
+            f"({spread} seed spread), and {speed}."
+        )
+    return answers
+
+
+def _ratio(row: Mapping[str, object]) -> str:
+    if pd.isna(row["speed_ratio"]):
+        return ""
+    return f"{row['speed_ratio']:.2f}× ({row['speed_ratio_low']:.2f}–{row['speed_ratio_high']:.2f})"
+
+
 def problem_blocks(sel: Selection) -> list[Block]:
     """The cells and runs that are not in the means, each with its status and error."""
     blocks: list[Block] = [("h2", PROBLEMS_TITLE)]
     if sel.cells is None:
-        blocks.append(("p", f"The parent run has no {sweep.CELLS_ARTIFACT}: cells that never started cannot be seen."))
+        blocks.append(("p", f"The parent run has no {CELLS_ARTIFACT}: cells that never started cannot be seen."))
     problems = sel.problems
     if problems.empty:
         return [*blocks, ("p", "None: every cell of the selection finished without diverging.")]
@@ -586,10 +647,14 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
 def render(sel: Selection) -> dict[str, bytes]:
     """Every file of the report, in memory: nothing touches the disk until all of it exists."""
     summary = summary_table(sel.runs, sel.columns)
+    speed = speed_table(sel.runs, sel.histories, sel.columns)
+    settings = [c for c in sel.columns if c not in ("backend", "activation")]
+    headline = headline_table(summary, sel.columns).merge(speed, on=[*settings, "model"], how="left")
     plots, notes = make_plots(sel, summary)
     blocks = [
         *header_blocks(sel, summary),
-        *headline_blocks(summary, sel.columns),
+        *headline_blocks(headline, sel.columns),
+        *conditions_blocks(sel),
         *problem_blocks(sel),
         *summary_blocks(summary, sel.columns),
         ("h2", "Plots"),
@@ -601,6 +666,7 @@ def render(sel: Selection) -> dict[str, bytes]:
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
         "summary.csv": summary.to_csv(index=False).encode(),
+        "comparisons.csv": comparisons_table(headline, sel.columns).to_csv(index=False).encode(),
     }
     return files | {plot.name: plot.png for plot in plots}
 
@@ -620,13 +686,13 @@ def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report and log it to the sweep's parent run; 2 with one line on stderr when there is nothing
     (valid) to report, 1 when the files were written but could not be logged."""
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        client, sel = select(args)
-        files = render(sel)
-    except ReportError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    client, sel = select(args)
+    files = render(sel)
     folder, artifact_path = destinations(sel, args.out)
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
@@ -644,7 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"report of sweep {sel.name}: {folder / 'report.md'} ({len(sel.runs)} runs; also {artifact_path}/ "
         f"of run {sel.parent.info.run_id})"
     )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

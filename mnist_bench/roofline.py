@@ -10,11 +10,9 @@ the same on a laptop, on CI and on a workstation.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +21,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mnist_bench import atomic, machine
+from mnist_bench.errors import ArgumentParser, run_tool
+from mnist_bench.paths import cache_dir
 
+PROG = "mnist-bench roofline"
 CACHE_MAX_AGE_SECONDS = 7 * 24 * 3600
 _PROBE_BYTES = 256 * 2**20  # larger than any cache, so reads come from memory
 _GEMM_SIZE = 1024
@@ -72,9 +73,8 @@ def measure(threads: int, repeats: int = 7) -> Roofline:
 
 
 def _cache_file(threads: int) -> Path:
-    root = Path(os.environ.get("MNIST_BENCH_CACHE_DIR") or Path.home() / ".cache" / "mnist-bench")
     key = hashlib.sha256(f"{machine.hostname()}|{machine.cpu_model()}|{threads}".encode()).hexdigest()[:12]
-    return root / "roofline" / f"{key}.json"
+    return cache_dir() / "roofline" / f"{key}.json"
 
 
 def cached(threads: int) -> Roofline:
@@ -92,7 +92,11 @@ def cached(threads: int) -> Roofline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mnist-bench roofline", description=__doc__.split("\n\n")[0])
+    return run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=machine.cpu_count(), help="BLAS threads (default: all cores)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.tracking import redact
 
 PASSWORD_ENV = "MNIST_BENCH_DB_PASSWORD"
@@ -29,17 +30,17 @@ SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "postgresql+psycopg"
 # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the [cluster] extra installs psycopg2: say so.
 DEFAULT_DRIVER = "postgresql+psycopg2"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+PROG = "mnist-bench server"
 STOP_GRACE_S = 10
 
 
-class ServerError(Exception):
+class ServerError(UserError):
     """Input or environment that keeps the server from starting; the message says what to do."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="mnist-bench server",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Run the MLflow tracking server for a cluster: PostgreSQL store, proxied artifacts.",
         epilog="Arguments after -- go to `mlflow server` unchanged. The password comes from "
         f"${PASSWORD_ENV} or $PGPASSWORD, ~/.pgpass, or a libpq service file: never from the URI.",
@@ -154,16 +155,16 @@ def _artifacts_destination(value: str) -> str:
 
 def main(argv: list[str]) -> int:
     """Start ``mlflow server`` and wait for it; SIGTERM or Ctrl-C stops it and all its workers."""
+    return run_tool(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     password = os.environ.get(PASSWORD_ENV)
-    try:
-        uri = check_store_uri(args.db)
-        if not args.no_check:
-            check_database(uri, password or None)
-        artifacts = _artifacts_destination(args.artifacts_destination)
-    except ServerError as err:
-        print(f"mnist-bench server: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    uri = check_store_uri(args.db)
+    if not args.no_check:
+        check_database(uri, password or None)
+    artifacts = _artifacts_destination(args.artifacts_destination)
     env = dict(os.environ)
     env.pop(PASSWORD_ENV, None)
     if password:

@@ -9,8 +9,10 @@ whose process died without a word (SIGKILL) is marked KILLED by ``reap``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,17 +25,19 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 
 from mnist_bench import machine
+from mnist_bench.errors import UserError
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, Tag, status_of
 
 if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
+    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-TAG = "mnist_bench."  # prefix of the harness's own tags
-PARENT_TAG = "mlflow.parentRunId"
-FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+FINISHED, FAILED, KILLED = RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
 _BATCH = 100  # MLflow's limit of params per log_batch call
+SEARCH_LIMIT = 50000  # the SQL store's limit for one search: every query of a sweep's runs uses it
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; raised before any training starts."""
 
 
@@ -71,6 +75,11 @@ def redact_override(override: str) -> str:
     """A Hydra override ``key=value`` with any credentials in its value removed."""
     key, sep, value = override.partition("=")
     return f"{key}{sep}{redact(value)}" if "://" in value else override
+
+
+def redact_overrides(overrides: str) -> str:
+    """A space-separated list of overrides (a sweep's logged command line), each redacted."""
+    return " ".join(redact_override(o) for o in overrides.split())
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -133,6 +142,21 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """What MLflow, SQLAlchemy or the OS raise when a store cannot be opened, as one TrackingError line."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise TrackingError(
+            f"tracking store {redact(uri)} cannot be opened ({type(err).__name__}: {reason}); "
+            "fix or move it, or choose another with tracking.uri= (or --tracking-uri)"
+        ) from err
+
+
 def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, creating (and migrating) the store once, under a file lock.
 
@@ -142,7 +166,7 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri):
+    with _store_lock(uri), _store_errors(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -167,7 +191,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)  # also: writable, since the readers log their results back
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri):
+    with _store_lock(uri), _store_errors(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -180,10 +204,10 @@ def process_tags() -> dict[str, str]:
     """Who runs this: lets the reaper tell a live run from one whose process is gone."""
     pid = os.getpid()
     return {
-        TAG + "host": machine.hostname(),
-        TAG + "pid": str(pid),
-        TAG + "pid_start": machine.process_start_ticks(pid) or "",
-        TAG + "version": machine.harness_version(),
+        Tag.HOST: machine.hostname(),
+        Tag.PID: str(pid),
+        Tag.PID_START: machine.process_start_ticks(pid) or "",
+        Tag.HARNESS_VERSION: machine.harness_version(),
     }
 
 
@@ -220,7 +244,7 @@ class TrackedRun:
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into an exception while a run is open (main thread only)."""
 
     def handler(signum: int, frame: object) -> None:
@@ -255,7 +279,7 @@ def tracked_run(
 
     all_tags = {**tags, **process_tags()}
     if parent_run_id:
-        all_tags[PARENT_TAG] = parent_run_id
+        all_tags[Tag.PARENT] = parent_run_id
     run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
     active = TrackedRun(client, run_id)
     status = FAILED
@@ -263,19 +287,19 @@ def tracked_run(
         items = [Param(k, str(v)) for k, v in params.items()]
         for start in range(0, len(items), _BATCH):
             client.log_batch(run_id, params=items[start : start + _BATCH])
-        with _sigterm_raises():
+        with sigterm_raises():
             yield active
         active.wait()  # the run is FINISHED only once all its metrics are stored
         status = FINISHED
     except (KeyboardInterrupt, Terminated) as err:
         status = KILLED
-        client.set_tag(run_id, TAG + "error", error_text(err) if str(err) else "interrupted (Ctrl-C)")
+        client.set_tag(run_id, Tag.ERROR, error_text(err) if str(err) else "interrupted (Ctrl-C)")
         raise
     except SystemExit as err:
         status = FINISHED if err.code in (0, None) else FAILED
         raise
     except BaseException as err:
-        client.set_tag(run_id, TAG + "error", error_text(err))
+        client.set_tag(run_id, Tag.ERROR, error_text(err))
         raise
     finally:
         with contextlib.suppress(Exception):  # what was queued lands before the end status, as far as it can
@@ -287,7 +311,7 @@ def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) ->
     """The id of a FINISHED run with this config hash, if the experiment has one."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG}config_hash` = '{config_hash}' and attributes.status = '{FINISHED}'",
+        filter_string=f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{FINISHED}'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
@@ -297,7 +321,7 @@ def has_failed_child(client: MlflowClient, experiment_id: str, parent_run_id: st
     """Whether a job of this sweep has already failed (for fail_fast)."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = '{FAILED}'",
+        filter_string=f"tags.`{Tag.PARENT}` = '{parent_run_id}' and attributes.status = '{FAILED}'",
         max_results=1,
     )
     return bool(runs)
@@ -310,14 +334,96 @@ def reap(client: MlflowClient, experiment_id: str) -> list[str]:
     """
     host = machine.hostname()
     reaped = []
-    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10000)
+    running = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = '{RunStatus.RUNNING}'", max_results=SEARCH_LIMIT
+    )
     for run in running:
         tags = run.data.tags
-        if tags.get(TAG + "host") != host or not tags.get(TAG + "pid", "").isdigit():
+        if tags.get(Tag.HOST) != host or not tags.get(Tag.PID, "").isdigit():
             continue
-        if machine.process_start_ticks(int(tags[TAG + "pid"])) == tags.get(TAG + "pid_start"):
+        if machine.process_start_ticks(int(tags[Tag.PID])) == tags.get(Tag.PID_START):
             continue  # still alive
-        client.set_tag(run.info.run_id, TAG + "error", "process gone (killed or crashed); marked by the reaper")
+        client.set_tag(run.info.run_id, Tag.ERROR, "process gone (killed or crashed); marked by the reaper")
         client.set_terminated(run.info.run_id, KILLED)
         reaped.append(run.info.run_id)
     return reaped
+
+
+# ---------------------------------------------------------------- sweeps, as the readers find them
+
+
+def sweep_name(parent: Run) -> str:
+    """What a sweep is called: the sweep_name config (or a timestamp), which is its parent run's name."""
+    return parent.data.tags.get(Tag.SWEEP_NAME) or parent.info.run_name or parent.info.run_id
+
+
+def find_sweep(client: MlflowClient, experiment_id: str, wanted: str, where: str) -> Run:
+    """A sweep's parent run by run id, by name, or the most recent one ("latest")."""
+    sweeps = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.KIND}` = '{KIND_SWEEP}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=SEARCH_LIMIT,
+    )
+    for parent in sweeps:
+        if wanted == "latest" or wanted in (parent.info.run_id, parent.info.run_name, sweep_name(parent)):
+            return parent
+    if not sweeps:
+        raise TrackingError(f"no sweep in {where}; run one first, e.g. python -m mnist_bench -m lr=0.1,0.5")
+    latest = ", ".join(sweep_name(parent) for parent in sweeps[:5])
+    raise TrackingError(
+        f"no sweep named {wanted!r} (nor a parent run with that id) in {where}; latest sweeps: {latest}"
+    )
+
+
+def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[Run]:
+    """Every job run of a sweep, in any status."""
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{Tag.PARENT}` = '{parent_run_id}'", max_results=SEARCH_LIMIT
+    )
+
+
+def sweep_cells(client: MlflowClient, parent_run_id: str) -> list[Cell] | None:
+    """The cells a sweep set out to run (its CELLS_ARTIFACT); None when the parent has none."""
+    if CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_run_id)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
+        path = client.download_artifacts(parent_run_id, CELLS_ARTIFACT, folder)
+        return [Cell(**item) for item in json.loads(Path(path).read_text())]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """How one cell of a sweep ended, and the run that says so ("" for a missing cell)."""
+
+    cell: Cell
+    status: Status
+    run_id: str
+
+
+def cell_outcomes(client: MlflowClient, experiment_id: str, parent_run_id: str, cells: list[Cell]) -> list[CellOutcome]:
+    """Every planned cell's outcome: its latest run in this sweep, else an earlier FINISHED run that resume
+    reused (skipped), else missing."""
+    latest = {}
+    for run in sorted(children(client, experiment_id, parent_run_id), key=lambda r: r.info.start_time):
+        latest[run.data.tags.get(Tag.CONFIG_HASH)] = run
+    outcomes = []
+    for cell in cells:
+        run = latest.get(cell.config_hash)
+        if run is not None:
+            outcomes.append(CellOutcome(cell, status_of(run), run.info.run_id))
+            continue
+        earlier = find_finished(client, experiment_id, cell.config_hash)
+        outcomes.append(CellOutcome(cell, Status.SKIPPED if earlier else Status.MISSING, earlier or ""))
+    return outcomes
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str, parent: Run) -> list[Run]:
+    """The runs a sweep's results come from: its own jobs, and for every cell that resume skipped, the
+    earlier FINISHED run it reused."""
+    parent_id = parent.info.run_id
+    runs = {run.info.run_id: run for run in children(client, experiment_id, parent_id)}
+    for outcome in cell_outcomes(client, experiment_id, parent_id, sweep_cells(client, parent_id) or []):
+        if outcome.status is Status.SKIPPED and outcome.run_id not in runs:
+            runs[outcome.run_id] = client.get_run(outcome.run_id)
+    return list(runs.values())

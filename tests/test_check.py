@@ -160,7 +160,7 @@ def test_bad_input_exits_2(sweep_uri: str, tmp_path: Path, capsys: pytest.Captur
     not_json = write(tmp_path, "{]", "broken.json")
     not_benchmarks = write(tmp_path, {"benchmarks": [{"name": "x"}]}, "other.json")
     cases = {
-        "no sweep 'nope'": ["--tracking-uri", sweep_uri, "--sweep", "nope"],
+        "no sweep named 'nope'": ["--tracking-uri", sweep_uri, "--sweep", "nope"],
         "no tracking store at": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
         "no experiment 'other'": ["--tracking-uri", sweep_uri, "--experiment", "other"],
         "cannot read benchmark file": ["--benchmark-json", tmp_path / "absent.json"],

@@ -30,6 +30,7 @@ import pytest
 from needs import DATA_DIR, NO_DATA, POSTGRESQL, import_extra, missing
 
 from mnist_bench import server, tracking
+from mnist_bench.schema import Tag
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
 ARTIFACTS = {"config.yaml", "curves.png", "weights.npz", "confusion_matrix.csv", "confusion_matrix.png"}
@@ -268,7 +269,7 @@ def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
     client, experiment_id = tracking.open_existing(uri, "cluster-sweep")
     (parent,) = runs_of(client, experiment_id, "tags.`mnist_bench.kind` = 'sweep'")
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["mnist_bench.sweep_dir"] == str(tmp_path / "sweep")
+    assert parent.data.tags[Tag.SWEEP_DIR] == str(tmp_path / "sweep")
     children = runs_of(client, experiment_id, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 8
     assert {(c.data.params["lr"], c.data.params["activation"]) for c in children} == {
@@ -277,9 +278,9 @@ def test_ray_sweep_logs_every_run_point_and_artifact_to_the_server(
     launcher_pid = str(os.getpid())
     for child in children:
         run_id = child.info.run_id
-        assert child.info.status == "FINISHED", child.data.tags.get("mnist_bench.error")
-        assert child.data.tags["mnist_bench.pid"] != launcher_pid  # ran in a Ray worker
-        assert child.data.tags["backend.threads"] == "1"  # the one CPU each job asked Ray for
+        assert child.info.status == "FINISHED", child.data.tags.get(Tag.ERROR)
+        assert child.data.tags[Tag.PID] != launcher_pid  # ran in a Ray worker
+        assert child.data.tags[Tag.THREADS] == "1"  # the one CPU each job asked Ray for
         for metric in EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(run_id, metric)]
             assert len(steps) == len(set(steps)) == 2, (metric, steps)
@@ -316,7 +317,7 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
             return None
 
         run = wait_for(long_run_training, SWEEP_TIMEOUT_S, "the long job's first epoch", first, log)
-        pid = int(run.data.tags["mnist_bench.pid"])
+        pid = int(run.data.tags[Tag.PID])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert "ray" in cmdline and pid != first.pid, cmdline  # a Ray worker of ours, nothing else
         os.kill(pid, signal.SIGKILL)
@@ -337,8 +338,8 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     by_cell: dict[str, list[str]] = {}
     for job in runs_of(client, experiment_id):
-        if "mnist_bench.config_hash" in job.data.tags:  # every run but the two sweeps' parents
-            by_cell.setdefault(job.data.tags["mnist_bench.config_hash"], []).append(job.info.status)
+        if Tag.CONFIG_HASH in job.data.tags:  # every run but the two sweeps' parents
+            by_cell.setdefault(job.data.tags[Tag.CONFIG_HASH], []).append(job.info.status)
     assert len(by_cell) == 2
     for statuses in by_cell.values():
         assert statuses.count("FINISHED") == 1, by_cell
@@ -390,31 +391,13 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from mnist_bench import cli, config, experiment, machine, sweep  # noqa: F401  (sweep registers the GPU resolver)
+    from mnist_bench import hydra_app, machine, paths
 
-    config.register()
-    with initialize_config_dir(config_dir=cli.conf_dir(), version_base="1.3"):
+    hydra_app.register()
+    with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=ray", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
     assert launcher.ray.init.address is None  # a local Ray instance unless told otherwise
     threads = remote["num_cpus"] or 1
-    assert experiment.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
-
-
-def test_a_job_without_the_env_var_finds_its_sweep_parent_in_mlflow(tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from mnist_bench import cli, sweep, tracking
-    from mnist_bench.config import Config
-
-    cfg = Config()
-    cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
-    hydra_cfg = OmegaConf.create({"runtime": {"cwd": str(tmp_path)}, "sweep": {"dir": "multirun/a"}})
-    client, experiment_id = tracking.open_store(cfg.tracking.uri, cfg.tracking.experiment)
-    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) is None
-    tag = {sweep.SWEEP_DIR_TAG: str(tmp_path / "multirun/a")}
-    client.set_terminated(client.create_run(experiment_id, tags=tag).info.run_id)  # an earlier, finished sweep
-    client.create_run(experiment_id, tags={sweep.SWEEP_DIR_TAG: str(tmp_path / "multirun/b")})  # another sweep
-    parent = client.create_run(experiment_id, tags=tag).info.run_id
-    assert cli._sweep_parent(cfg, hydra_cfg, tmp_path) == parent
+    assert hydra_app.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from needs import DATA_DIR, FASHION_MNIST, NO_DATA, missing
 
-from mnist_bench import data
+from mnist_bench import data, paths
 from mnist_bench.config import DatasetConfig, IdxFile
 from mnist_bench.data import DataError, load
 
@@ -98,8 +98,8 @@ def error_of(spec: DatasetConfig) -> str:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the real environment, home cache or /usr/share/datasets."""
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    monkeypatch.delenv(data.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(paths.CACHE_DIR_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setattr(data, "SYSTEM_ROOTS", (str(tmp_path / "system"),))
@@ -179,7 +179,7 @@ def test_look_up_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         write(tmp_path / "cache" / "tiny", gz=True),
         write(tmp_path / "system" / "tiny"),
     ]
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(places[1]))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(places[1]))
     spec = make_spec(tmp_path, dir=str(places[0]))
     for place in places:
         shutil.rmtree(tmp_path / "cache" / "arrays", ignore_errors=True)
@@ -193,7 +193,7 @@ def test_cache_dir_from_env_then_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyP
     spec = make_spec(tmp_path, cache_dir=None)
     write(tmp_path / "xdg" / "mnist-bench" / "tiny")
     assert load(spec).source == str(tmp_path / "xdg" / "mnist-bench" / "tiny")
-    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "envcache"))
+    monkeypatch.setenv(paths.CACHE_DIR_ENV, str(tmp_path / "envcache"))
     write(tmp_path / "envcache" / "tiny", gz=True)
     assert load(spec).source == str(tmp_path / "envcache" / "tiny")
     assert load(spec).source == "cache"
@@ -204,9 +204,9 @@ def test_root_is_checked_as_parent_then_as_folder(tmp_path: Path, monkeypatch: p
     parent = tmp_path / "datasets"
     write(parent / "tiny")
     write(parent, OTHER)  # the parent itself holds another dataset; <root>/tiny wins
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(parent))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(parent))
     assert load(make_spec(tmp_path)).source == str(parent / "tiny")
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(parent / "tiny"))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(parent / "tiny"))
     shutil.rmtree(tmp_path / "cache")
     assert load(make_spec(tmp_path)).source == str(parent / "tiny")
 
@@ -214,9 +214,9 @@ def test_root_is_checked_as_parent_then_as_folder(tmp_path: Path, monkeypatch: p
 def test_root_holding_another_dataset_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     other = write(tmp_path / "other", OTHER)
     good = write(tmp_path / "good", gz=True)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(good))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(good))
     assert load(make_spec(tmp_path, dir=str(other))).source == str(good)
-    monkeypatch.delenv(data.DATA_DIR_ENV)
+    monkeypatch.delenv(paths.DATA_DIR_ENV)
     shutil.rmtree(tmp_path / "cache")
     message = error_of(make_spec(tmp_path, dir=str(other)))
     assert f"{other} (holds another dataset" in message
@@ -224,7 +224,7 @@ def test_root_holding_another_dataset_is_skipped(tmp_path: Path, monkeypatch: py
 
 def test_wrong_files_in_dataset_folder_are_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = write(tmp_path / "root" / "tiny", OTHER)  # <root>/<folder> must hold this dataset
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(write(tmp_path / "good")))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(write(tmp_path / "good")))
     message = error_of(make_spec(tmp_path, dir=str(tmp_path / "root")))
     assert str(bad / NAMES["train_images"]) in message and sha(GOOD["train_images"]) in message
 
@@ -237,7 +237,7 @@ def test_one_wrong_file_in_a_root_is_an_error(tmp_path: Path) -> None:
 
 def test_missing_everywhere_lists_every_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path / "partial", {"train_images": GOOD["train_images"]})
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "partial"))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "partial"))
     message = error_of(make_spec(tmp_path, dir=str(tmp_path / "nowhere")))
     places = [
         tmp_path / "nowhere" / "tiny",
@@ -250,7 +250,7 @@ def test_missing_everywhere_lists_every_place(tmp_path: Path, monkeypatch: pytes
     positions = [message.index(f"{place} (") for place in places]
     assert positions == sorted(positions)
     assert f"missing {NAMES['train_labels']}" in message
-    assert "dataset.download=false" in message and data.DATA_DIR_ENV in message and "dataset.dir" in message
+    assert "dataset.download=false" in message and paths.DATA_DIR_ENV in message and "dataset.dir" in message
     assert "apt-get" not in message
 
 
@@ -423,7 +423,7 @@ def test_real_mnist_and_cache_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     if not DATA_DIR:
         missing(NO_DATA)
     root = Path(DATA_DIR)
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(root))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(root))
     yaml = OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml")
     spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
     spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False)
@@ -454,7 +454,7 @@ def test_fashion_mnist_from_debians_dataset_package(tmp_path: Path, monkeypatch:
     if not system.is_dir():
         missing(f"{system} does not exist: {FASHION_MNIST}")
     monkeypatch.setattr(data, "SYSTEM_ROOTS", ("/usr/share/datasets",))
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(DATA_DIR or tmp_path))
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(DATA_DIR or tmp_path))
     yaml = OmegaConf.load(REPO / "conf" / "dataset" / "fashion_mnist.yaml")
     spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
     spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False)

@@ -21,8 +21,8 @@ from mnist_bench.backends.numpy_backend import (
     probabilities_and_loss,
     summed_gradients,
 )
-from mnist_bench.cli import conf_dir
 from mnist_bench.config import BackendConfig, Config
+from mnist_bench.paths import conf_dir
 
 N_CLASSES = 10
 
@@ -269,7 +269,7 @@ def test_a_diverging_config_ends_with_a_huge_or_non_finite_loss_without_raising(
 def compose_config(*overrides: str) -> Config:
     """The job config exactly as ``python -m mnist_bench`` composes it from conf/."""
     config.register()
-    with initialize_config_dir(version_base="1.3", config_dir=conf_dir()):
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
         return config.validate(compose("config", overrides=list(overrides)))
 
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import fetch_runs
 from mlflow.tracking import MlflowClient
 
+from mnist_bench.schema import Tag
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mnist_dir")]
 
 SMALL = ["dataset.train_limit=600", "dataset.test_limit=200", "progress=none"]
@@ -67,7 +69,7 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert run.data.params["backend.threads"] == "1"  # 2 cores shared by 2 jobs
+        assert run.data.tags[Tag.THREADS] == "1"  # 2 cores shared by 2 jobs
         for metric in METRICS:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
             assert sorted(steps) == [1, 2, 3], (run.info.run_name, metric)

@@ -3,6 +3,7 @@ and one slow end-to-end test that runs a tiny real sweep and the report through 
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from collections.abc import Callable
@@ -15,7 +16,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import machine, report, report_plots, sweep, tracking
+from mnist_bench import machine, report, report_plots, tracking
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
 
 EXPERIMENT = "mnist-bench"
 SWEEP = "sweep-test"
@@ -100,25 +102,25 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         "momentum": 0.0,
     }
     tags = {
-        tracking.PARENT_TAG: parent_id,
-        tracking.TAG + "config_hash": f"hash-{cell_name(key)}",
-        "sweep_id": parent_id,  # experiment.py tags a sweep's jobs with the parent run's id
-        "backend": backend,
-        "activation": activation,
-        "device": "cpu",
-        "device_name": "Test CPU 9000",
-        "cpu_model": "Test CPU 9000",
-        "cpu_count": "2",
-        "diverged": str(key == DIVERGED).lower(),
+        Tag.PARENT: parent_id,
+        Tag.CONFIG_HASH: f"hash-{cell_name(key)}",
+        Tag.SWEEP_NAME: SWEEP,
+        Tag.BACKEND: backend,
+        Tag.ACTIVATION: activation,
+        Tag.DEVICE: "cpu",
+        Tag.DEVICE_NAME: "Test CPU 9000",
+        Tag.CPU_MODEL: "Test CPU 9000",
+        Tag.CPU_COUNT: "2",
+        Tag.DIVERGED: str(key == DIVERGED).lower(),
     }
     if key == DEAD:
         tags |= {
-            tracking.TAG + "host": machine.hostname(),
-            tracking.TAG + "pid": str(2**22 + 7),  # above Linux's pid_max: no such process
-            tracking.TAG + "pid_start": "12345",
+            Tag.HOST: machine.hostname(),
+            Tag.PID: str(2**22 + 7),  # above Linux's pid_max: no such process
+            Tag.PID_START: "12345",
         }
     if key == FAILED:
-        tags[tracking.TAG + "error"] = ERROR
+        tags[Tag.ERROR] = ERROR
     epochs_logged = 1 if key in (FAILED, DEAD) else epochs
     metrics = [
         Metric(name, float(values[step - 1]), start, step)
@@ -138,15 +140,15 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         client.set_terminated(run_id, tracking.FAILED if key == FAILED else tracking.FINISHED)
 
 
-def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[sweep.Cell] | None) -> str:
+def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[Cell] | None) -> str:
     """A sweep's parent run as sweep.SweepCallback opens it, with its sweep_cells.json unless cells is None."""
-    tags = {tracking.TAG + "kind": "sweep", "sweep_id": name}
+    tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name}
     parent_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags).info.run_id
     client.log_param(
-        parent_id, "sweep.overrides", f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
+        parent_id, SweepParam.SWEEP_OVERRIDES, f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
     )
     if cells is not None:
-        client.log_dict(parent_id, [cell.__dict__ for cell in cells], sweep.CELLS_ARTIFACT)
+        client.log_dict(parent_id, [dataclasses.asdict(cell) for cell in cells], CELLS_ARTIFACT)
     return parent_id
 
 
@@ -162,7 +164,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory, make_store: Callable) 
     client.set_terminated(old_parent, tracking.FINISHED)
 
     keys = [(*config, seed) for config in CONFIGS for seed in SEEDS]
-    cells = [sweep.Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
+    cells = [Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
     parent_id = log_parent(client, experiment_id, SWEEP, start + 60_000, cells)
     result = LoggedSweep(uri, client, experiment_id, parent_id, old_parent)
     for index, key in enumerate(keys):
@@ -270,6 +272,7 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
         "report.md",
         "report.html",
         "summary.csv",
+        "comparisons.csv",
         "curves.png",
         "accuracy_vs_lr.png",
         "seconds_per_epoch.png",
@@ -288,9 +291,6 @@ def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep
     def accuracy(run: dict) -> float:
         return run["summary"]["final_test_accuracy"]
 
-    def seconds(run: dict) -> float:
-        return np.median(run["history"]["epoch_seconds"])
-
     numpy_sigmoid, tf_softmax = ("numpy", "sigmoid", "0.1", EPOCHS), ("tf", "softmax", "0.1", EPOCHS)
     diff = np.mean(per_run(tf_softmax, accuracy)) - np.mean(per_run(numpy_sigmoid, accuracy))
     pooled = np.sqrt(
@@ -300,9 +300,6 @@ def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep
     assert row["accuracy_diff"] == pytest.approx(diff)
     assert row["pooled_std"] == pytest.approx(pooled)  # two seeds each: the pooled variance is the plain average
     assert row["beyond_spread"] == ("yes" if abs(diff) > 2 * pooled else "no")
-    assert row["speed_ratio"] == pytest.approx(
-        np.mean(per_run(numpy_sigmoid, seconds)) / np.mean(per_run(tf_softmax, seconds))
-    )
     assert headline.loc[("numpy-sigmoid", "0.1"), "beyond_spread"] == "reference"
     # tf-softmax lr=0.5 kept one run (the other failed): its spread is unknown, and the report says so.
     assert headline.loc[("tf-softmax", "0.5"), "beyond_spread"] == "unknown (n=1: spread unknown)"
@@ -310,6 +307,27 @@ def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep
     assert order == ["numpy-sigmoid", "tf-softmax", "numpy-softmax", "tf-sigmoid"]
     text = section((full_report / "report.md").read_text(), "Headline")
     assert "2 × pooled std" in text and "unknown (n=1: spread unknown)" in text
+
+
+def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
+    sweep_store: LoggedSweep, full_report: Path
+) -> None:
+    comparisons = pd.read_csv(full_report / "comparisons.csv", dtype=CONFIG_DTYPES, keep_default_na=False)
+    assert set(comparisons["reference"]) == {"numpy-sigmoid"}
+    row = comparisons.set_index(["candidate", "lr"]).loc[("tf-softmax", "0.1")]
+
+    def epochs(config: tuple) -> np.ndarray:
+        return np.concatenate([run["history"]["epoch_seconds"] for run in ok_runs(sweep_store, config)])
+
+    expected = np.median(epochs(("numpy", "sigmoid", "0.1", EPOCHS))) / np.median(
+        epochs(("tf", "softmax", "0.1", EPOCHS))
+    )
+    assert row["speed_ratio"] == pytest.approx(expected)  # the medians of the timed epochs, pooled per side
+    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"]
+    verdict = "faster" if row["speed_ratio_low"] > 1 else "slower" if row["speed_ratio_high"] < 1 else "within noise"
+    assert row["speed_verdict"] == verdict  # the logged runs carry no timing_unstable tag
+    headline = section((full_report / "report.md").read_text(), "Headline")
+    assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"is {verdict} on speed" in headline
 
 
 def test_artifacts_are_logged_to_the_parent_run(sweep_store: LoggedSweep, full_report: Path) -> None:
@@ -345,14 +363,14 @@ def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSwee
     markdown = (out / "report.md").read_text()
     assert "No configuration has a finished run" in markdown and "No plots: no run" in markdown
     listed = section(markdown, report.PROBLEMS_TITLE)
-    assert f"has no {sweep.CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
+    assert f"has no {CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
     assert not list(out.glob("*.png"))
     assert_self_contained(out)
 
 
 def test_find_sweep_by_name_id_and_latest(sweep_store: LoggedSweep) -> None:
     def found(wanted: str) -> str:
-        return report.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
+        return tracking.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
 
     assert found("latest") == found(SWEEP) == found(sweep_store.parent_id) == sweep_store.parent_id
     assert found("sweep-old") == sweep_store.old_parent_id
@@ -402,8 +420,8 @@ def test_missing_store_is_reported_and_not_created(tmp_path: Path, capsys: pytes
     ("a", "b"), [("0.1", "0.10"), ("0.1", "1e-1"), ("256", "256.0"), ("None", "null"), ("True", "true")]
 )
 def test_normalise_makes_equal_values_equal(a: str, b: str) -> None:
-    assert report.normalise(a) == report.normalise(b)
-    assert report.normalise("0.1") != report.normalise("0.5")
+    assert normalise(a) == normalise(b)
+    assert normalise("0.1") != normalise("0.5")
 
 
 def test_heatmap_when_lr_and_epochs_both_vary() -> None:

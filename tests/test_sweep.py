@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from mnist_bench.schema import KIND_SWEEP, Tag
+
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
@@ -41,33 +43,37 @@ SUMMARY = (
     "train_seconds",
     "warmup_seconds",
     "samples_per_second",
+    "seconds_per_epoch",
+    "timing_stable",
+    "load_average_start",
+    "load_average_end",
+    "epoch_spread",
     "wall_seconds",
     "peak_rss_mb",
 )
 TAGS = (
-    "backend",
-    "activation",
-    "device",
-    "dataset",
-    "sweep_id",
-    "git_commit",
-    "cpu_model",
-    "cpu_count",
-    "blas",
-    "mnist_bench.config_hash",
-    "mnist_bench.host",
-    "mnist_bench.pid",
+    Tag.BACKEND,
+    Tag.ACTIVATION,
+    Tag.DEVICE,
+    Tag.DATASET,
+    Tag.SWEEP_NAME,
+    Tag.GIT_COMMIT,
+    Tag.CPU_MODEL,
+    Tag.CPU_COUNT,
+    Tag.BLAS,
+    Tag.CONFIG_HASH,
+    Tag.HOST,
+    Tag.PID,
 )
 ARTIFACTS = {"config.yaml", "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "weights.npz"}
-KIND_TAG, PARENT_TAG = "mnist_bench.kind", "mlflow.parentRunId"
 
 
 def parents(runs: list) -> list:
-    return [r for r in runs if r.data.tags.get(KIND_TAG) == "sweep"]
+    return [r for r in runs if r.data.tags.get(Tag.KIND) == KIND_SWEEP]
 
 
 def children_of(runs: list, parent_id: str) -> list:
-    return [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_id]
+    return [r for r in runs if r.data.tags.get(Tag.PARENT) == parent_id]
 
 
 @dataclass
@@ -165,6 +171,9 @@ def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
         assert metrics["final_test_accuracy"] == test_accuracy[-1]
         assert metrics["best_test_accuracy"] == max(test_accuracy)
         assert metrics["train_seconds"] == pytest.approx(sum(p.value for p in history["epoch_seconds"]))
+        epoch_seconds = [p.value for p in history["epoch_seconds"]]
+        assert metrics["seconds_per_epoch"] == pytest.approx(np.median(epoch_seconds))  # one definition
+        assert metrics["timing_stable"] == float(Tag.TIMING_UNSTABLE not in run.data.tags)
         assert 0 < metrics["train_seconds"] <= metrics["wall_seconds"]
         assert 50 < metrics["peak_rss_mb"] < 4096  # MiB: a Python process with NumPy, MLflow and the data
         assert all(0 <= v <= 1 for v in test_accuracy)
@@ -192,8 +201,8 @@ def test_grid_children_have_their_artifacts(grid: Sweep, tmp_path: Path) -> None
 
 def test_grid_children_are_tagged(grid: Sweep) -> None:
     assert len(grid.children) == 4
-    sweep_id = grid.parent.data.tags["sweep_id"]
-    assert sweep_id.startswith("sweep-")  # sweep_name was not set: a time stamp
+    sweep_name = grid.parent.data.tags[Tag.SWEEP_NAME]
+    assert sweep_name.startswith("sweep-")  # sweep_name was not set: a time stamp
     hashes = set()
     for run in grid.children:
         tags = run.data.tags
@@ -201,11 +210,11 @@ def test_grid_children_are_tagged(grid: Sweep) -> None:
         assert not missing
         assert (tags["backend"], tags["device"], tags["dataset"]) == ("numpy", "cpu", "mnist")
         assert tags["activation"] == run.data.params["activation"]
-        assert tags["sweep_id"] == sweep_id  # the same name as its parent
-        assert tags["mnist_bench.host"] == socket.gethostname()
-        assert tags["mnist_bench.pid"].isdigit() and int(tags["cpu_count"]) >= 1
+        assert tags[Tag.SWEEP_NAME] == sweep_name  # the same name as its parent
+        assert tags[Tag.HOST] == socket.gethostname()
+        assert tags[Tag.PID].isdigit() and int(tags["cpu_count"]) >= 1
         assert tags["diverged"] == "false"
-        hashes.add(tags["mnist_bench.config_hash"])
+        hashes.add(tags[Tag.CONFIG_HASH])
     assert len(hashes) == 4
 
 

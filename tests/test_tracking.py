@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from mnist_bench import machine, tracking
+from mnist_bench.schema import Tag
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist-bench"
@@ -175,11 +176,11 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
     assert found.data.params == {"lr": "0.1", "backend.name": "numpy"}
     assert found.data.metrics == {"train_loss": 1.5}
     assert found.data.tags["backend"] == "numpy"
-    assert found.data.tags[tracking.TAG + "pid"] == str(os.getpid())
+    assert found.data.tags[Tag.PID] == str(os.getpid())
     if error is None:
-        assert tracking.TAG + "error" not in found.data.tags
+        assert Tag.ERROR not in found.data.tags
     else:
-        assert error in found.data.tags[tracking.TAG + "error"]
+        assert error in found.data.tags[Tag.ERROR]
 
 
 def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
@@ -197,7 +198,7 @@ def test_tracked_run_links_its_parent(store) -> None:
     parent = client.create_run(experiment_id).info.run_id
     with tracking.tracked_run(client, experiment_id, "child", {}, {}, parent_run_id=parent) as run:
         pass
-    assert client.get_run(run.run_id).data.tags[tracking.PARENT_TAG] == parent
+    assert client.get_run(run.run_id).data.tags[Tag.PARENT] == parent
 
 
 # --- signals and the reaper ----------------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_sigterm_ends_the_run_killed(store) -> None:
     assert proc.returncode != 0
     run = store.client.get_run(run_id)
     assert run.info.status == "KILLED", stderr[-2000:]
-    assert f"signal {int(signal.SIGTERM)}" in run.data.tags[tracking.TAG + "error"]
+    assert f"signal {int(signal.SIGTERM)}" in run.data.tags[Tag.ERROR]
 
 
 def test_sigkill_leaves_the_run_running_until_reaped(store) -> None:
@@ -253,12 +254,12 @@ def test_sigkill_leaves_the_run_running_until_reaped(store) -> None:
 
     reaped = client.get_run(victim)
     assert reaped.info.status == "KILLED"
-    assert "process gone" in reaped.data.tags[tracking.TAG + "error"]
+    assert "process gone" in reaped.data.tags[Tag.ERROR]
 
 
 def test_reap_leaves_runs_of_other_hosts_alone(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
-    tags = {tracking.TAG + "host": machine.hostname() + "-elsewhere", tracking.TAG + "pid": "999999999"}
+    tags = {Tag.HOST: machine.hostname() + "-elsewhere", Tag.PID: "999999999"}
     other = client.create_run(experiment_id, tags=tags).info.run_id
     assert tracking.reap(client, experiment_id) == []
     assert _status(client, other) == "RUNNING"

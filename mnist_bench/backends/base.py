@@ -12,11 +12,12 @@ from typing import Protocol
 import numpy as np
 
 from mnist_bench.config import Config
+from mnist_bench.errors import UserError
 
 NUM_CLASSES = 10
 
 
-class BackendUnavailable(ImportError):
+class BackendUnavailable(UserError, ImportError):
     """A backend whose libraries are not installed; the message says which extra to install."""
 
 

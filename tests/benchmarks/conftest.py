@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from needs import missing
 
-from mnist_bench import bench, data
+from mnist_bench import bench, data, paths
 from mnist_bench.backends import base
 from mnist_bench.config import DatasetConfig
 
@@ -99,7 +99,7 @@ def mnist(mnist_spec: DatasetConfig) -> data.Dataset:
     try:
         return data.load(mnist_spec)
     except data.DataError as err:
-        missing(f"full MNIST not found (export {data.DATA_DIR_ENV}=<the folder holding mnist/>): {err}")
+        missing(f"full MNIST not found (export {paths.DATA_DIR_ENV}=<the folder holding mnist/>): {err}")
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +113,7 @@ def train_data(mnist: data.Dataset) -> base.TrainData:
 @pytest.fixture(scope="session")
 def source_dir(mnist_spec: DatasetConfig) -> str:
     """The folder with the official gzip files, for the cold-decode benchmark."""
-    folder = os.environ.get(data.DATA_DIR_ENV)
+    folder = os.environ.get(paths.DATA_DIR_ENV)
     if not folder:
-        missing(f"cold decoding needs the gzip files: export {data.DATA_DIR_ENV}=<the folder holding mnist/>")
+        missing(f"cold decoding needs the gzip files: export {paths.DATA_DIR_ENV}=<the folder holding mnist/>")
     return folder

@@ -1,0 +1,243 @@
+"""The Hydra application: the job (Hydra's task function), the sweeper, and the only code that knows the
+shape of a launcher's config.
+
+``python -m mnist_bench [overrides]`` runs one job. With ``-m``, Hydra hands the overrides to
+``ValidatingSweeper``, a Sweeper on Hydra's public plugin API (registered by the shim in
+``hydra_plugins/mnist_bench_sweeper``). Before any job starts it composes and validates every cell,
+creates the store and the experiment once in this process (parallel jobs that create one SQLite store
+race in MLflow's migrations), reaps dead runs and opens the sweep's parent run. It then launches the
+cells with whichever launcher is configured (basic, joblib, Ray), each job carrying the parent's id,
+and ends with a summary read from MLflow: exit status 1 when a cell failed, was killed, is missing or
+was left running. Because it is the sweeper, not a callback, its errors stop the sweep: Hydra turns an
+exception raised in a callback into a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_bench import config, machine
+from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError, one_line
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag
+
+log = logging.getLogger("mnist_bench")
+
+PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # the sweep's parent run, set in each job's process by Hydra
+
+
+def register() -> None:
+    """What the app's configs need before Hydra composes them: the schema and the launcher's resolver."""
+    config.register()
+    # The GPUs a job asks Ray for (conf/hydra/launcher/ray.yaml): one for device=gpu, none otherwise.
+    OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device == "gpu"), replace=True)
+    # conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
+
+
+def parallel_jobs(launcher: Mapping) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
+
+    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
+    default to the CPUs Ray reserved for it rather than the whole node's cores.
+    """
+    ray = launcher.get("ray")
+    if ray is not None:
+        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
+    n_jobs = launcher.get("n_jobs") or 1
+    return machine.cpu_count() if n_jobs < 0 else n_jobs
+
+
+# ---------------------------------------------------------------- the job
+
+
+def job(cfg: DictConfig) -> str | None:
+    """Hydra's task function: validate, then run; in a sweep a failing job never stops the others."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mnist_bench import experiment
+    from mnist_bench.tracking import Terminated
+
+    hydra_cfg = HydraConfig.get()
+    launch_dir = Path(hydra_cfg.runtime.cwd)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            return experiment.run(validate(cfg), launch_dir)
+        except UserError as err:  # one line, not Hydra's "Error executing job" report
+            print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
+            raise SystemExit(EXIT_BAD_INPUT) from None
+    job_config = validate(cfg)  # the sweeper validated every cell before launching
+    try:
+        parent = os.environ[PARENT_RUN_ENV]
+        return experiment.run(job_config, launch_dir, parallel_jobs(hydra_cfg.launcher), parent)
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except Exception as err:
+        log.error("%s: FAILED: %s", run_name(job_config), one_line(err))  # recorded in MLflow; the summary counts it
+        return None
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def grid(overrides: Sequence[Override]) -> list[list[str]]:
+    """Every combination of the sweep's overrides (``a=1,2 b=range(3)``), one list of overrides per job."""
+    choices: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise ConfigError(
+                f"{override.input_line}: a sweep takes a list or a range (lr=0.1,0.5 or seed=range(5)), not an interval"
+            )
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+class ValidatingSweeper(Sweeper):
+    """The basic sweeper's grid, with every cell validated up front and one MLflow parent run per sweep."""
+
+    def __init__(self, max_batch_size: int | None = None, params: Mapping[str, str] | None = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def cells(self, arguments: Sequence[str]) -> list[tuple[list[str], Config]]:
+        """Every job's overrides and its validated config; a bad value in any cell stops the sweep here."""
+        assert self.hydra_context is not None and self.config is not None
+        given = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
+        parsed = OverridesParser.create(config_loader=self.hydra_context.config_loader).parse_overrides(given)
+        cells = []
+        for overrides in grid(parsed):
+            try:
+                composed = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+                cells.append((overrides, validate(composed)))
+            except ConfigError as err:
+                raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
+        return cells
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from mnist_bench import experiment, roofline, tracking
+
+        assert self.config is not None and self.launcher is not None
+        cells = self.cells(arguments)
+        first = cells[0][1]
+        uri = tracking.resolve_uri(first.tracking.uri, Path(self.config.hydra.runtime.cwd))
+        client, experiment_id = tracking.open_store(uri, first.tracking.experiment)
+        # Probe the machine once here, not in every parallel job at the same moment (it is cached).
+        roofline.cached(experiment.resolve_threads(first, parallel_jobs(self.config.hydra.launcher)))
+        for run_id in tracking.reap(client, experiment_id):
+            log.warning("marked run %s KILLED: its process is gone", run_id)
+
+        planned = [
+            Cell([tracking.redact_override(o) for o in overrides], config_hash(cfg), run_name(cfg))
+            for overrides, cfg in cells
+        ]
+        name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
+        sweep_dir = Path(self.config.hydra.runtime.cwd) / str(self.config.hydra.sweep.dir)
+        tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name, Tag.SWEEP_DIR: str(sweep_dir), **tracking.process_tags()}
+        parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        status = tracking.FAILED
+        try:
+            with tracking.sigterm_raises():
+                client.log_param(
+                    parent_id, SweepParam.SWEEP_OVERRIDES, tracking.redact_overrides(" ".join(arguments))[:6000]
+                )
+                client.log_param(parent_id, SweepParam.SWEEP_CELLS, len(planned))
+                client.log_dict(parent_id, [asdict(cell) for cell in planned], CELLS_ARTIFACT)
+                print(f"sweep {name}: {len(planned)} jobs, parent run {parent_id}, store {tracking.redact(uri)}")
+                sweep_dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+                # Every launcher composes a job from its overrides and sets hydra.job.env_set in the job's process.
+                to_parent = f"++hydra.job.env_set.{PARENT_RUN_ENV}='{parent_id}'"
+                jobs = [[*overrides, to_parent] for overrides, _ in cells]
+                size = self.max_batch_size or len(jobs)
+                for start in range(0, len(jobs), size):
+                    for result in self.launcher.launch(jobs[start : start + size], initial_job_idx=start):
+                        _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
+            failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
+            status = tracking.FAILED if failures else tracking.FINISHED
+        except (KeyboardInterrupt, tracking.Terminated):
+            status = tracking.KILLED
+            raise
+        finally:
+            client.set_terminated(parent_id, status)
+        if failures:
+            raise SystemExit(EXIT_FAILED)
+
+
+def summarise(outcomes: Sequence) -> int:
+    """Print the sweep's summary and each cell that failed; returns how many did."""
+    counts = Counter(outcome.status.value for outcome in outcomes)
+    bad = [outcome for outcome in outcomes if outcome.status.is_failure]
+    print("sweep summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for outcome in bad:
+        print(f"  {outcome.status.value}: {outcome.cell.name} [{' '.join(outcome.cell.overrides)}]")
+    return len(bad)
+
+
+def main(argv: list[str]) -> int:
+    """Run the Hydra app with ``argv`` as its overrides and flags; returns the exit status."""
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mnist_bench.paths import conf_dir
+    from mnist_bench.tracking import Terminated
+
+    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
+    register()
+    app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(job)
+    sys.argv = [sys.argv[0], *argv]
+    try:
+        app()
+    except (KeyboardInterrupt, Terminated) as err:
+        print(f"mnist-bench: {'interrupted' if isinstance(err, KeyboardInterrupt) else err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, HydraException, OmegaConfBaseException) as err:  # ours; Hydra's for a bad override or file
+        if full_errors:
+            raise
+        print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as err:
+        return err.code if isinstance(err.code, int) else EXIT_FAILED
+    except BaseException as err:
+        if type(err).__module__.startswith("ray."):  # hydra/launcher=ray lost a job with its worker or node
+            print(
+                f"mnist-bench: error: a sweep job was lost ({one_line(err)});"
+                " run the same sweep again to resume it: FINISHED cells are skipped",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        raise
+    return EXIT_OK

@@ -1,0 +1,119 @@
+"""What a run and a sweep look like in MLflow: every tag name, every status, and a param's comparable value.
+
+The job runner writes this schema and the read-side tools (report, check, the sweep's summary) read it:
+a tag or status is named here once and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+PREFIX = "mnist_bench."  # the harness's own bookkeeping tags
+
+
+class Tag:
+    """Tag names. The plain ones are what a user filters on in MLflow's UI; the prefixed ones are bookkeeping."""
+
+    PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep's parent run
+    BACKEND = "backend"
+    ACTIVATION = "activation"
+    DATASET = "dataset"
+    DEVICE = "device"  # the device actually used: device=auto resolves to cpu or gpu
+    DEVICE_NAME = "device_name"
+    GIT_COMMIT = "git_commit"
+    CPU_MODEL = "cpu_model"
+    CPU_COUNT = "cpu_count"
+    BLAS = "blas"
+    THREADS = "backend.threads"  # as resolved for this job (config: null = cores / parallel jobs)
+    DIVERGED = "diverged"  # "true" when a loss became NaN or infinite
+    TIMING_UNSTABLE = "timing_unstable"  # why a run's timings cannot be trusted (mnist_bench.timing)
+    SWEEP_NAME = "sweep_name"  # on a sweep's parent and each of its jobs
+    VERSION_PREFIX = "version."  # version.numpy, version.mlflow, ...
+    KIND = PREFIX + "kind"  # "sweep" on a sweep's parent run
+    CONFIG_HASH = PREFIX + "config_hash"  # what resume matches a job by (config.config_hash)
+    ERROR = PREFIX + "error"  # why a run FAILED or was KILLED
+    SWEEP_DIR = PREFIX + "sweep_dir"  # the sweep's output folder: a job finds its parent by it
+    HOST = PREFIX + "host"  # host, pid and pid_start let the reaper tell a live run from a dead one
+    PID = PREFIX + "pid"
+    PID_START = PREFIX + "pid_start"
+    HARNESS_VERSION = PREFIX + "version"
+
+
+class SweepParam:
+    """Params a sweep's parent run adds to those of a job (a job's params are its config, flattened)."""
+
+    SWEEP_OVERRIDES = "sweep.overrides"  # the sweep's command line, redacted
+    SWEEP_CELLS = "sweep.cells"  # how many cells it planned
+
+
+KIND_SWEEP = "sweep"
+CELLS_ARTIFACT = "sweep_cells.json"  # on a sweep's parent: the cells it set out to run
+
+
+class RunStatus:
+    """MLflow's terminal run statuses, as the harness sets them (tracking.tracked_run decides which)."""
+
+    RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+
+class Status(str, enum.Enum):
+    """How a cell of a sweep ended, as the summary, the report and check show it."""
+
+    FINISHED = "finished"
+    DIVERGED = "diverged"  # finished, but its loss became NaN or infinite: a property of the config
+    FAILED = "failed"
+    KILLED = "killed"
+    RUNNING = "running"  # still open: its process is alive, or it died and has not been reaped yet
+    SKIPPED = "skipped"  # resume found an earlier FINISHED run of the same config and reused it
+    MISSING = "missing"  # never started
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether a sweep with a cell in this state has failed (a cell left RUNNING at the end has)."""
+        return self in (Status.FAILED, Status.KILLED, Status.RUNNING, Status.MISSING)
+
+
+def status_of(run: Run) -> Status:
+    """A run's status in the cell vocabulary: MLflow's, with DIVERGED for a finished run that diverged."""
+    status = Status(run.info.status.lower()) if run.info.status != "SCHEDULED" else Status.RUNNING
+    if status is Status.FINISHED and run.data.tags.get(Tag.DIVERGED) == "true":
+        return Status.DIVERGED
+    return status
+
+
+@dataclass
+class Cell:
+    """One point of a sweep's grid, as stored in the parent's CELLS_ARTIFACT."""
+
+    overrides: list[str]
+    config_hash: str
+    name: str
+
+
+def flatten(node: dict, prefix: str = "") -> dict[str, object]:
+    """A nested config as dotted keys (``backend.name``): how params are named."""
+    flat: dict[str, object] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def normalise(value: object) -> str:
+    """A param value in comparable form (MLflow stores str(value)): 0.1, 0.10 and 1e-1 are one number,
+    True/true one word, and None/null one word."""
+    text = str(value).strip().lower()
+    with contextlib.suppress(ValueError):
+        number = float(text)
+        if math.isfinite(number):
+            return repr(number)
+    return "none" if text == "null" else text

@@ -1,0 +1,164 @@
+"""How mnist-bench times things, defined once: seconds per epoch, the conditions a timing was taken
+under, whether it can be trusted, and how two sets of timings compare.
+
+- **Seconds per epoch** is the median of the timed epochs (warm-up epochs are never timed): robust to
+  the one epoch a noisy neighbour slowed down.
+- **Conditions**: the 1-minute load average at the start and end of training, the share of the machine's
+  CPU time that other processes used while it trained (from /proc/stat, minus this process's own CPU
+  time), the share stolen by the hypervisor, and the spread of the epochs (interquartile range over
+  median).
+- **Stable** means all of these stayed within the limits of the ``timing`` config (conf: timing.*); an
+  unstable run says why.
+- **Comparing** two sets of runs gives the ratio of their seconds per epoch with a 95% bootstrap interval
+  (runs resampled, then epochs within each run) and a verdict: ``faster`` or ``slower`` only when the
+  interval excludes 1 and both sides were stable, ``within noise`` when it includes 1, and
+  ``unreliable: <why>`` when either side was not stable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 2000
+CONFIDENCE = 0.95
+FASTER, SLOWER, WITHIN_NOISE, UNRELIABLE = "faster", "slower", "within noise", "unreliable"
+
+
+def seconds_per_epoch(epoch_seconds: Sequence[float]) -> float:
+    """The harness's one figure for an epoch's cost: the median of the timed epochs."""
+    return float(np.median(epoch_seconds))
+
+
+def epoch_spread(epoch_seconds: Sequence[float]) -> float:
+    """Interquartile range over median of the timed epochs: 0 for perfectly steady epochs."""
+    q1, median, q3 = np.percentile(epoch_seconds, [25, 50, 75])
+    return float((q3 - q1) / median) if median > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class _CpuTimes:
+    """Machine-wide CPU seconds from /proc/stat (all cores) and this process's own, at one instant."""
+
+    busy: float
+    total: float
+    steal: float
+    own: float
+
+    @classmethod
+    def now(cls) -> _CpuTimes | None:
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None  # not Linux: the shares are not measured
+        tick = os.sysconf("SC_CLK_TCK")
+        user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        total = user + nice + system + idle + iowait + irq + softirq + steal
+        own = os.times()
+        return cls((total - idle - iowait - steal) / tick, total / tick, steal / tick, own.user + own.system)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the machine was doing while a run trained; logged as metrics with these names."""
+
+    load_average_start: float
+    load_average_end: float
+    other_cpu_share: float | None  # of all cores' time, used by other processes; None where unmeasured
+    cpu_steal_share: float | None
+    epoch_spread: float
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class ConditionsProbe:
+    """Started just before training and read just after it."""
+
+    def __init__(self) -> None:
+        self.load_start = os.getloadavg()[0]
+        self.cpu_start = _CpuTimes.now()
+        self.started = time.monotonic()
+
+    def finish(self, epoch_seconds: Sequence[float]) -> Conditions:
+        end = _CpuTimes.now()
+        other = steal = None
+        if self.cpu_start is not None and end is not None and end.total > self.cpu_start.total:
+            total = end.total - self.cpu_start.total
+            own = end.own - self.cpu_start.own
+            other = min(1.0, max(0.0, (end.busy - self.cpu_start.busy - own) / total))
+            steal = (end.steal - self.cpu_start.steal) / total
+        return Conditions(self.load_start, os.getloadavg()[0], other, steal, epoch_spread(epoch_seconds))
+
+
+def unstable_reasons(conditions: Conditions, limits) -> list[str]:
+    """Why a run's timings cannot be trusted under ``limits`` (a TimingConfig); [] when they can."""
+    reasons = []
+    if conditions.other_cpu_share is not None and conditions.other_cpu_share > limits.max_other_cpu_share:
+        reasons.append(
+            f"other processes used {conditions.other_cpu_share:.0%} of the CPU"
+            f" (timing.max_other_cpu_share={limits.max_other_cpu_share:g})"
+        )
+    if conditions.cpu_steal_share is not None and conditions.cpu_steal_share > limits.max_cpu_steal_share:
+        reasons.append(
+            f"the hypervisor stole {conditions.cpu_steal_share:.0%} of the CPU"
+            f" (timing.max_cpu_steal_share={limits.max_cpu_steal_share:g})"
+        )
+    if conditions.epoch_spread > limits.max_epoch_spread:
+        reasons.append(
+            f"epoch times spread {conditions.epoch_spread:.2f} (IQR/median;"
+            f" timing.max_epoch_spread={limits.max_epoch_spread:g})"
+        )
+    return reasons
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The reference's seconds per epoch over the candidate's (> 1: the candidate is faster), with its interval."""
+
+    ratio: float
+    low: float
+    high: float
+    verdict: str
+
+
+def compare(
+    reference: Sequence[Sequence[float]],
+    candidate: Sequence[Sequence[float]],
+    unstable: str = "",
+    seed: int = 0,
+) -> Comparison:
+    """Compare two sets of runs, each given as its runs' timed epoch seconds.
+
+    The ratio is of the medians of all epochs pooled per side. Its interval is a percentile bootstrap
+    that resamples runs, then epochs within each resampled run, so both run-to-run and epoch-to-epoch
+    variation widen it. ``unstable`` (why either side's timings cannot be trusted) makes the verdict
+    ``unreliable`` whatever the interval says.
+    """
+    rng = np.random.default_rng(seed)
+    ratio = seconds_per_epoch(np.concatenate(reference)) / seconds_per_epoch(np.concatenate(candidate))
+    ratios = np.array(
+        [_resampled_median(reference, rng) / _resampled_median(candidate, rng) for _ in range(BOOTSTRAP_RESAMPLES)]
+    )
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    if unstable:
+        verdict = f"{UNRELIABLE}: {unstable}"
+    elif low > 1:
+        verdict = FASTER
+    elif high < 1:
+        verdict = SLOWER
+    else:
+        verdict = WITHIN_NOISE
+    return Comparison(ratio, low, high, verdict)
+
+
+def _resampled_median(runs: Sequence[Sequence[float]], rng: np.random.Generator) -> float:
+    picked = [np.asarray(runs[i]) for i in rng.integers(len(runs), size=len(runs))]
+    return float(np.median(np.concatenate([run[rng.integers(len(run), size=len(run))] for run in picked])))

@@ -1,0 +1,83 @@
+"""mnist_bench.timing: one definition of seconds per epoch, the conditions of a timing, the stability rule,
+and the verdict of a speed comparison; the busy case uses real processes beside the probe."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from mnist_bench import timing
+from mnist_bench.config import TimingConfig
+
+LIMITS = TimingConfig(max_other_cpu_share=0.2, max_cpu_steal_share=0.05, max_epoch_spread=0.25)
+
+
+def runs(rng: np.random.Generator, median: float, noise: float, n_runs: int = 3, epochs: int = 5) -> list[list[float]]:
+    """Timed epochs of several runs: lognormal around ``median``, as epoch times on a busy machine are."""
+    return [list(median * rng.lognormal(0.0, noise, size=epochs)) for _ in range(n_runs)]
+
+
+def test_seconds_per_epoch_is_the_median_and_spread_is_iqr_over_median() -> None:
+    epochs = [0.10, 0.11, 0.12, 0.13, 2.0]  # one epoch a neighbour slowed down
+    assert timing.seconds_per_epoch(epochs) == pytest.approx(0.12)
+    assert timing.epoch_spread(epochs) == pytest.approx((0.13 - 0.11) / 0.12)
+    assert timing.epoch_spread([0.1] * 4) == 0
+
+
+@pytest.mark.parametrize(
+    ("conditions", "reasons"),
+    [
+        (timing.Conditions(0.1, 0.2, 0.05, 0.0, 0.1), []),
+        (timing.Conditions(0.1, 0.2, None, None, 0.1), []),  # not Linux: only the spread is judged
+        (timing.Conditions(3.0, 3.5, 0.6, 0.0, 0.1), ["other processes used 60% of the CPU"]),
+        (timing.Conditions(0.1, 0.2, 0.0, 0.2, 0.1), ["the hypervisor stole 20% of the CPU"]),
+        (timing.Conditions(0.1, 0.2, 0.3, 0.0, 0.5), ["other processes used 30%", "epoch times spread 0.50"]),
+    ],
+)
+def test_a_run_is_stable_only_within_every_limit(conditions: timing.Conditions, reasons: list[str]) -> None:
+    found = timing.unstable_reasons(conditions, LIMITS)
+    assert len(found) == len(reasons)
+    for reason, text in zip(reasons, found, strict=True):
+        assert text.startswith(reason) and "timing." in text  # names the limit to change
+
+
+def test_a_to_a_comparisons_are_within_noise() -> None:
+    rng = np.random.default_rng(0)
+    verdicts = [timing.compare(runs(rng, 0.1, 0.1), runs(rng, 0.1, 0.1), seed=i).verdict for i in range(20)]
+    assert verdicts.count(timing.WITHIN_NOISE) >= 19, verdicts  # a 95% interval: about 1 in 20 may miss
+
+
+def test_a_real_difference_is_faster_or_slower_with_an_interval_that_excludes_1() -> None:
+    rng = np.random.default_rng(1)
+    slow, fast = runs(rng, 0.5, 0.1), runs(rng, 0.1, 0.1)
+    faster = timing.compare(slow, fast)
+    assert faster.verdict == timing.FASTER and faster.low > 1 and faster.low <= faster.ratio <= faster.high
+    assert faster.ratio == pytest.approx(np.median(np.concatenate(slow)) / np.median(np.concatenate(fast)))
+    assert timing.compare(fast, slow).verdict == timing.SLOWER
+
+
+def test_an_unstable_side_makes_any_verdict_unreliable() -> None:
+    rng = np.random.default_rng(2)
+    result = timing.compare(runs(rng, 0.5, 0.1), runs(rng, 0.1, 0.1), unstable="numpy-sigmoid s0: other processes")
+    assert result.verdict == "unreliable: numpy-sigmoid s0: other processes" and result.low > 1
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_busy_processes_beside_a_probe_make_its_run_unstable() -> None:
+    probe = timing.ConditionsProbe()
+    busy = [multiprocessing.Process(target=_spin, args=(2.0,)) for _ in range(multiprocessing.cpu_count())]
+    for process in busy:
+        process.start()
+    for process in busy:
+        process.join()
+    conditions = probe.finish([0.1, 0.1, 0.1])
+    assert conditions.other_cpu_share is not None and conditions.other_cpu_share > 0.5, conditions
+    assert timing.unstable_reasons(conditions, LIMITS)[0].startswith("other processes used")
