@@ -23,6 +23,7 @@ import pytest
 from needs import DATA_DIR, NO_DATA, missing
 
 from mnist_bench import tracking
+from mnist_bench.schema import KIND_SWEEP, Tag
 
 if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store skip its import time
     from mlflow.entities import Run
@@ -159,6 +160,11 @@ def fetch_runs(uri: str, experiment: str = EXPERIMENT) -> list[Run]:
     except tracking.TrackingError:
         return []
     return client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=10000)
+
+
+def job_runs(uri: str) -> list[Run]:
+    """The runs of the store's jobs: every run but the sweeps' parents."""
+    return [run for run in fetch_runs(uri) if run.data.tags.get(Tag.KIND) != KIND_SWEEP]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import fetch_runs, hydra_dirs
+from conftest import hydra_dirs, job_runs
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def sweep(run_cli, folder: Path, *overrides: str) -> list:
     args = ["-m", *overrides, f"tracking.uri={uri}", "progress=none", *hydra_dirs(folder)]
     done = run_cli(args, cwd=folder, timeout=2400)  # seed_tf: 5 x 1,000 full-batch epochs
     assert done.returncode == 0, done.stderr[-3000:]
-    children = [r for r in fetch_runs(uri) if r.data.tags.get("mnist_bench.kind") != "sweep"]
+    children = job_runs(uri)
     assert {r.info.status for r in children} == {"FINISHED"}
     return children
 

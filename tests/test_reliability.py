@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fetch_runs
+from conftest import job_runs
 from mlflow.tracking import MlflowClient
 
 from mnist_bench.schema import Tag
@@ -35,7 +35,7 @@ def sweep_args(tmp: Path, *overrides: str) -> list[str]:
 
 
 def child_runs(tmp: Path) -> list:
-    return [r for r in fetch_runs(f"sqlite:///{tmp}/mlflow.db") if r.data.tags.get("mnist_bench.kind") != "sweep"]
+    return job_runs(f"sqlite:///{tmp}/mlflow.db")
 
 
 @pytest.mark.parametrize("attempt", range(10))
