@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "run": "mnist_bench.hydra_app",  # one job, or a sweep with -m (the default when no tool is named)
     "report": "mnist_bench.report",
     "check": "mnist_bench.check",
+    "compare": "mnist_bench.compare",  # two sweeps, configuration by configuration: a regression gate
     "reap": "mnist_bench.reaper",
     "roofline": "mnist_bench.roofline",
     "bench": "mnist_bench.bench",  # every backend side by side against the roofline and Keras+Adam

@@ -12,7 +12,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
@@ -242,6 +241,12 @@ def _allowed_keys(full_key: str) -> str:
     return f"allowed {where}: " + ", ".join(f.name for f in fields(node))
 
 
+def changes_numbers(param: str) -> bool:
+    """Whether a flattened config key (a run's param) can change what the run computes."""
+    top, _, rest = param.partition(".")
+    return top not in _NOT_IN_HASH and not (top == "dataset" and rest in _DATA_LOCATION_KEYS)
+
+
 def as_flat_dict(cfg: Config) -> dict[str, object]:
     """The config as dotted keys: what MLflow stores as params."""
     return flatten(asdict(cfg))
@@ -266,4 +271,6 @@ def run_name(cfg: Config) -> str:
 
 def register() -> None:
     """Make the schema available to Hydra as ``base_config``."""
+    from hydra.core.config_store import ConfigStore  # here: the read-side tools use this module without Hydra
+
     ConfigStore.instance().store(name="base_config", node=Config)

@@ -43,8 +43,14 @@ PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # the sweep's parent run, set in e
 
 
 def register() -> None:
-    """What the app's configs need before Hydra composes them: the schema and the launcher's resolver."""
+    """What the app's configs need before Hydra composes them: the schema, the sweeper, the launcher's resolver."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mnist_bench_sweeper import MnistBenchSweeper
+
     config.register()
+    # Hydra finds plugins by scanning the hydra_plugins namespace, which misses it in an editable install.
+    Plugins.instance().register(MnistBenchSweeper)
     # The GPUs a job asks Ray for (conf/hydra/launcher/ray.yaml): one for device=gpu, none otherwise.
     OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device == "gpu"), replace=True)
     # conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.

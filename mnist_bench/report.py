@@ -30,6 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_bench import atomic, report_plots, timing, tracking
+from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
 from mnist_bench.schema import CELLS_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
@@ -37,22 +38,9 @@ from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
-# Params that get no configuration column of their own: shown as backend/device already, averaged
-# over (seed), or only changing where and how a run is logged, never its numbers.
-NOT_CONFIG = {
-    "backend.name",
-    "device.name",
-    "seed",
-    "progress",
-    "resume",
-    "fail_fast",
-    "sweep_name",
-    "tracking.experiment",
-    "dataset.dir",
-    "dataset.cache_dir",
-    "dataset.download",
-    "dataset.mirrors",
-}
+# Params that get no configuration column of their own: shown as backend/device already, or averaged over
+# (seed). Params that never change a run's numbers (config.changes_numbers) get none either.
+NOT_CONFIG = {"backend.name", "device.name", "seed"}
 METRICS = {  # per-run value -> heading in the main table
     "final_test_accuracy": "final test acc",
     "best_test_accuracy": "best test acc",
@@ -175,7 +163,11 @@ def load_histories(client: MlflowClient, run_ids: Sequence[str]) -> pd.DataFrame
 def config_columns(runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
     """The columns that define a configuration: the base ones, then any other param that varies
     across the runs (seed excepted: it is what the means are taken over)."""
-    extra = [p for p in params if p not in BASE_CONFIG and p not in NOT_CONFIG and runs[p].nunique() > 1]
+    extra = [
+        p
+        for p in params
+        if p not in BASE_CONFIG and p not in NOT_CONFIG and changes_numbers(p) and runs[p].nunique() > 1
+    ]
     return [*BASE_CONFIG, *extra]
 
 

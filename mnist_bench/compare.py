@@ -1,0 +1,186 @@
+"""``mnist-bench compare BASELINE CANDIDATE``: did anything get slower or less accurate between two sweeps?
+
+Each sweep is named by its name or parent run id (``latest`` for the newest), in one store or two. Its
+finished runs are grouped into configurations by every param that changes what a run computes, seeds
+pooled; the configurations both sweeps ran are compared the way the report compares backends
+(mnist_bench.timing): the baseline's seconds per epoch over the candidate's (> 1: the candidate is
+faster), a 95% bootstrap interval, and a verdict that is ``faster`` or ``slower`` only when the interval
+excludes 1 and every run on both sides was timed under stable conditions.
+
+Exit status, for CI between two commits: 1 when a configuration is significantly slower than
+``--max-slowdown`` (the whole interval beyond it) or less accurate than ``--max-accuracy-drop``; 2 on bad
+input; 0 otherwise.
+
+    python -m mnist_bench.compare BASELINE CANDIDATE [--tracking-uri URI] [--candidate-tracking-uri URI] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mnist_bench import atomic, timing, tracking
+from mnist_bench.config import changes_numbers
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.schema import RunStatus, Tag, normalise
+
+PROG = "mnist-bench compare"
+NOT_IDENTITY = {"seed"}  # pooled over: a configuration is everything else that changes the numbers
+
+
+@dataclass(frozen=True)
+class Side:
+    """One sweep's finished runs of one configuration."""
+
+    accuracies: list[float]
+    epochs: list[list[float]]  # each run's timed epoch seconds
+    unstable: list[str]  # "run name: reason" for each run whose timings were not stable
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration both sweeps ran, as --json writes it."""
+
+    configuration: str
+    n_baseline: int
+    n_candidate: int
+    accuracy_diff: float  # candidate's mean final test accuracy minus the baseline's
+    speed_ratio: float  # baseline's seconds per epoch over the candidate's: > 1 is faster
+    speed_ratio_low: float
+    speed_ratio_high: float
+    speed_verdict: str
+    regression: str  # why this configuration fails the comparison; "" when it does not
+
+
+def configuration(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """What makes two runs the same experiment, seeds aside: every param that changes the numbers."""
+    return tuple(sorted((k, normalise(v)) for k, v in params.items() if changes_numbers(k) and k not in NOT_IDENTITY))
+
+
+def label(config: tuple[tuple[str, str], ...], varying: set[str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config if k in varying) or "(one configuration)"
+
+
+def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]]:
+    """A sweep's name and its finished runs, grouped by configuration."""
+    client, experiment_id = tracking.open_existing(uri, experiment)
+    parent = tracking.find_sweep(client, experiment_id, wanted, f"experiment {experiment!r} at {tracking.redact(uri)}")
+    grouped: dict[tuple, list] = {}
+    for run in tracking.sweep_runs(client, experiment_id, parent):
+        if run.info.status == RunStatus.FINISHED and run.data.tags.get(Tag.DIVERGED) != "true":
+            grouped.setdefault(configuration(run.data.params), []).append(run)
+    sides = {}
+    for config, runs in grouped.items():
+        epochs = [[m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")] for r in runs]
+        sides[config] = Side(
+            [r.data.metrics.get("final_test_accuracy", math.nan) for r in runs],
+            [e for e in epochs if e],
+            [
+                f"{r.info.run_name}: {r.data.tags[Tag.TIMING_UNSTABLE]}"
+                for r in runs
+                if Tag.TIMING_UNSTABLE in r.data.tags
+            ],
+        )
+    if not sides:
+        raise UserError(f"sweep {tracking.sweep_name(parent)!r} has no finished run to compare")
+    return tracking.sweep_name(parent), sides
+
+
+def compare(
+    baseline: dict[tuple, Side], candidate: dict[tuple, Side], max_slowdown: float, max_accuracy_drop: float
+) -> list[Row]:
+    common = [config for config in baseline if config in candidate]
+    if not common:
+        raise UserError("the two sweeps share no configuration: nothing to compare (same settings, seeds aside)")
+    keys = {k for config in common for k, _ in config}
+    varying = {k for k in keys if len({dict(config).get(k) for config in common}) > 1}
+    rows = []
+    for config in common:
+        base, cand = baseline[config], candidate[config]
+        unstable = "; ".join(base.unstable[:1] + cand.unstable[:1])
+        speed = timing.compare(base.epochs, cand.epochs, unstable)
+        diff = sum(cand.accuracies) / len(cand.accuracies) - sum(base.accuracies) / len(base.accuracies)
+        reasons = []
+        if speed.verdict == timing.SLOWER and speed.high < 1 / max_slowdown:
+            reasons.append(
+                f"slower by more than {max_slowdown:g}x (interval {1 / speed.high:.2f}-{1 / speed.low:.2f}x)"
+            )
+        if diff < -max_accuracy_drop:
+            reasons.append(f"test accuracy {diff:+.4f} (allowed -{max_accuracy_drop:g})")
+        rows.append(
+            Row(
+                label(config, varying),
+                len(base.accuracies),
+                len(cand.accuracies),
+                diff,
+                speed.ratio,
+                speed.low,
+                speed.high,
+                speed.verdict,
+                "; ".join(reasons),
+            )
+        )
+    return sorted(rows, key=lambda row: row.configuration)
+
+
+def parse_args(argv: Sequence[str]):
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("baseline", help="sweep name or parent run id (latest: the newest sweep)")
+    parser.add_argument("candidate", help="sweep name or parent run id, in the candidate's store")
+    parser.add_argument("--tracking-uri", help="the baseline's store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--candidate-tracking-uri", help="the candidate's store (default: the baseline's)")
+    parser.add_argument("--experiment", default="mnist-bench")
+    parser.add_argument("--candidate-experiment", help="default: --experiment")
+    parser.add_argument("--max-slowdown", type=float, default=1.10, help="slowdown that fails (default 1.10)")
+    parser.add_argument(
+        "--max-accuracy-drop", type=float, default=0.002, help="test accuracy drop that fails (default 0.002)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the comparison here, one object per configuration")
+    args = parser.parse_args(argv)
+    if not (math.isfinite(args.max_slowdown) and args.max_slowdown >= 1):
+        raise UserError(f"--max-slowdown {args.max_slowdown} must be a number >= 1 (1.10: 10% slower fails)")
+    if not (math.isfinite(args.max_accuracy_drop) and args.max_accuracy_drop >= 0):
+        raise UserError(f"--max-accuracy-drop {args.max_accuracy_drop} must be a number >= 0")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
+    candidate_uri = (
+        tracking.resolve_uri(args.candidate_tracking_uri, Path.cwd()) if args.candidate_tracking_uri else uri
+    )
+    base_name, baseline = load(uri, args.experiment, args.baseline)
+    cand_name, candidate = load(candidate_uri, args.candidate_experiment or args.experiment, args.candidate)
+    rows = compare(baseline, candidate, args.max_slowdown, args.max_accuracy_drop)
+    print(f"compare: baseline {base_name} -> candidate {cand_name}; speed ratio = baseline s/epoch / candidate's")
+    width = max(len(row.configuration) for row in rows)
+    for row in rows:
+        ratio = f"{row.speed_ratio:.2f}x ({row.speed_ratio_low:.2f}-{row.speed_ratio_high:.2f})"
+        print(
+            f"  {row.configuration:{width}s}  n {row.n_baseline}/{row.n_candidate}  Δacc {row.accuracy_diff:+.4f}"
+            f"  {ratio:22s}  {row.speed_verdict}"
+        )
+    only = len(set(baseline) - set(candidate)), len(set(candidate) - set(baseline))
+    if any(only):
+        print(f"  not compared: {only[0]} configuration(s) only in the baseline, {only[1]} only in the candidate")
+    if args.json is not None:
+        atomic.write(args.json, json.dumps([asdict(row) for row in rows], indent=2).encode())
+    regressions = [row for row in rows if row.regression]
+    for row in regressions:
+        print(f"REGRESSION {row.configuration}: {row.regression}", file=sys.stderr)
+    return EXIT_FAILED if regressions else EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

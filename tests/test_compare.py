@@ -1,0 +1,73 @@
+"""``mnist-bench compare`` on real sweeps: the same sweep twice is no regression, a candidate that really ran
+slower is one (exit 1), and a candidate timed beside busy processes is unreliable rather than slower."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mnist_dir")]
+
+GRID = ["backend=numpy", "activation=softmax", "batch_size=100", "lr=0.5", "epochs=4", "seed=0,1"]
+SMALL = ["dataset.train_limit=20000", "dataset.test_limit=1000", "progress=none"]
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def sweep(run_cli, hydra_args, folder: Path, name: str, *extra: str) -> None:
+    uri = f"sqlite:///{folder}/mlflow.db"
+    done = run_cli(["-m", *GRID, *SMALL, f"sweep_name={name}", "resume=false", f"tracking.uri={uri}", *extra,
+                    *hydra_args(folder / name)], folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def compare(run_cli, folder: Path, baseline: str, candidate: str) -> tuple[int, list[dict], str]:
+    out = folder / f"{baseline}-{candidate}.json"
+    uri = f"sqlite:///{folder}/mlflow.db"
+    done = run_cli(["compare", baseline, candidate, "--tracking-uri", uri, "--json", str(out)], folder)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(out.read_text()), done.stdout + done.stderr
+
+
+PERMISSIVE = ["timing.max_other_cpu_share=1", "timing.max_epoch_spread=100"]  # every run counts as stable
+
+
+def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreliable(
+    tmp_path: Path, run_cli, hydra_args
+) -> None:
+    sweep(run_cli, hydra_args, tmp_path, "a")
+    sweep(run_cli, hydra_args, tmp_path, "a2")
+    sweep(run_cli, hydra_args, tmp_path, "base", *PERMISSIVE)
+    spinners = [multiprocessing.Process(target=_spin, args=(600,)) for _ in range(2 * multiprocessing.cpu_count())]
+    for process in spinners:
+        process.start()
+    try:  # the same loaded machine for both: one candidate accepts it, the other (default limits) does not
+        sweep(run_cli, hydra_args, tmp_path, "slowed", *PERMISSIVE)
+        sweep(run_cli, hydra_args, tmp_path, "noisy")
+    finally:
+        for process in spinners:
+            process.terminate()
+            process.join()
+
+    status, (row,), output = compare(run_cli, tmp_path, "a", "a2")
+    assert (row["n_baseline"], row["n_candidate"], row["accuracy_diff"]) == (2, 2, 0), (
+        output
+    )  # same seeds, same numbers
+    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"]
+    assert status == 0, output  # A/A: no significant slowdown beyond --max-slowdown 1.10
+
+    status, (row,), output = compare(run_cli, tmp_path, "base", "slowed")
+    assert row["speed_verdict"] == "slower" and row["speed_ratio_high"] < 1 / 1.10, output
+    assert status == 1 and "REGRESSION" in output and "slower by more than 1.1x" in output
+
+    status, (row,), output = compare(run_cli, tmp_path, "base", "noisy")
+    assert row["speed_verdict"].startswith("unreliable: ") and "other processes used" in row["speed_verdict"], output
+    assert status == 0, output  # unreliable is a warning, never a regression
