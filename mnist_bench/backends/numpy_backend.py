@@ -39,15 +39,23 @@ BLOCK_ROWS = 1024
 
 
 def probabilities_and_loss(z: np.ndarray, y: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and the per-row loss, computed stably from the logits z."""
+    """Class probabilities and the per-row loss, computed stably from the logits z.
+
+    The sigmoid is the tutorial's 1 / (1 + e^-z): whether it rounds to exactly 1.0 (z above about 36.7)
+    turns on 1 + e^-z, which a last-bit difference in e^-z practically never changes, so any exp saturates
+    the same entries. Probabilities below the smallest normal float are 0, as TensorFlow on a CPU has them.
+    """
     if activation == "sigmoid":
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+        with np.errstate(over="ignore"):  # e^-z = inf for z < -709.8 gives p = 0, as it should
+            p = 1.0 / (1.0 + np.exp(-z))
         loss = (np.logaddexp(0, z) - y * z).sum(axis=1)  # BCE from logits: softplus(z) - y z
-        return p, loss
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp
-    log_p = shifted - log_norm
-    return np.exp(log_p), -(log_p * y).sum(axis=1)
+    else:
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp
+        log_p = shifted - log_norm
+        p, loss = np.exp(log_p), -(log_p * y).sum(axis=1)
+    p[p < np.finfo(p.dtype).tiny] = 0.0
+    return p, loss
 
 
 def summed_gradients(
