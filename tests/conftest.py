@@ -27,12 +27,26 @@ if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store s
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from mnist_bench.config import Config
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist-bench"
 CLI_TIMEOUT_S = 300
 # Read once at import: a test module may hide the variable from its own tests (tests/test_data.py does).
 DATA_DIR = os.environ.get("MNIST_BENCH_DATA_DIR")
 NO_DATA = "MNIST_BENCH_DATA_DIR is not set: real MNIST is not available here (CI sets it)"
+
+
+def compose_config(*overrides: str) -> Config:
+    """The job config exactly as ``python -m mnist_bench`` composes it from conf/."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_bench import config
+    from mnist_bench.cli import conf_dir
+
+    config.register()
+    with initialize_config_dir(version_base="1.3", config_dir=conf_dir()):
+        return config.validate(compose("config", overrides=list(overrides)))
 
 
 @dataclass
@@ -55,6 +69,12 @@ def mnist_dir() -> Path:
     if not DATA_DIR:
         pytest.skip(NO_DATA)
     return Path(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def mnist_overrides(mnist_dir: Path, cache_dir: Path) -> list[str]:
+    """Overrides that make a composed config (see compose_config) read the real MNIST, never download it."""
+    return [f"dataset.dir={mnist_dir}", f"dataset.cache_dir={cache_dir}", "dataset.download=false"]
 
 
 @pytest.fixture(scope="session")
