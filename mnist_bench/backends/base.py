@@ -88,7 +88,7 @@ def predicted_class(logits: np.ndarray, probabilities: np.ndarray, predict_from:
     tutorial's rule) its largest activated output, the lowest class winning a tie (as np.argmax does).
 
     The two differ only where outputs round to the same value: a float64 sigmoid is exactly 1.0 for
-    logits above about 37, so on raw pixels many rows tie at 1.0 that their logits would tell apart.
+    logits above 36.7 (and 0 below -709.8), so on raw pixels many rows tie that their logits tell apart.
     The TF backends compute the same rule in TensorFlow (``_tf_common.predicted_class``).
     """
     return (probabilities if predict_from == "probabilities" else logits).argmax(axis=1)
