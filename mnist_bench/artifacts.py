@@ -9,6 +9,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from mnist_bench.backends.base import NUM_CLASSES, EpochMetrics, FitResult
+from mnist_bench.backends.numpy_backend import losses_and_predictions
 from mnist_bench.config import Config
 
 
@@ -29,8 +30,9 @@ def write(folder: Path, cfg: Config, history: list[EpochMetrics], fit: FitResult
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 
-    predicted = (x_test @ fit.weights + fit.bias).argmax(axis=1)
-    counts = confusion_matrix(np.asarray(y_test, dtype=np.int64), predicted)
+    labels = np.asarray(y_test, dtype=np.int64)
+    _, predicted = losses_and_predictions(x_test, np.eye(NUM_CLASSES)[labels], fit.weights, fit.bias, cfg)
+    counts = confusion_matrix(labels, predicted)
     header = "true\\predicted," + ",".join(str(k) for k in range(NUM_CLASSES))
     rows = [f"{k}," + ",".join(str(v) for v in row) for k, row in enumerate(counts)]
     (folder / "confusion_matrix.csv").write_text("\n".join([header, *rows]) + "\n")

@@ -19,6 +19,7 @@ from mnist_bench.errors import UserError
 from mnist_bench.schema import flatten
 
 ACTIVATIONS = ("sigmoid", "softmax")
+PREDICT_FROM = ("logits", "probabilities")
 INITS = ("zeros", "uniform", "normal")
 DTYPES = ("float32", "float64")
 DEVICES = ("cpu", "gpu", "auto")
@@ -149,6 +150,9 @@ class Config:
     timing: TimingConfig = field(default_factory=TimingConfig)
 
     activation: str = "sigmoid"
+    # The predicted class: the largest logit, or the largest activated output (the tutorial's rule: where
+    # several sigmoid outputs saturate to exactly 1.0 they tie, and the lowest class wins).
+    predict_from: str = "logits"
     lr: float = 0.1
     epochs: int = 10
     # null = full-batch gradient descent; N = minibatch SGD with batches of N.
@@ -178,6 +182,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _choice("activation", self.activation, ACTIVATIONS)
+        _choice("predict_from", self.predict_from, PREDICT_FROM)
         _finite_positive("lr", self.lr)
         _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         if self.batch_size is not None:

@@ -60,6 +60,7 @@ class _Observer:
             {
                 "train_loss": m.train_loss,
                 "train_accuracy": m.train_accuracy,
+                "tied_prediction_fraction": m.tied_prediction_fraction,
                 "test_loss": m.test_loss,
                 "test_accuracy": m.test_accuracy,
                 "epoch_seconds": m.epoch_seconds,

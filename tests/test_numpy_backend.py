@@ -1,5 +1,6 @@
-"""The NumPy backend: its gradient against finite differences, its losses against naive formulas,
-determinism, batching, the epoch callback, schedules, divergence, and the MNIST acceptance bar."""
+"""The NumPy backend: its gradient against finite differences, its losses against naive formulas, the
+predicted class, determinism, batching, the epoch callback, schedules, divergence, and the MNIST
+acceptance bar."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from conftest import compose_config
 
-from mnist_bench import config, data
+from mnist_bench import artifacts, data
 from mnist_bench.backends import base
 from mnist_bench.backends.base import EpochMetrics, FitResult, TrainData, initial_parameters
 from mnist_bench.backends.numpy_backend import (
@@ -22,7 +23,6 @@ from mnist_bench.backends.numpy_backend import (
     summed_gradients,
 )
 from mnist_bench.config import BackendConfig, Config
-from mnist_bench.paths import conf_dir
 
 N_CLASSES = 10
 
@@ -63,7 +63,7 @@ def test_gradient_matches_central_finite_differences(activation: str) -> None:
     w = rng.normal(scale=0.5, size=(d, N_CLASSES))
     b = rng.normal(scale=0.5, size=N_CLASSES)
 
-    _, _, grad_w, grad_b = summed_gradients(x, y, w, b, activation)
+    *_, grad_w, grad_b = summed_gradients(x, y, w, b, activation)
 
     def summed_loss(w_: np.ndarray, b_: np.ndarray) -> float:
         return float(naive_loss(x @ w_ + b_, y, activation).sum())
@@ -109,10 +109,80 @@ def test_evaluate_is_mean_loss_and_accuracy() -> None:
     x = rng.normal(size=(40, 8))
     labels = rng.integers(0, N_CLASSES, 40)
     w, b = rng.normal(size=(8, N_CLASSES)), rng.normal(size=N_CLASSES)
-    loss, accuracy = evaluate(x, labels, one_hot(labels), w, b, "softmax")
+    loss, accuracy = evaluate(x, labels, one_hot(labels), w, b, Config(activation="softmax"))
     z = x @ w + b
     assert loss == pytest.approx(naive_loss(z, one_hot(labels), "softmax").mean(), rel=1e-10)
     assert accuracy == pytest.approx(np.mean([row.argmax() == k for row, k in zip(z, labels, strict=True)]))
+
+
+# --- the predicted class ------------------------------------------------------------------------
+
+
+def test_probabilities_rule_gives_saturated_ties_to_the_lowest_class() -> None:
+    """sigmoid(z) is exactly 1.0 in float64 for z above about 36.7: rows 0 and 2 tie at 1.0 in two classes."""
+    z = np.full((3, N_CLASSES), -5.0)
+    z[0, [3, 7]] = 40.0, 45.0
+    z[1, [1, 4]] = 2.0, 3.0  # nothing saturates: both rules agree
+    z[2, [2, 5]] = 50.0, 38.0
+    labels = np.array([7, 4, 2])
+    p, _ = probabilities_and_loss(z, one_hot(labels), "sigmoid")
+    assert (p[0, [3, 7]] == 1.0).all() and (p[2, [2, 5]] == 1.0).all() and (p[1] < 1.0).all()
+
+    by_logits, by_probabilities = (base.predicted_class(z, p, rule) for rule in ("logits", "probabilities"))
+    assert by_logits.tolist() == [7, 4, 2]
+    assert by_probabilities.tolist() == [3, 4, 2]
+    assert base.tied_rows(p).tolist() == [True, False, True]
+    assert (by_probabilities == labels).mean() < (by_logits == labels).mean()
+
+
+def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_what_a_run_reports(
+    mnist_overrides: list[str], tmp_path: Path
+) -> None:
+    """seed_numpy (raw pixels, uniform(-1, 1) start, summed gradient) trained 10 epochs: a third of the rows
+    have several sigmoid outputs at exactly 1.0. The rules disagree only on tied rows, where the
+    probabilities rule takes the lowest tied class; it scores lower; and the run's train accuracy, tied
+    fraction, test accuracy and confusion matrix all follow it."""
+    cfg = compose_config(
+        "+experiment=seed_numpy",
+        "predict_from=probabilities",
+        "stop_at_target=false",
+        "epochs=10",
+        "backend.threads=1",
+        "backend.warmup_epochs=0",
+        *mnist_overrides,
+    )
+    mnist = data.load(cfg.dataset)
+    raw = (mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test)
+    history, fit = train(cfg, raw)
+    split = base.prepare(*raw, cfg)
+
+    def rules(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> dict:
+        z = x @ weights + bias
+        p, _ = probabilities_and_loss(z, one_hot(labels), cfg.activation)
+        by = {rule: base.predicted_class(z, p, rule) for rule in ("logits", "probabilities")}
+        return {"p": p, **by, **{f"{rule} accuracy": float((by[rule] == labels).mean()) for rule in by}}
+
+    # Epoch 1's train numbers are those of the starting weights (up to a near tie that summation order flips).
+    start = rules(split.x_train, split.y_train, *initial_parameters(cfg, split.n_features))
+    rows = len(split.x_train)
+    assert history[0].train_accuracy == pytest.approx(start["probabilities accuracy"], abs=2 / rows)
+    assert history[0].tied_prediction_fraction == pytest.approx(base.tied_rows(start["p"]).mean(), abs=2 / rows)
+
+    trained = rules(split.x_train, split.y_train, fit.weights, fit.bias)
+    p, by_logits, by_probabilities = trained["p"], trained["logits"], trained["probabilities"]
+    tied, top = base.tied_rows(p), p == p.max(axis=1, keepdims=True)
+    assert tied.mean() > 0.1
+    differ = by_logits != by_probabilities
+    assert differ.any() and tied[differ].all()
+    assert (by_probabilities == top.argmax(axis=1)).all()  # the first (lowest) class at the top
+    assert top[np.arange(rows), by_logits].all()  # the largest logit is at the top too
+    assert trained["probabilities accuracy"] < trained["logits accuracy"]
+
+    test = rules(split.x_test, split.y_test, fit.weights, fit.bias)
+    assert history[-1].test_accuracy == test["probabilities accuracy"] < test["logits accuracy"]
+    artifacts.write(tmp_path, cfg, history, fit, split.x_test, split.y_test)
+    counts = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
+    assert np.trace(counts) / len(split.y_test) == history[-1].test_accuracy
 
 
 # --- training on a small synthetic problem --------------------------------------------------------
@@ -156,9 +226,7 @@ def curves(history: list[EpochMetrics]) -> list[tuple]:
 def initial_loss(cfg: Config, raw: tuple[np.ndarray, ...] = RAW) -> float:
     train_data: TrainData = base.prepare(*raw, cfg)
     w, b = initial_parameters(cfg, train_data.n_features)
-    loss, _ = evaluate(
-        train_data.x_train, train_data.y_train, train_data.one_hot(train_data.y_train), w, b, cfg.activation
-    )
+    loss, _ = evaluate(train_data.x_train, train_data.y_train, train_data.one_hot(train_data.y_train), w, b, cfg)
     return loss
 
 
@@ -266,15 +334,8 @@ def test_a_diverging_config_ends_with_a_huge_or_non_finite_loss_without_raising(
 # --- real MNIST: the acceptance bar ---------------------------------------------------------------
 
 
-def compose_config(*overrides: str) -> Config:
-    """The job config exactly as ``python -m mnist_bench`` composes it from conf/."""
-    config.register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return config.validate(compose("config", overrides=list(overrides)))
-
-
 @pytest.mark.slow
-def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_dir: Path, cache_dir: Path) -> None:
+def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_overrides: list[str]) -> None:
     cfg = compose_config(
         "activation=softmax",
         "normalize=true",
@@ -284,9 +345,7 @@ def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_di
         "init=zeros",
         "backend.threads=1",
         "backend.warmup_epochs=0",
-        f"dataset.dir={mnist_dir}",
-        f"dataset.cache_dir={cache_dir}",
-        "dataset.download=false",
+        *mnist_overrides,
     )
     mnist = data.load(cfg.dataset)
     assert (len(mnist.x_train), len(mnist.x_test)) == (60000, 10000)

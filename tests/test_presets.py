@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 TUTORIAL_TF_TRAIN_ACCURACY = 0.9092
 SEED_TF_FLOOR = 0.75  # the lowest seed measured anywhere: 0.7719
 SEED_TF_TOP_TOLERANCE = 0.01  # the best of five seeds measured 0.9037-0.9062
+TUTORIAL_NUMPY_STOP_EPOCH = 32
 
 
 def sweep(run_cli, folder: Path, *overrides: str) -> list:
@@ -29,17 +30,19 @@ def sweep(run_cli, folder: Path, *overrides: str) -> list:
     return children
 
 
-def test_seed_numpy_reaches_080_train_accuracy_within_100_epochs_for_4_of_5_seeds(
+def test_seed_numpy_reaches_080_train_accuracy_for_every_seed_around_the_tutorials_epoch(
     mnist_dir: Path, run_cli, tmp_path: Path
 ) -> None:
+    """Scored the tutorial's way, seeds 0-4 stop at a spread of epochs that holds the tutorial's 32."""
     runs = sweep(run_cli, tmp_path, "+experiment=seed_numpy", "seed=0,1,2,3,4")
     assert len(runs) == 5
     assert {r.data.params["grad_reduction"] for r in runs} == {"sum"}
-    reached = [r for r in runs if r.data.metrics["final_train_accuracy"] >= 0.80]
-    assert len(reached) >= 4, [r.data.metrics["final_train_accuracy"] for r in runs]
-    for run in reached:  # stopped at the target, as the tutorial did
-        assert run.data.metrics["epochs_run"] < 100
+    assert {r.data.params["predict_from"] for r in runs} == {"probabilities"}
+    for run in runs:  # stopped at the target, as the tutorial did
+        assert run.data.metrics["final_train_accuracy"] >= 0.80
         assert "time_to_target_seconds" in run.data.metrics
+    stops = sorted(int(r.data.metrics["epochs_run"]) for r in runs)
+    assert stops[0] <= TUTORIAL_NUMPY_STOP_EPOCH <= stops[-1] < 100, stops
 
 
 def test_seed_tf_tutorials_figure_is_the_top_of_five_seeds(mnist_dir: Path, run_cli, tmp_path: Path) -> None:

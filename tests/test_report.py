@@ -141,7 +141,7 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
 
 
 def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[Cell] | None) -> str:
-    """A sweep's parent run as sweep.SweepCallback opens it, with its sweep_cells.json unless cells is None."""
+    """A sweep's parent run as hydra_app.ValidatingSweeper opens it, with its sweep_cells.json unless cells is None."""
     tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name}
     parent_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags).info.run_id
     client.log_param(

@@ -34,7 +34,7 @@ GRID = [
     f"dataset.train_limit={TRAIN_LIMIT}",
     f"dataset.test_limit={TEST_LIMIT}",
 ]
-PER_EPOCH = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
+PER_EPOCH = ("train_loss", "train_accuracy", "tied_prediction_fraction", "test_loss", "test_accuracy", "epoch_seconds")
 SUMMARY = (
     "final_test_accuracy",
     "final_train_accuracy",

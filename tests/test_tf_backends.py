@@ -15,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compose_config
 from needs import import_extra
 
 tf = import_extra("tensorflow", "tf")
 
-from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
-from mnist_bench.backends import base, get  # noqa: E402
+from mnist_bench import backends, data, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
+from mnist_bench.backends import _tf_common, base, get  # noqa: E402
+from mnist_bench.backends.numpy_backend import probabilities_and_loss  # noqa: E402
 from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig, DeviceConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-9
-COLUMNS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+COLUMNS = ("train_loss", "train_accuracy", "tied_prediction_fraction", "test_loss", "test_accuracy")
 
 
 def _images(rng: np.random.Generator, projection: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,14 +57,14 @@ class Run:
     result: base.FitResult
 
 
-def fit(cfg: Config, stop_after: int | None = None, train: base.TrainData | None = None) -> Run:
-    """Train with ``cfg``; ``on_epoch`` asks to stop after epoch ``stop_after``."""
+def fit(cfg: Config, stop: base.EpochCallback = lambda m: False, train: base.TrainData | None = None) -> Run:
+    """Train with ``cfg``; ``on_epoch`` asks to stop when ``stop`` says so."""
     train = train or base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg)
     history: list[base.EpochMetrics] = []
 
     def on_epoch(metrics: base.EpochMetrics) -> bool:
         history.append(metrics)
-        return metrics.epoch == stop_after
+        return stop(metrics)
 
     result = get(cfg.backend.name).fit(train, cfg, on_epoch)
     assert [m.epoch for m in history] == list(range(1, result.epochs_run + 1))
@@ -142,6 +144,39 @@ def test_xla_matches_graph_mode(backend: str, batch_size: int) -> None:
     assert_same_training(fit(config(backend, xla=True, **options)), fit(config("tf", **options)))
 
 
+def test_tf_predicts_the_class_numpy_does_where_sigmoids_saturate() -> None:
+    """Logits around 37, where a float64 sigmoid starts to round to exactly 1.0: TF's probabilities are 1.0,
+    and tie, on the same entries as NumPy's, and both argmaxes give a tie to the lowest class. Logits
+    below -708.4, whose sigmoid is a subnormal float, give 0 in both (TF on a CPU flushes subnormals)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(36.0, 1.5, (20000, base.NUM_CLASSES))
+    z[:, ::2] = rng.normal(0.0, 30.0, (20000, base.NUM_CLASSES // 2))  # and everything else, on half the classes
+    z[:100] = rng.uniform(-709.7, -708.5, (100, base.NUM_CLASSES))
+    p, _ = probabilities_and_loss(z, np.zeros_like(z), "sigmoid")
+    tf_p = _tf_common.probabilities(tf.constant(z), "sigmoid").numpy()
+    assert 0.1 < base.tied_rows(p).mean() < 0.9
+    assert (p[:100] == 0).all()
+    np.testing.assert_array_equal(tf_p == 1.0, p == 1.0)
+    np.testing.assert_array_equal(tf_p == 0.0, p == 0.0)
+    np.testing.assert_array_equal(_tf_common.tied_rows(tf.constant(tf_p)).numpy(), base.tied_rows(p))
+    for rule in ("logits", "probabilities"):
+        tf_class = _tf_common.predicted_class(tf.constant(z), tf.constant(tf_p), rule).numpy()
+        np.testing.assert_array_equal(tf_class, base.predicted_class(z, p, rule), err_msg=rule)
+    tie = tf.constant([[0.0, 1.0, 0.5, 1.0, 1.0]], tf.float64)
+    assert _tf_common.predicted_class(tie, tie, "probabilities").numpy().tolist() == [1]
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_probabilities_rule_matches_numpy_on_raw_pixels(activation: str) -> None:
+    """The tutorial's rule on every backend, from weights large enough (raw pixels) that outputs tie."""
+    options = {"activation": activation, "predict_from": "probabilities", "normalize": False, "lr": 1e-3}
+    expected = fit(config("numpy", **options))
+    if activation == "sigmoid":
+        assert expected.curves["tied_prediction_fraction"].max() > 0.1
+    assert_same_training(fit(config("tf", **options)), expected)
+    assert_same_training(fit(config("keras", **options)), expected)
+
+
 def test_keras_runs_in_each_runs_dtype() -> None:
     """Keras keeps global dtype state: a float32 run after a float64 one in the same process is float32."""
     for dtype in ("float64", "float32"):
@@ -154,7 +189,7 @@ def test_keras_runs_in_each_runs_dtype() -> None:
 
 @pytest.mark.parametrize("backend", ["tf", "keras"])
 def test_on_epoch_true_stops_after_that_epoch(backend: str) -> None:
-    run = fit(config(backend, batch_size=128, epochs=10), stop_after=3)
+    run = fit(config(backend, batch_size=128, epochs=10), stop=lambda m: m.epoch == 3)
     assert run.result.epochs_run == 3
     assert len(run.curves["train_loss"]) == 3
 
@@ -254,6 +289,36 @@ def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: py
 
 
 # --- real data -----------------------------------------------------------------------------------
+
+
+def test_seed_numpy_under_the_probabilities_rule_stops_at_the_same_epoch_on_every_backend(
+    mnist_overrides: list[str],
+) -> None:
+    """The tutorial's NumPy model with its own rule on the first 5,000 MNIST images (seed 2 stops after about
+    20 epochs there): every backend reports the same train accuracy, tied fraction and test accuracy each
+    epoch, to the image, so each stops at the same epoch."""
+    runs = {}
+    for backend in ("numpy", "tf", "keras"):
+        cfg = compose_config(
+            "+experiment=seed_numpy",
+            "predict_from=probabilities",
+            "seed=2",
+            "dataset.train_limit=5000",
+            f"backend={backend}",
+            "backend.threads=1",
+            "backend.warmup_epochs=0",
+            *mnist_overrides,
+        )
+        mnist = data.load(cfg.dataset)
+        train = base.prepare(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, cfg)
+        runs[backend] = fit(cfg, lambda m, cfg=cfg: m.train_accuracy >= cfg.target_accuracy, train)
+    expected = runs["numpy"]
+    assert expected.result.epochs_run < 100 and expected.curves["train_accuracy"][-1] >= 0.8
+    assert expected.curves["tied_prediction_fraction"].min() > 0.05  # ties to break in every epoch
+    for backend in ("tf", "keras"):
+        assert runs[backend].result.epochs_run == expected.result.epochs_run, backend
+        for column in ("train_accuracy", "tied_prediction_fraction", "test_accuracy"):
+            np.testing.assert_array_equal(runs[backend].curves[column], expected.curves[column], err_msg=column)
 
 
 def test_real_mnist_slice_float32(mnist_dir: Path, tmp_path: Path) -> None:

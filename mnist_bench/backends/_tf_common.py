@@ -1,5 +1,6 @@
 """What backend=tf and backend=keras share: a quiet TensorFlow import, the runtime set-up (threads,
-device), and the loss and test evaluation they both report, so their numbers mean the same thing.
+device), and the loss, the predicted class and the test evaluation they both report, so their numbers mean
+the same thing.
 
 Importing this module imports TensorFlow; only the tf and keras backend modules do, so a NumPy run
 never pays for it.
@@ -79,24 +80,52 @@ def row_losses(logits: tf.Tensor, y: tf.Tensor, activation: str) -> tf.Tensor:
     return tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=logits)
 
 
-def correct_rows(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
-    """How many rows have their largest logit at the label (int32)."""
-    hits = tf.equal(tf.argmax(logits, axis=1), tf.argmax(y, axis=1))
-    return tf.reduce_sum(tf.cast(hits, tf.int32))
+def probabilities(logits: tf.Tensor, activation: str) -> tf.Tensor:
+    """The activated outputs by numpy_backend's formulas, so that they round to the same values.
+
+    The sigmoid is 1 / (1 + e^-z), as in NumPy, not tf.sigmoid: on the seed_numpy starts (seeds 0-4, float64)
+    tf.sigmoid rounds 27-55 of the 600,000 entries to exactly 1.0 where NumPy does not, or the other way,
+    and 0.5 (1 + tanh(z / 2)) with TF's tanh 180-233; 1 / (1 + e^-z) saturates on exactly NumPy's entries.
+    Outputs below the smallest normal float are 0: TF on a CPU flushes them anyway, here on a GPU too.
+    """
+    p = 1 / (1 + tf.exp(-logits)) if activation == "sigmoid" else tf.exp(tf.nn.log_softmax(logits))
+    return tf.where(p < np.finfo(p.dtype.as_numpy_dtype).tiny, tf.zeros_like(p), p)
+
+
+def predicted_class(logits: tf.Tensor, probabilities: tf.Tensor, predict_from: str) -> tf.Tensor:
+    """base.predicted_class in TensorFlow: tf.argmax too returns the lowest index of a tie."""
+    return tf.argmax(probabilities if predict_from == "probabilities" else logits, axis=1)
+
+
+def tied_rows(probabilities: tf.Tensor) -> tf.Tensor:
+    """base.tied_rows in TensorFlow: whether each row's largest output appears more than once."""
+    top = tf.equal(probabilities, tf.reduce_max(probabilities, axis=1, keepdims=True))
+    return tf.reduce_sum(tf.cast(top, tf.int32), axis=1) > 1
+
+
+def hits_and_ties(logits: tf.Tensor, y: tf.Tensor, activation: str, predict_from: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per row (bool): whether the predicted class is the label, and whether its top output is tied."""
+    p = probabilities(logits, activation)
+    hits = tf.equal(predicted_class(logits, p, predict_from), tf.argmax(y, axis=1))
+    return hits, tied_rows(p)
+
+
+def count(rows: tf.Tensor) -> tf.Tensor:
+    """How many rows are True (int32)."""
+    return tf.reduce_sum(tf.cast(rows, tf.int32))
+
+
+def evaluate(x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, cfg: Config) -> tuple[float, float]:
+    """Mean loss and accuracy of the given parameters on one split, in one pass."""
+    loss_sum, correct = _loss_sum_and_correct(x, y, weights, bias, cfg.activation, cfg.predict_from)
+    rows = int(x.shape[0])
+    return float(loss_sum) / rows, int(correct) / rows
 
 
 @tf.function
 def _loss_sum_and_correct(
-    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, activation: str
+    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, activation: str, predict_from: str
 ) -> tuple[tf.Tensor, tf.Tensor]:
     logits = x @ weights + bias
-    return tf.reduce_sum(row_losses(logits, y, activation)), correct_rows(logits, y)
-
-
-def evaluate(
-    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, activation: str
-) -> tuple[float, float]:
-    """Mean loss and accuracy of the given parameters on one split, in one pass."""
-    loss_sum, correct = _loss_sum_and_correct(x, y, weights, bias, activation)
-    rows = int(x.shape[0])
-    return float(loss_sum) / rows, int(correct) / rows
+    hits, _ = hits_and_ties(logits, y, activation, predict_from)
+    return tf.reduce_sum(row_losses(logits, y, activation)), count(hits)

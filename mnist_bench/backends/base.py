@@ -28,11 +28,14 @@ class EpochMetrics:
     Train loss and accuracy are averaged over the epoch's batches, each taken in the forward
     pass just before that batch's update (for full-batch GD: the weights at the epoch's start).
     Test numbers are for the weights after the epoch. ``epoch_seconds`` is training compute only.
+    ``tied_prediction_fraction`` is the share of training rows (in the same forward passes) whose largest
+    activated output is shared by two or more classes: see ``tied_rows``.
     """
 
     epoch: int
     train_loss: float
     train_accuracy: float
+    tied_prediction_fraction: float
     test_loss: float
     test_accuracy: float
     epoch_seconds: float
@@ -79,6 +82,23 @@ class Backend(Protocol):
     def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
         """Train for ``cfg.epochs`` epochs (fewer when ``on_epoch`` returns True)."""
         ...
+
+
+def predicted_class(logits: np.ndarray, probabilities: np.ndarray, predict_from: str) -> np.ndarray:
+    """Each row's predicted class: where its largest logit is, or (``predict_from=probabilities``, the
+    tutorial's rule) its largest activated output, the lowest class winning a tie (as np.argmax does).
+
+    The two differ only where outputs round to the same value: a float64 sigmoid is exactly 1.0 for
+    logits above 36.7 (and 0 below -709.8), so on raw pixels many rows tie that their logits tell apart.
+    The TF backends compute the same rule in TensorFlow (``_tf_common.predicted_class``).
+    """
+    return (probabilities if predict_from == "probabilities" else logits).argmax(axis=1)
+
+
+def tied_rows(probabilities: np.ndarray) -> np.ndarray:
+    """Whether each row's largest activated output appears more than once: the rows whose class the
+    probabilities rule picks by a tie-break."""
+    return (probabilities == probabilities.max(axis=1, keepdims=True)).sum(axis=1) > 1
 
 
 def initial_parameters(cfg: Config, n_features: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,9 @@
 """The linear model as most Keras users write it: Sequential([Dense(10)]), SGD, compile, fit.
 
 These choices keep its numbers those of the other backends:
-- The Dense layer outputs logits and the loss applies the activation (``from_logits=True``). The loss
-  is the same either way, but Keras' accuracy compares outputs: on probabilities a saturated sigmoid
-  (exactly 1.0 for several classes, e.g. on raw pixels) makes ties that the logits do not have.
+- The Dense layer outputs logits and the loss applies the activation (``from_logits=True``). The
+  accuracy is not Keras' own, which takes the argmax of whatever the model outputs, but the harness's
+  predicted class (``predict_from``) as the TF backend computes it, with the tied fraction beside it.
 - The learning rate of every step comes from ``learning_rates()`` through a schedule indexed by the
   optimizer's step counter, and batches come in ``epoch_order()``: one ``fit`` call per epoch on the
   rows in that order, with ``shuffle=False``.
@@ -100,14 +100,21 @@ def build_model(cfg: Config, n_features: int, steps_per_epoch: int) -> keras.Seq
     # momentum as a float64 scalar: Keras casts a Python float to the variables' dtype through float32,
     # which in a float64 run would make it 0.899999976 instead of 0.9.
     optimizer = keras.optimizers.SGD(learning_rate=_StepRates(rates), momentum=np.float64(cfg.momentum))
-    model.compile(
-        optimizer=optimizer,
-        loss=loss,
-        # Argmax accuracy for both activations ("accuracy" would pick a metric from the shapes).
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy", dtype=cfg.dtype)],
-        jit_compile=cfg.backend.xla,
-    )
+    model.compile(optimizer=optimizer, loss=loss, metrics=_row_metrics(cfg), jit_compile=cfg.backend.xla)
     return model
+
+
+def _row_metrics(cfg: Config) -> list[keras.metrics.Metric]:
+    """``accuracy`` and ``tied``: the shares of rows whose predicted class is the label, and whose top output
+    is tied, by _tf_common's rule (fit's epoch logs average them over the epoch's rows)."""
+
+    def share(column: int, name: str) -> keras.metrics.Metric:
+        def rows(y_true, logits):
+            return ops.cast(common.hits_and_ties(logits, y_true, cfg.activation, cfg.predict_from)[column], cfg.dtype)
+
+        return keras.metrics.MeanMetricWrapper(rows, name=name, dtype=cfg.dtype)
+
+    return [share(0, "accuracy"), share(1, "tied")]
 
 
 class _EpochReporter(keras.callbacks.Callback):
@@ -125,11 +132,12 @@ class _EpochReporter(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        train_loss, train_accuracy = float(logs["loss"]), float(logs["accuracy"])  # waits for the last step
-        seconds = time.perf_counter() - self._start
+        train_loss, train_accuracy, tied = float(logs["loss"]), float(logs["accuracy"]), float(logs["tied"])
+        seconds = time.perf_counter() - self._start  # after the floats above, which wait for the last step
         test_loss, test_accuracy = self.evaluate()
         self.epochs_run = epoch + 1
-        if self.on_epoch(EpochMetrics(epoch + 1, train_loss, train_accuracy, test_loss, test_accuracy, seconds)):
+        metrics = EpochMetrics(epoch + 1, train_loss, train_accuracy, tied, test_loss, test_accuracy, seconds)
+        if self.on_epoch(metrics):
             self.model.stop_training = True
 
 
@@ -150,7 +158,7 @@ class KerasBackend:
             x_test, y_test = common.one_hot_tensors(data.x_test, data.y_test, NUM_CLASSES)
             warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs)
             reporter = _EpochReporter(
-                on_epoch, lambda: common.evaluate(x_test, y_test, dense.kernel.value, dense.bias.value, cfg.activation)
+                on_epoch, lambda: common.evaluate(x_test, y_test, dense.kernel.value, dense.bias.value, cfg)
             )
             for epoch in range(cfg.epochs):
                 order = epoch_order(cfg, n_samples, epoch)

@@ -3,6 +3,7 @@
     z = x @ W + b                     logits, one row per image
     sigmoid: p = 1 / (1 + e^-z)       loss = sum_k BCE(y_k, p_k)    (one-vs-rest, the tutorial's)
     softmax: p = e^z / sum_k e^z_k    loss = -log p_label           (categorical cross-entropy)
+    predicted class: argmax_k z_k, or argmax_k p_k with predict_from=probabilities (the tutorial's)
 
 Both losses, averaged over a batch of B rows, have the same gradient with respect to z:
 (p - y) / B. So one update serves both:  W -= lr * x.T @ (p - y) / B,  b -= lr * sum(p - y) / B.
@@ -29,6 +30,8 @@ from mnist_bench.backends.base import (
     epoch_order,
     initial_parameters,
     learning_rates,
+    predicted_class,
+    tied_rows,
     weight_grad_scale,
 )
 from mnist_bench.config import Config
@@ -39,28 +42,37 @@ BLOCK_ROWS = 1024
 
 
 def probabilities_and_loss(z: np.ndarray, y: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and the per-row loss, computed stably from the logits z."""
+    """Class probabilities and the per-row loss, computed stably from the logits z.
+
+    The sigmoid is the tutorial's 1 / (1 + e^-z): whether it rounds to exactly 1.0 (z above about 36.7)
+    turns on 1 + e^-z, which a last-bit difference in e^-z practically never changes, so TensorFlow's
+    probabilities (_tf_common.probabilities) saturate, and tie, on the same entries. Probabilities below
+    the smallest normal float are 0, as TensorFlow on a CPU flushes them, so rows of tiny outputs tie alike.
+    """
     if activation == "sigmoid":
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+        with np.errstate(over="ignore"):  # e^-z = inf for z < -709.8 gives p = 0, as it should
+            p = 1.0 / (1.0 + np.exp(-z))
         loss = (np.logaddexp(0, z) - y * z).sum(axis=1)  # BCE from logits: softplus(z) - y z
-        return p, loss
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp
-    log_p = shifted - log_norm
-    return np.exp(log_p), -(log_p * y).sum(axis=1)
+    else:
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log-sum-exp
+        log_p = shifted - log_norm
+        p, loss = np.exp(log_p), -(log_p * y).sum(axis=1)
+    p[p < np.finfo(p.dtype).tiny] = 0.0
+    return p, loss
 
 
 def summed_gradients(
     x: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, activation: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Logits, per-row loss, and the gradients of the rows' summed loss w.r.t. W and b.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, probabilities, per-row loss, and the gradients of the rows' summed loss w.r.t. W and b.
 
     x.T @ dz is computed as (dz.T @ x).T: the same numbers, 20-30% faster in OpenBLAS for x of N x 784.
     """
     z = x @ weights + bias
     p, loss = probabilities_and_loss(z, y_onehot, activation)
     dz = p - y_onehot  # d(summed loss)/dz for both activations
-    return z, loss, (dz.T @ x).T, dz.sum(axis=0)
+    return z, p, loss, (dz.T @ x).T, dz.sum(axis=0)
 
 
 class NumpyBackend:
@@ -89,13 +101,13 @@ class NumpyBackend:
             for epoch in range(cfg.epochs):
                 start = time.perf_counter()
                 order = epoch_order(cfg, len(data.x_train), epoch)
-                train_loss, train_accuracy = self._train_epoch(
+                train_loss, train_accuracy, tied = self._train_epoch(
                     data, y_train, weights, bias, lrs[epoch], order, batch_size, cfg, velocity
                 )
                 seconds = time.perf_counter() - start
-                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, weights, bias, cfg.activation)
+                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, weights, bias, cfg)
                 epochs_run = epoch + 1
-                metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, test_loss, test_accuracy, seconds)
+                metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, tied, test_loss, test_accuracy, seconds)
                 if on_epoch(metrics):
                     break
         return FitResult(weights, bias, epochs_run, warmup_seconds)
@@ -111,10 +123,10 @@ class NumpyBackend:
         batch_size: int,
         cfg: Config,
         velocity: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[float, float]:
-        """One pass over the training set, updating weights and bias in place."""
+    ) -> tuple[float, float, float]:
+        """One pass over the training set, updating weights and bias in place: its loss, accuracy and tied fraction."""
         x, n = data.x_train, len(data.x_train)
-        losses, predictions = np.empty(n, x.dtype), np.empty(n, np.intp)  # one entry per row, reduced once
+        losses, predictions, tied = np.empty(n, x.dtype), np.empty(n, np.intp), np.empty(n, bool)  # reduced once
         for step, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             rows = slice(start, stop) if order is None else order[start:stop]
@@ -122,11 +134,13 @@ class NumpyBackend:
             grad_w, grad_b = np.zeros_like(weights), np.zeros_like(bias)
             for block in range(0, len(xb), BLOCK_ROWS):  # one block unless the batch is larger
                 part = slice(block, block + BLOCK_ROWS)
-                z, loss, block_w, block_b = summed_gradients(xb[part], yb[part], weights, bias, cfg.activation)
+                z, p, loss, block_w, block_b = summed_gradients(xb[part], yb[part], weights, bias, cfg.activation)
                 grad_w += block_w
                 grad_b += block_b
-                losses[start + block : start + block + len(z)] = loss
-                predictions[start + block : start + block + len(z)] = z.argmax(axis=1)
+                done = slice(start + block, start + block + len(z))
+                losses[done] = loss
+                predictions[done] = predicted_class(z, p, cfg.predict_from)
+                tied[done] = tied_rows(p)
             step_w = lrs[step] * weight_grad_scale(cfg, len(xb)) / len(xb)  # mean gradient, or summed
             step_b = lrs[step] / len(xb)
             if velocity is None:
@@ -141,16 +155,24 @@ class NumpyBackend:
                 weights += vel_w
                 bias += vel_b
         labels = data.y_train if order is None else data.y_train[order]
-        return float(losses.mean(dtype=np.float64)), float((predictions == labels).mean())
+        return float(losses.mean(dtype=np.float64)), float((predictions == labels).mean()), float(tied.mean())
+
+
+def losses_and_predictions(
+    x: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's loss and predicted class under the given parameters."""
+    z = x @ weights + bias
+    p, loss = probabilities_and_loss(z, y_onehot, cfg.activation)
+    return loss, predicted_class(z, p, cfg.predict_from)
 
 
 def evaluate(
-    x: np.ndarray, labels: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, activation: str
+    x: np.ndarray, labels: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: Config
 ) -> tuple[float, float]:
     """Mean loss and accuracy of the given parameters on one split, in one pass."""
-    z = x @ weights + bias
-    _, loss = probabilities_and_loss(z, y_onehot, activation)
-    return float(loss.mean()), float((z.argmax(axis=1) == labels).mean())
+    loss, predicted = losses_and_predictions(x, y_onehot, weights, bias, cfg)
+    return float(loss.mean()), float((predicted == labels).mean())
 
 
 def create() -> NumpyBackend:

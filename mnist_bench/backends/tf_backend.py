@@ -55,8 +55,10 @@ class Variables(NamedTuple):
         return cls(tf.Variable(weights), tf.Variable(bias), velocity)
 
 
-def epoch_function(cfg: Config, n_samples: int, batch_size: int) -> Callable[..., tuple[tf.Tensor, tf.Tensor]]:
-    """One training epoch as a tf.function: ``(x, y, order, lrs, variables) -> (loss sum, correct rows)``.
+def epoch_function(
+    cfg: Config, n_samples: int, batch_size: int
+) -> Callable[..., tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """One training epoch as a tf.function: ``(x, y, order, lrs, variables) -> (loss sum, correct, tied rows)``.
 
     ``order`` is the epoch's sample order (None: stored order) and ``lrs`` the rate of each step. The
     returned sums are over every row, each taken in its batch's forward pass before the update.
@@ -65,7 +67,9 @@ def epoch_function(cfg: Config, n_samples: int, batch_size: int) -> Callable[...
     """
     full_batches, rest = divmod(n_samples, batch_size)
 
-    def sgd_step(variables: Variables, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def sgd_step(
+        variables: Variables, x: tf.Tensor, y: tf.Tensor, lr: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         params = (variables.weights, variables.bias)
         with tf.GradientTape() as tape:
             logits = x @ variables.weights + variables.bias
@@ -80,32 +84,37 @@ def epoch_function(cfg: Config, n_samples: int, batch_size: int) -> Callable[...
             for param, velocity, grad in zip(params, variables.velocity, grads, strict=True):
                 velocity.assign(cfg.momentum * velocity - lr * grad)
                 param.assign_add(velocity)
-        return tf.reduce_sum(tf.cast(losses, tf.float64)), common.correct_rows(logits, y)
+        hits, ties = common.hits_and_ties(logits, y, cfg.activation, cfg.predict_from)
+        return tf.reduce_sum(tf.cast(losses, tf.float64)), common.count(hits), common.count(ties)
 
     @tf.function(jit_compile=cfg.backend.xla)
     def train_epoch(
         x: tf.Tensor, y: tf.Tensor, order: tf.Tensor | None, lrs: tf.Tensor, variables: Variables
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         def batch(data: tf.Tensor, start: tf.Tensor | int, rows: int) -> tf.Tensor:
             if order is None:
                 return tf.slice(data, [start, 0], [rows, data.shape[1]])
             return tf.gather(data, tf.slice(order, [start], [rows]))
 
-        loss_sum, correct = tf.constant(0.0, tf.float64), tf.constant(0, tf.int32)
+        loss_sum, correct, tied = tf.constant(0.0, tf.float64), tf.constant(0, tf.int32), tf.constant(0, tf.int32)
         for step in tf.range(full_batches):
             start = step * batch_size
-            step_loss, step_correct = sgd_step(
+            step_loss, step_correct, step_tied = sgd_step(
                 variables, batch(x, start, batch_size), batch(y, start, batch_size), lrs[step]
             )
             loss_sum += step_loss
             correct += step_correct
+            tied += step_tied
         if rest:
             start = full_batches * batch_size
             last_lr = lrs[full_batches]
-            step_loss, step_correct = sgd_step(variables, batch(x, start, rest), batch(y, start, rest), last_lr)
+            step_loss, step_correct, step_tied = sgd_step(
+                variables, batch(x, start, rest), batch(y, start, rest), last_lr
+            )
             loss_sum += step_loss
             correct += step_correct
-        return loss_sum, correct
+            tied += step_tied
+        return loss_sum, correct, tied
 
     return train_epoch
 
@@ -135,7 +144,7 @@ class TensorFlowBackend:
             start = time.perf_counter()
             for _ in range(cfg.backend.warmup_epochs):  # traces and compiles; on copies, so it changes nothing
                 copies = Variables.create(weights, bias, cfg.momentum > 0)
-                loss_sum, _ = train_epoch(x_train, y_train, _order(cfg, n_samples, 0), tf.constant(lrs[0]), copies)
+                loss_sum, _, _ = train_epoch(x_train, y_train, _order(cfg, n_samples, 0), tf.constant(lrs[0]), copies)
                 loss_sum.numpy()  # waits for it
             warmup_seconds = time.perf_counter() - start
 
@@ -144,15 +153,14 @@ class TensorFlowBackend:
             for epoch in range(cfg.epochs):
                 order, epoch_lrs = _order(cfg, n_samples, epoch), tf.constant(lrs[epoch])
                 start = time.perf_counter()
-                loss_sum, correct = train_epoch(x_train, y_train, order, epoch_lrs, variables)
-                train_loss, train_accuracy = loss_sum.numpy() / n_samples, correct.numpy() / n_samples  # waits for it
+                loss_sum, correct, tied = train_epoch(x_train, y_train, order, epoch_lrs, variables)
+                train_loss = float(loss_sum.numpy()) / n_samples  # waits for the epoch
                 seconds = time.perf_counter() - start
-                test_loss, test_accuracy = common.evaluate(
-                    x_test, y_test, variables.weights, variables.bias, cfg.activation
-                )
+                train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
+                test_loss, test_accuracy = common.evaluate(x_test, y_test, variables.weights, variables.bias, cfg)
                 epochs_run = epoch + 1
                 metrics = EpochMetrics(
-                    epochs_run, float(train_loss), float(train_accuracy), test_loss, test_accuracy, seconds
+                    epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
                 )
                 if on_epoch(metrics):
                     break
