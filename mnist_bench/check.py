@@ -441,7 +441,6 @@ def _quick(thresholds: Thresholds, workdir: Path | None, experiment: str) -> int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per sweep_cells.json read
     return run_tool(PROG, lambda: _main(sys.argv[1:] if argv is None else argv))
 
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import datetime as dt
 import html
 import math
-import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,21 +270,6 @@ def comparisons_table(headline: pd.DataFrame, columns: Sequence[str]) -> pd.Data
     ]
 
 
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow draws a download progress bar on stderr unless told not to; a report prints one line."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(key)
-        else:
-            os.environ[key] = saved
-
-
 def problem_cells(
     client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[Cell] | None
 ) -> pd.DataFrame:
@@ -343,8 +326,7 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
     per_run = histories.groupby("run_id")["epoch_seconds"].agg(timing.seconds_per_epoch)
     runs["seconds_per_epoch"] = runs["run_id"].map(per_run)
-    with _no_progress_bar():
-        cells = tracking.sweep_cells(client, parent_id)
+    cells = tracking.sweep_cells(client, parent_id)
     problems = problem_cells(client, experiment_id, parent_id, runs, cells)
     selection = Selection(
         uri, args.experiment, parent, runs, columns, list(args.filters), cells, histories, problems, reaped

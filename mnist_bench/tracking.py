@@ -387,9 +387,24 @@ def sweep_cells(client: MlflowClient, parent_run_id: str) -> list[Cell] | None:
     """The cells a sweep set out to run (its CELLS_ARTIFACT); None when the parent has none."""
     if CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_run_id)}:
         return None
-    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder, _no_progress_bar():
         path = client.download_artifacts(parent_run_id, CELLS_ARTIFACT, folder)
         return [Cell(**item) for item in json.loads(Path(path).read_text())]
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a download progress bar on stderr unless told not to; the tools print one line."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = saved
 
 
 @dataclass(frozen=True)
