@@ -419,8 +419,13 @@ class CellOutcome:
 def cell_outcomes(client: MlflowClient, experiment_id: str, parent_run_id: str, cells: list[Cell]) -> list[CellOutcome]:
     """Every planned cell's outcome: its latest run in this sweep, else an earlier FINISHED run that resume
     reused (skipped), else missing."""
+    return _outcomes(client, experiment_id, children(client, experiment_id, parent_run_id), cells)
+
+
+def _outcomes(client: MlflowClient, experiment_id: str, jobs: list[Run], cells: list[Cell]) -> list[CellOutcome]:
+    """cell_outcomes, given the sweep's job runs already read."""
     latest = {}
-    for run in sorted(children(client, experiment_id, parent_run_id), key=lambda r: r.info.start_time):
+    for run in sorted(jobs, key=lambda r: r.info.start_time):
         latest[run.data.tags.get(Tag.CONFIG_HASH)] = run
     outcomes = []
     for cell in cells:
@@ -436,9 +441,9 @@ def cell_outcomes(client: MlflowClient, experiment_id: str, parent_run_id: str, 
 def sweep_runs(client: MlflowClient, experiment_id: str, parent: Run) -> list[Run]:
     """The runs a sweep's results come from: its own jobs, and for every cell that resume skipped, the
     earlier FINISHED run it reused."""
-    parent_id = parent.info.run_id
-    runs = {run.info.run_id: run for run in children(client, experiment_id, parent_id)}
-    for outcome in cell_outcomes(client, experiment_id, parent_id, sweep_cells(client, parent_id) or []):
+    jobs = children(client, experiment_id, parent.info.run_id)
+    runs = {run.info.run_id: run for run in jobs}
+    for outcome in _outcomes(client, experiment_id, jobs, sweep_cells(client, parent.info.run_id) or []):
         if outcome.status is Status.SKIPPED and outcome.run_id not in runs:
             runs[outcome.run_id] = client.get_run(outcome.run_id)
     return list(runs.values())
