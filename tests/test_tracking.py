@@ -186,11 +186,23 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
 def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
-        for epoch in range(1, 201):  # queued to MLflow's logging thread, faster than it stores them
+        for epoch in range(1, 201):  # sent to the writer thread faster than it stores them
             run.log_metrics({"train_loss": 1 / epoch, "test_accuracy": epoch / 200}, step=epoch)
     assert client.get_run(run.run_id).info.status == "FINISHED"
     for key in ("train_loss", "test_accuracy"):
         assert sorted(p.step for p in client.get_metric_history(run.run_id, key)) == list(range(1, 201))
+
+
+def test_a_metric_the_store_refuses_fails_the_run_and_is_raised_at_the_end(store) -> None:
+    from mlflow.exceptions import MlflowException
+
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    refused = pytest.raises(MlflowException, match="Step must be a valid long")
+    with refused, tracking.tracked_run(client, experiment_id, "refused", {}, {}) as run:
+        run.log_metrics({"train_loss": 1.0}, step=1)
+        run.log_metrics({"train_loss": 2.0}, step="not a step")  # type: ignore[arg-type]
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert [p.value for p in client.get_metric_history(run.run_id, "train_loss")] == [1.0]
 
 
 def test_tracked_run_links_its_parent(store) -> None:
