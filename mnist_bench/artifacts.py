@@ -1,16 +1,17 @@
-"""Files a finished run leaves behind: its config, curves, confusion matrix and weights."""
+"""Files a finished run leaves behind: its config, confusion matrix and weights."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import io
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from mnist_bench.backends.base import NUM_CLASSES, EpochMetrics, FitResult
+from mnist_bench.backends.base import NUM_CLASSES, FitResult
 from mnist_bench.backends.numpy_backend import losses_and_predictions
 from mnist_bench.config import Config
+from mnist_bench.schema import CONFUSION_ARTIFACT
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -20,43 +21,27 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return counts
 
 
-def write(folder: Path, cfg: Config, history: list[EpochMetrics], fit: FitResult, x_test, y_test) -> None:
-    """Write config.yaml, curves.png, confusion_matrix.{csv,png} and weights.npz into ``folder``."""
-    import matplotlib
+def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
+    """Write config.yaml, the confusion matrix (CONFUSION_ARTIFACT) and weights.npz into ``folder``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    No figures: drawing them here cost every job about a second (matplotlib). MLflow's UI draws the
+    per-epoch curves from the logged metrics, and the report draws curves and confusion matrices.
+    """
     (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 
     labels = np.asarray(y_test, dtype=np.int64)
     _, predicted = losses_and_predictions(x_test, np.eye(NUM_CLASSES)[labels], fit.weights, fit.bias, cfg)
-    counts = confusion_matrix(labels, predicted)
-    header = "true\\predicted," + ",".join(str(k) for k in range(NUM_CLASSES))
+    write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion_matrix(labels, predicted))
+
+
+def write_confusion_matrix(path: Path, counts: np.ndarray) -> None:
+    """A CSV with a header row of predicted classes and one row per true class, each led by its class."""
+    header = "true\\predicted," + ",".join(str(k) for k in range(len(counts)))
     rows = [f"{k}," + ",".join(str(v) for v in row) for k, row in enumerate(counts)]
-    (folder / "confusion_matrix.csv").write_text("\n".join([header, *rows]) + "\n")
+    path.write_text("\n".join([header, *rows]) + "\n")
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.11, top=0.93)
-    ax.imshow(counts, cmap="Blues")
-    for (i, j), value in np.ndenumerate(counts):
-        ax.text(j, i, str(value), ha="center", va="center", fontsize=6)
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES))
-    ax.set_title("test-set confusion matrix")
-    fig.savefig(folder / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
 
-    columns = {key: [asdict(m)[key] for m in history] for key in asdict(history[0])} if history else {}
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.91, wspace=0.25)
-    for split in ("train", "test"):
-        loss_ax.plot(columns.get("epoch", []), columns.get(f"{split}_loss", []), label=split)
-        acc_ax.plot(columns.get("epoch", []), columns.get(f"{split}_accuracy", []), label=split)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.savefig(folder / "curves.png", dpi=100)
-    plt.close(fig)
+def parse_confusion_matrix(text: str) -> np.ndarray:
+    """The counts ``write_confusion_matrix`` stored: rows are true classes, columns predicted ones."""
+    return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1:]

@@ -167,7 +167,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         unstable = timing.unstable_reasons(conditions, cfg.timing)
         _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
-            artifacts.write(Path(folder), cfg, observer.history, fit, train.x_test, train.y_test)
+            artifacts.write(Path(folder), cfg, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
         final = observer.history[-1]
         log.info(

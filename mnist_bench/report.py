@@ -22,16 +22,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import atomic, report_plots, timing, tracking
+from mnist_bench import artifacts, atomic, report_plots, timing, tracking
 from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
-from mnist_bench.schema import CELLS_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
+from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
 from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
@@ -156,6 +157,22 @@ def load_histories(client: MlflowClient, run_ids: Sequence[str]) -> pd.DataFrame
     long = long.drop_duplicates(["run_id", "metric", "epoch"], keep="last")
     wide = long.pivot(index=["run_id", "epoch"], columns="metric", values="value").reindex(columns=HISTORY)
     return wide.rename_axis(columns=None).reset_index()
+
+
+def load_confusion_matrices(client: MlflowClient, runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The test-set confusion matrix of each backend-activation's most accurate finished run, keyed by a
+    label naming the run, in table order. Runs are drawn here, not when they finish: a figure per run cost
+    every job about a second. A run without the artifact (logged by an older harness) is left out."""
+    finished = runs[runs["status"].eq("finished")]
+    ranked = finished.sort_values("final_test_accuracy", ascending=False, kind="stable")
+    best = finished[finished["run_id"].isin(ranked.drop_duplicates(["backend", "activation"])["run_id"])]
+    matrices = {}
+    for row in best.itertuples():
+        text = tracking.read_artifact(client, row.run_id, CONFUSION_ARTIFACT)
+        if text is not None:
+            label = f"{row.backend}-{row.activation}: {row.run_name} (test accuracy {row.final_test_accuracy:.4f})"
+            matrices[label] = artifacts.parse_confusion_matrix(text)
+    return matrices
 
 
 def config_columns(runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
@@ -301,6 +318,7 @@ class Selection:
     filters: list[tuple[str, str]]
     cells: list[Cell] | None
     histories: pd.DataFrame  # per-epoch metrics of the finished runs
+    confusion_matrices: dict[str, np.ndarray]  # each model's most accurate run's, by a label naming it
     problems: pd.DataFrame
     reaped: list[str]
 
@@ -329,7 +347,17 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     cells = tracking.sweep_cells(client, parent_id)
     problems = problem_cells(client, experiment_id, parent_id, runs, cells)
     selection = Selection(
-        uri, args.experiment, parent, runs, columns, list(args.filters), cells, histories, problems, reaped
+        uri,
+        args.experiment,
+        parent,
+        runs,
+        columns,
+        list(args.filters),
+        cells,
+        histories,
+        load_confusion_matrices(client, runs),
+        problems,
+        reaped,
     )
     return client, selection
 
@@ -561,6 +589,7 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
         report_plots.accuracy_vs_lr(summary, sel.columns),
         report_plots.seconds_per_epoch(finished, sel.columns),
         report_plots.heatmap(summary, sel.columns),
+        report_plots.confusion_matrices(sel.confusion_matrices),
     ]
     return [r for r in results if isinstance(r, Plot)], [r for r in results if isinstance(r, str)]
 

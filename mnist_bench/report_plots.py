@@ -196,3 +196,27 @@ def heatmap(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
     fig.colorbar(image, ax=list(axes), label="final test accuracy")
     caption = "Final test accuracy (mean over seeds) over learning rate x epochs; blank = no finished run."
     return Plot("heatmap_lr_epochs.png", _png(fig), caption)
+
+
+def confusion_matrices(matrices: Mapping[str, np.ndarray]) -> Plot | str:
+    """One panel per labelled confusion matrix: the counts written in each cell, the colour the share of the
+    true class (row) that cell holds, so that the diagonal reads at once and errors stand out."""
+    if not matrices:
+        return "Confusion matrices: skipped, no finished run has a confusion_matrix.csv artifact."
+    fig, axes = _panels(len(matrices), 5.2, 4.6)
+    for ax, (label, counts) in zip(axes, matrices.items(), strict=True):
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (true, predicted), count in np.ndenumerate(counts):
+            if count:
+                color = "white" if share[true, predicted] > 0.5 else "black"
+                ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7, color=color)
+        classes = range(len(counts))
+        ax.set(xlabel="predicted class", ylabel="true class", xticks=classes, yticks=classes)
+        ax.set_title(label, fontsize=8)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="share of the true class")
+    caption = (
+        "Test-set confusion matrix of each backend-activation's most accurate finished run (named above it): "
+        "the count in each cell, coloured by its share of the true class's images."
+    )
+    return Plot("confusion_matrices.png", _png(fig), caption)

@@ -55,6 +55,7 @@ class SweepParam:
 
 KIND_SWEEP = "sweep"
 CELLS_ARTIFACT = "sweep_cells.json"  # on a sweep's parent: the cells it set out to run
+CONFUSION_ARTIFACT = "confusion_matrix.csv"  # on every finished run: its test-set confusion matrix
 
 
 class RunStatus:

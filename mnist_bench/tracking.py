@@ -404,11 +404,16 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> li
 
 def sweep_cells(client: MlflowClient, parent_run_id: str) -> list[Cell] | None:
     """The cells a sweep set out to run (its CELLS_ARTIFACT); None when the parent has none."""
-    if CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(parent_run_id)}:
+    text = read_artifact(client, parent_run_id, CELLS_ARTIFACT)
+    return None if text is None else [Cell(**item) for item in json.loads(text)]
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str) -> str | None:
+    """The text of a run's top-level artifact; None when the run has no such artifact."""
+    if path not in {item.path for item in client.list_artifacts(run_id)}:
         return None
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder, _no_progress_bar():
-        path = client.download_artifacts(parent_run_id, CELLS_ARTIFACT, folder)
-        return [Cell(**item) for item in json.loads(Path(path).read_text())]
+        return Path(client.download_artifacts(run_id, path, folder)).read_text()
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
 
     test = rules(split.x_test, split.y_test, fit.weights, fit.bias)
     assert history[-1].test_accuracy == test["probabilities accuracy"] < test["logits accuracy"]
-    artifacts.write(tmp_path, cfg, history, fit, split.x_test, split.y_test)
+    artifacts.write(tmp_path, cfg, fit, split.x_test, split.y_test)
     counts = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
     assert np.trace(counts) / len(split.y_test) == history[-1].test_accuracy
 

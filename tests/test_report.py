@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import machine, report, report_plots, tracking
-from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
+from mnist_bench import artifacts, machine, report, report_plots, tracking
+from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
 
 EXPERIMENT = "mnist-bench"
 SWEEP = "sweep-test"
@@ -84,7 +85,8 @@ def fake_run(key: tuple, rng: np.random.Generator) -> dict:
     reached = np.flatnonzero(test_acc >= 0.86)
     if reached.size:
         summary["time_to_target_seconds"] = seconds[: reached[0] + 1].sum()
-    return {"history": history, "summary": summary}
+    confusion = rng.integers(0, 6, (10, 10)) + np.diag(rng.integers(80, 120, 10))
+    return {"history": history, "summary": summary, "confusion": confusion}
 
 
 def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tuple, run: dict, start: int) -> None:
@@ -136,6 +138,10 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         params=[Param(k, str(v)) for k, v in params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
+    if key not in (FAILED, DEAD):
+        with tempfile.TemporaryDirectory() as folder:
+            artifacts.write_confusion_matrix(Path(folder) / CONFUSION_ARTIFACT, run["confusion"])
+            client.log_artifact(run_id, str(Path(folder) / CONFUSION_ARTIFACT))
     if key != DEAD:
         client.set_terminated(run_id, tracking.FAILED if key == FAILED else tracking.FINISHED)
 
@@ -276,6 +282,7 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
         "curves.png",
         "accuracy_vs_lr.png",
         "seconds_per_epoch.png",
+        "confusion_matrices.png",
     }
     assert all((full_report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in names if name.endswith(".png"))
     assert_self_contained(full_report)
@@ -328,6 +335,20 @@ def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
     assert row["speed_verdict"] == verdict  # the logged runs carry no timing_unstable tag
     headline = section((full_report / "report.md").read_text(), "Headline")
     assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"is {verdict} on speed" in headline
+
+
+def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    expected = {}
+    for model in dict.fromkeys(config[:2] for config in CONFIGS):
+        finished = [(k, run) for k, run in sweep_store.logged.items() if k[:2] == model and k not in (FAILED, DEAD)]
+        finished = [(k, run) for k, run in finished if k != DIVERGED]  # diverged runs are not "finished"
+        best, run = max(finished, key=lambda item: item[1]["summary"]["final_test_accuracy"])
+        expected[cell_name(best)] = run["confusion"]
+    shown = {label.split(": ")[1].split(" ")[0]: counts for label, counts in selection.confusion_matrices.items()}
+    assert list(shown) == list(expected)  # one per backend-activation, in table order
+    for name, counts in shown.items():
+        np.testing.assert_array_equal(counts, expected[name])
 
 
 def test_artifacts_are_logged_to_the_parent_run(sweep_store: LoggedSweep, full_report: Path) -> None:
