@@ -42,6 +42,11 @@ from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag
 log = logging.getLogger("mnist_bench")
 
 PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # the sweep's parent run, set in each job's process by Hydra
+# Hydra's own long flags (as its argument parser, hydra._internal.utils.get_args_parser, defines them).
+HYDRA_FLAGS = {
+    "--cfg", "--config-dir", "--config-name", "--config-path", "--experimental-rerun", "--help", "--hydra-help",
+    "--info", "--multirun", "--package", "--resolve", "--run", "--shell-completion", "--version",
+}  # fmt: skip
 
 
 def register() -> None:
@@ -258,6 +263,15 @@ def summarise(outcomes: Sequence) -> int:
     return len(bad)
 
 
+def check_flags(argv: Sequence[str]) -> None:
+    """A ``--name`` that is not Hydra's is a setting written as an option: say how to write it."""
+    for position, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag.startswith("--") and flag not in HYDRA_FLAGS:
+            given = value if equals else next(iter(argv[position + 1 : position + 2]), "VALUE")
+            raise UserError(f"{flag} is not an option: settings are key=value overrides, write {flag[2:]}={given}")
+
+
 def main(argv: list[str]) -> int:
     """Run the Hydra app with ``argv`` as its overrides and flags; returns the exit status."""
     import hydra
@@ -267,6 +281,11 @@ def main(argv: list[str]) -> int:
     from mnist_bench.paths import conf_dir
     from mnist_bench.tracking import Terminated
 
+    try:
+        check_flags(argv)
+    except UserError as err:
+        print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     register()

@@ -109,6 +109,8 @@ CASES: dict[str, Case] = {
         setup=corrupt_data,
     ),
     "sweep-with-a-bad-cell": Case(["-m", "lr=0.1,-1"], ["lr=-1", "lr=-1.0 is not allowed", "finite number > 0"]),
+    "misspelt-command": Case(["reprot"], ["unknown command 'reprot'", "did you mean 'report'?", "key=value"]),
+    "setting-as-an-option": Case(["--epochs", "3"], ["--epochs is not an option", "write epochs=3"]),
 }
 
 
@@ -199,3 +201,12 @@ def test_cfg_job_prints_the_config_from_another_directory(tmp_path: Path, run_cl
     assert {"epochs", "batch_size", "seed", "tracking", "resume"} <= set(printed)
     assert "hydra" not in printed
     assert list(tmp_path.iterdir()) == []  # printing the config runs nothing and writes nothing
+
+
+def test_help_lists_every_command_one_line_each(run_cli, tmp_path: Path) -> None:
+    from mnist_bench.cli import SUBCOMMANDS
+
+    done = run_cli(["--help"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split()[0] for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert listed == list(SUBCOMMANDS)
