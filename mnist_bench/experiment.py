@@ -25,21 +25,21 @@ from mnist_bench.schema import Tag
 
 log = logging.getLogger(__name__)
 
-_process_clock_used = False
+_first_job_started = False
 
 
-def _job_clock_start() -> float:
-    """When this job's wall clock starts: the process's start for its first job (imports count)."""
-    global _process_clock_used
-    now = time.time()
-    if _process_clock_used:
-        return now
-    _process_clock_used = True
+def _startup_seconds() -> float | None:
+    """For a process's first job, the seconds from the process's start to the job's (interpreter, imports,
+    Hydra); None for its later jobs, which have no such cost, and where /proc cannot say."""
+    global _first_job_started
+    if _first_job_started:
+        return None
+    _first_job_started = True
     ticks = machine.process_start_ticks(os.getpid())
     if ticks is None:
-        return now
+        return None
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
-    return boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+    return time.time() - (boot + int(ticks) / os.sysconf("SC_CLK_TCK"))
 
 
 @dataclass
@@ -125,7 +125,7 @@ def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name
 def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> str | None:
     """Train and log one run; its id, or None when it was skipped. Raises on bad input before a run exists;
     a failure inside the run is recorded in MLflow (FAILED, error tag) and re-raised."""
-    wall_start = _job_clock_start()
+    startup_seconds, wall_start = _startup_seconds(), time.time()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
     cell_hash = config_hash(cfg)
@@ -165,10 +165,13 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
                 bar.close()
         conditions = probe.finish([m.epoch_seconds for m in observer.history])
         unstable = timing.unstable_reasons(conditions, cfg.timing)
-        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, wall_start, conditions, unstable)
+        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
+        # The job, from its start to its artifacts stored; a process's first job also has its start-up.
+        clock = {"wall_seconds": time.time() - wall_start}
+        active.log_metrics(clock if startup_seconds is None else clock | {"startup_seconds": startup_seconds})
         final = observer.history[-1]
         log.info(
             "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
@@ -218,7 +221,6 @@ def _log_summary(
     fit: base.FitResult,
     device: str,
     train_shape: tuple[int, int],
-    wall_start: float,
     conditions: timing.Conditions,
     unstable: list[str],
 ) -> None:
@@ -249,7 +251,6 @@ def _log_summary(
             "machine_read_gb_per_s": roof.read_gb_per_s,
             "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
         }
-    summary["wall_seconds"] = time.time() - wall_start
     summary["peak_rss_mb"] = machine.peak_rss_mb()
     active.log_metrics(summary)
     tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}

@@ -197,6 +197,15 @@ def test_grid_children_have_their_artifacts(grid: Sweep, tmp_path: Path) -> None
         assert (saved.activation, str(saved.lr), saved.epochs) == (*cell(run), EPOCHS)
 
 
+def test_only_the_processs_first_job_carries_its_start_up(grid: Sweep) -> None:
+    """The basic launcher runs the four jobs in one process: its start-up is the first job's alone, and
+    wall_seconds means the same (the job, from its own start) for every job."""
+    first = min(grid.children, key=lambda run: run.info.start_time)
+    assert [run for run in grid.children if "startup_seconds" in run.data.metrics] == [first]
+    startup = first.data.metrics["startup_seconds"]  # Python, Hydra and MLflow's import: seconds
+    assert all(run.data.metrics["wall_seconds"] < startup for run in grid.children)  # a small job: far less
+
+
 def test_grid_children_are_tagged(grid: Sweep) -> None:
     assert len(grid.children) == 4
     sweep_name = grid.parent.data.tags[Tag.SWEEP_NAME]
