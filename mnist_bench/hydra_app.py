@@ -18,6 +18,7 @@ import copy
 import itertools
 import logging
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -243,6 +244,7 @@ class ValidatingSweeper(Sweeper):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                         _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
+            print("\n".join(next_steps(name, uri, first.tracking.experiment)))
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
             status = tracking.KILLED
@@ -251,6 +253,23 @@ class ValidatingSweeper(Sweeper):
             client.set_terminated(parent_id, status)
         if failures:
             raise SystemExit(EXIT_FAILED)
+
+
+def next_steps(name: str, uri: str, experiment: str) -> list[str]:
+    """Where to look once a sweep has ended: the command for its report, and its runs in MLflow's UI."""
+    from mnist_bench.tracking import redact
+
+    store = redact(uri)
+    report = ["mnist-bench", "report", "--sweep", name, "--tracking-uri", store, "--experiment", experiment]
+    ui = (
+        f"open {store}"
+        if store.startswith(("http://", "https://"))
+        else shlex.join(["mlflow", "ui", "--backend-store-uri", store])
+    )
+    return [
+        f"report: {shlex.join(report)}",
+        f"runs: {ui}; experiment {experiment!r}, view 'Model training', search tags.{Tag.SWEEP_NAME} = '{name}'",
+    ]
 
 
 def summarise(outcomes: Sequence) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shlex
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -142,6 +143,17 @@ def test_grid_exits_0_with_one_parent_and_four_finished_children(grid: Sweep) ->
     assert all(r.info.status == "FINISHED" for r in grid.children)
     assert sorted(cell(r) for r in grid.children) == sorted(itertools.product(ACTIVATIONS, LRS))
     assert "sweep summary: finished 4" in grid.proc.stdout
+
+
+def test_the_report_command_a_sweep_prints_reports_that_sweep(grid: Sweep, run_cli) -> None:
+    sweep_name = grid.parent.data.tags[Tag.SWEEP_NAME]
+    [line] = [line for line in grid.proc.stdout.splitlines() if line.startswith("report: ")]
+    command = shlex.split(line.removeprefix("report: "))
+    assert command[:2] == ["mnist-bench", "report"] and sweep_name in command
+    done = run_cli([*command[1:], "--out", str(grid.folder / "printed-report")], grid.folder)
+    assert done.returncode == 0, done.stderr
+    assert f"report of sweep {sweep_name}:" in done.stdout and "(4 runs;" in done.stdout
+    assert f"search tags.sweep_name = '{sweep_name}'" in grid.proc.stdout
 
 
 def test_grid_children_params_match_their_cell(grid: Sweep) -> None:
