@@ -300,17 +300,13 @@ def main(argv: list[str]) -> int:
     from mnist_bench.paths import conf_dir
     from mnist_bench.tracking import Terminated
 
-    try:
-        check_flags(argv)
-    except UserError as err:
-        print(f"mnist-bench: error: {one_line(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's multi-line report
     register()
     app = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")(job)
     sys.argv = [sys.argv[0], *argv]
     try:
+        check_flags(argv)
         app()
     except (KeyboardInterrupt, Terminated) as err:
         print(f"mnist-bench: {'interrupted' if isinstance(err, KeyboardInterrupt) else err}", file=sys.stderr)
