@@ -54,7 +54,7 @@ class BackendConfig:
     name: str = "numpy"
     # Threads for BLAS (numpy) or TF's intra-op pool; null = cores / parallel jobs.
     threads: int | None = None
-    # tf/keras only: compile the training step with XLA.
+    # tf/keras only: compile the training step with XLA (jax always does).
     xla: bool = False
     # Untimed epochs run (and logged as warmup_seconds) before the timed ones.
     warmup_epochs: int = 1
@@ -63,8 +63,11 @@ class BackendConfig:
         if self.threads is not None:
             _require(self.threads >= 1, "backend.threads", self.threads, "an integer >= 1 or null")
         _require(self.warmup_epochs >= 0, "backend.warmup_epochs", self.warmup_epochs, "an integer >= 0")
-        if self.xla and self.name == "numpy":
-            raise ConfigError("backend.xla=true is not allowed with backend=numpy: XLA is a tf/keras option")
+        if self.xla and self.name not in ("tf", "keras"):
+            raise ConfigError(
+                f"backend.xla=true is not allowed with backend={self.name}: it is a tf/keras option"
+                " (numpy has no compiler; jax always compiles with XLA)"
+            )
 
 
 @dataclass

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import REPO, compose_config
 
 from mnist_bench import artifacts, data
 from mnist_bench.backends import base
@@ -359,3 +361,22 @@ def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_ov
         base.prepare(mnist.x_test, mnist.y_test, mnist.x_test, mnist.y_test, cfg).x_test @ fit.weights + fit.bias
     )
     assert np.mean(predicted.argmax(axis=1) == mnist.y_test) == pytest.approx(history[-1].test_accuracy, abs=1e-12)
+
+
+def test_numpy_runs_import_no_other_framework() -> None:
+    """A NumPy-only install must work, and a NumPy run must not pay for another framework's import."""
+    script = """
+import sys
+import numpy as np
+import mnist_bench.backends.numpy_backend, mnist_bench.experiment, mnist_bench.cli
+from mnist_bench.backends import base, get
+from mnist_bench.config import Config
+cfg = Config(epochs=2, batch_size=4)
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (8, 784)), rng.integers(0, 10, 8)
+get("numpy").fit(base.prepare(x, y, x, y, cfg), cfg, lambda m: False)
+imported = sorted({"tensorflow", "keras", "jax"} & set(sys.modules))
+assert not imported, f"a NumPy run imported {imported}"
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -1,89 +1,23 @@
-"""backend=tf and backend=keras against the NumPy reference, on small synthetic data.
-
-Parity runs are float64, where the backends differ only in the order of floating-point sums: their
-curves agree to ~1e-15, so the tolerances below (1e-9) are far from noise yet would catch any
-difference in the maths (a wrong gradient scale, learning rate, batch or momentum is >= 1e-3).
-"""
+"""backend=tf and backend=keras against the NumPy reference, on small synthetic data (see parity.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import compose_config
+from conftest import REPO
 from needs import import_extra
+from parity import COLUMNS, assert_learns, assert_same_training, config, fit
 
 tf = import_extra("tensorflow", "tf")
 
-from mnist_bench import backends, data, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
+from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need TensorFlow)
 from mnist_bench.backends import _tf_common, base, get  # noqa: E402
 from mnist_bench.backends.numpy_backend import probabilities_and_loss  # noqa: E402
-from mnist_bench.config import BackendConfig, Config, ConfigError, DatasetConfig, DeviceConfig  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-RTOL = 1e-9
-COLUMNS = ("train_loss", "train_accuracy", "tied_prediction_fraction", "test_loss", "test_accuracy")
-
-
-def _images(rng: np.random.Generator, projection: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random 0..255 "images" labelled by a fixed linear map, so that a linear model can learn them."""
-    x = rng.integers(0, 256, (n, 784), dtype=np.uint8)
-    return x, (x @ projection).argmax(axis=1)
-
-
-_RNG = np.random.default_rng(0)
-_PROJECTION = _RNG.normal(size=(784, base.NUM_CLASSES))
-X_TRAIN, Y_TRAIN = _images(_RNG, _PROJECTION, 512)
-X_TEST, Y_TEST = _images(_RNG, _PROJECTION, 128)
-
-
-def config(backend: str, warmup_epochs: int = 0, xla: bool = False, device: str = "cpu", **overrides) -> Config:
-    return Config(
-        backend=BackendConfig(name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla),
-        device=DeviceConfig(device),
-        # uniform(-1, 1) init: weights far from the optimum, so every test run visibly learns
-        **{"dtype": "float64", "epochs": 20, "init": "uniform", "init_scale": 1.0, **overrides},
-    )
-
-
-@dataclasses.dataclass
-class Run:
-    curves: dict[str, np.ndarray]  # each of COLUMNS, one value per epoch
-    result: base.FitResult
-
-
-def fit(cfg: Config, stop: base.EpochCallback = lambda m: False, train: base.TrainData | None = None) -> Run:
-    """Train with ``cfg``; ``on_epoch`` asks to stop when ``stop`` says so."""
-    train = train or base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg)
-    history: list[base.EpochMetrics] = []
-
-    def on_epoch(metrics: base.EpochMetrics) -> bool:
-        history.append(metrics)
-        return stop(metrics)
-
-    result = get(cfg.backend.name).fit(train, cfg, on_epoch)
-    assert [m.epoch for m in history] == list(range(1, result.epochs_run + 1))
-    assert all(m.epoch_seconds > 0 for m in history)
-    return Run({c: np.array([getattr(m, c) for m in history]) for c in COLUMNS}, result)
-
-
-def assert_same_training(actual: Run, expected: Run, rtol: float = RTOL) -> None:
-    for column in COLUMNS:
-        np.testing.assert_allclose(actual.curves[column], expected.curves[column], rtol=rtol, err_msg=column)
-    np.testing.assert_allclose(actual.result.weights, expected.result.weights, rtol=rtol, atol=rtol)
-    np.testing.assert_allclose(actual.result.bias, expected.result.bias, rtol=rtol, atol=rtol)
-    assert actual.result.weights.dtype == expected.result.weights.dtype
-
-
-def assert_learns(run: Run) -> None:
-    """The case is not trivial: the train loss falls."""
-    assert run.curves["train_loss"][-1] < 0.9 * run.curves["train_loss"][0]
-
+from mnist_bench.config import ConfigError  # noqa: E402
 
 # --- parity --------------------------------------------------------------------------------------
 
@@ -228,7 +162,7 @@ _GPU_SCRIPT = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
-import test_tf_backends as t
+import parity as t
 
 out = {{"auto": [t.get(b).resolve_device(t.config(b, device="auto"))[0] for b in ("tf", "keras")]}}
 for backend in ("tf", "keras"):  # the GPU first: a device=cpu run would hide it from this process
@@ -258,23 +192,6 @@ def test_gpu_matches_cpu() -> None:
 # --- imports -------------------------------------------------------------------------------------
 
 
-def test_numpy_runs_never_import_tensorflow() -> None:
-    script = """
-import sys
-import numpy as np
-import mnist_bench.backends.numpy_backend, mnist_bench.experiment, mnist_bench.cli
-from mnist_bench.backends import base, get
-from mnist_bench.config import Config
-cfg = Config(epochs=2, batch_size=4)
-rng = np.random.default_rng(0)
-x, y = rng.integers(0, 256, (8, 784)), rng.integers(0, 10, 8)
-get("numpy").fit(base.prepare(x, y, x, y, cfg), cfg, lambda m: False)
-assert "tensorflow" not in sys.modules and "keras" not in sys.modules, "NumPy run imported TensorFlow"
-"""
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 @pytest.mark.parametrize("backend", ["tf", "keras"])
 def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
@@ -286,63 +203,3 @@ def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: py
     message = str(info.value)
     assert message.startswith(f"backend={backend} needs TensorFlow") and "pip install 'mnist-bench[tf]'" in message
     assert "\n" not in message
-
-
-# --- real data -----------------------------------------------------------------------------------
-
-
-def test_seed_numpy_under_the_probabilities_rule_stops_at_the_same_epoch_on_every_backend(
-    mnist_overrides: list[str],
-) -> None:
-    """The tutorial's NumPy model with its own rule on the first 5,000 MNIST images (seed 2 stops after about
-    20 epochs there): every backend reports the same train accuracy, tied fraction and test accuracy each
-    epoch, to the image, so each stops at the same epoch."""
-    runs = {}
-    for backend in ("numpy", "tf", "keras"):
-        cfg = compose_config(
-            "+experiment=seed_numpy",
-            "predict_from=probabilities",
-            "seed=2",
-            "dataset.train_limit=5000",
-            f"backend={backend}",
-            "backend.threads=1",
-            "backend.warmup_epochs=0",
-            *mnist_overrides,
-        )
-        mnist = data.load(cfg.dataset)
-        train = base.prepare(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, cfg)
-        runs[backend] = fit(cfg, lambda m, cfg=cfg: m.train_accuracy >= cfg.target_accuracy, train)
-    expected = runs["numpy"]
-    assert expected.result.epochs_run < 100 and expected.curves["train_accuracy"][-1] >= 0.8
-    assert expected.curves["tied_prediction_fraction"].min() > 0.05  # ties to break in every epoch
-    for backend in ("tf", "keras"):
-        assert runs[backend].result.epochs_run == expected.result.epochs_run, backend
-        for column in ("train_accuracy", "tied_prediction_fraction", "test_accuracy"):
-            np.testing.assert_array_equal(runs[backend].curves[column], expected.curves[column], err_msg=column)
-
-
-def test_real_mnist_slice_float32(mnist_dir: Path, tmp_path: Path) -> None:
-    """The benchmark's setting (float32) on the first 2000 MNIST images: losses and weights within 1e-4
-    of NumPy's, accuracies within 2 images (float32 rounding can flip a near tie)."""
-    from omegaconf import OmegaConf
-
-    from mnist_bench import data
-
-    yaml = OmegaConf.load(REPO / "conf" / "dataset" / "mnist.yaml")
-    spec = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), yaml))
-    spec = dataclasses.replace(spec, cache_dir=str(tmp_path / "cache"), download=False, train_limit=2000)
-    dataset = data.load(spec)
-    runs = {}
-    for backend in ("numpy", "tf", "keras"):
-        cfg = config(backend, dtype="float32", activation="softmax", batch_size=128, epochs=3)
-        train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
-        runs[backend] = fit(cfg, train=train)
-    assert_learns(runs["numpy"])
-    expected = runs["numpy"]
-    for backend in ("tf", "keras"):
-        actual = runs[backend]
-        for column in ("train_loss", "test_loss"):
-            np.testing.assert_allclose(actual.curves[column], expected.curves[column], rtol=1e-4, err_msg=column)
-        for column, rows in (("train_accuracy", 2000), ("test_accuracy", 10000)):
-            np.testing.assert_allclose(actual.curves[column], expected.curves[column], atol=2 / rows, err_msg=column)
-        np.testing.assert_allclose(actual.result.weights, expected.result.weights, rtol=1e-4, atol=1e-5)
