@@ -3,7 +3,8 @@
 In one process, on full MNIST (float32, inputs in [0, 1]):
 
 1. the roofline floor of an epoch, measured now (see ``mnist_bench.roofline``);
-2. the seconds of one epoch of each backend (tf and keras also with XLA), full batch and minibatch,
+2. the seconds of one epoch of each backend (tf and keras also with XLA; by default every backend whose
+   framework imports here), full batch and minibatch,
    as the backend times it (training compute only, after a warm-up epoch), and each over the floor
    at the same thread count (as runs choose them: numpy minibatches 1, else all cores; or --threads);
 3. the training seconds each backend takes to reach the target test accuracy (0.92) with the fast
@@ -15,7 +16,7 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
 Figures are min, median and max over the repeats. The load average before and after is printed
 with them: on a shared machine it says how far to trust them.
 
-    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla]
+    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla,jax]
                       [--reference keras-adam|none] [--batch-size 256] [--json PATH]
 
 Exit status: 0 when every figure was measured, 2 on bad input (one line).
@@ -43,7 +44,7 @@ from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 
 PROG = "mnist-bench bench"
 # A backend, or tf/keras with backend.xla=true ("tf+xla").
-BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla")
+BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "jax")
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
 MAX_REFERENCE_EPOCHS = 10
@@ -224,14 +225,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=_positive, default=5, help="epochs, and seeds, per figure (default 5)")
     parser.add_argument(
-        "--backends", type=_names, default=list(BACKENDS), help=f"comma-separated ({','.join(BACKENDS)})"
+        "--backends", type=_names, help=f"comma-separated ({','.join(BACKENDS)}; default: those that import here)"
     )
-    parser.add_argument("--reference", choices=REFERENCES, default="keras-adam", help="time-to-target reference")
+    parser.add_argument(
+        "--reference", choices=REFERENCES, help="time-to-target reference (default: keras-adam where Keras imports)"
+    )
     parser.add_argument("--batch-size", type=_positive, default=256, help="minibatch of the epoch figures (256)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.json is not None and not args.json.parent.is_dir():
         raise BenchError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.backends is None:
+        args.backends = [label for label in BACKENDS if not backends.unavailable(label.partition("+")[0])]
+    if args.reference is None:
+        args.reference = "none" if backends.unavailable("keras") else "keras-adam"
     needed = {label.partition("+")[0] for label in args.backends}
     if args.reference == "keras-adam":
         needed.add("keras")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_bench import paths, tracking
+from mnist_bench import backends, paths, tracking
 from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
 from mnist_bench.schema import RunStatus, flatten, normalise
@@ -218,15 +217,6 @@ def load_thresholds(path: Path) -> Thresholds:
 
 
 @functools.cache
-def backend_unavailable(name: str) -> str | None:
-    """Why backend ``name`` cannot run here (it, or TensorFlow, does not import), or None when it can."""
-    try:
-        importlib.import_module(f"mnist_bench.backends.{name}_backend")
-    except ImportError as err:
-        return f"backend {name} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    return None
-
-
 def _same(param: str | None, wanted: object) -> bool:
     """Whether a run's param (absent: None) is the wanted config value."""
     return param is not None and normalise(param) == normalise(wanted)
@@ -236,7 +226,7 @@ def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
     """Each run threshold on the FINISHED runs it selects: the worst value among them must pass."""
     rows = []
     for t in thresholds.runs:
-        if t.requires and (why := backend_unavailable(t.requires)):
+        if t.requires and (why := backends.unavailable(t.requires)):
             rows.append(Row(t, SKIP, note=why))
             continue
         wanted = thresholds.scope | t.where
@@ -277,7 +267,7 @@ def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> l
     """Each ratio threshold on the fastest rounds; with several numerators, the worst ratio must pass."""
     rows = []
     for t in thresholds.benchmarks:
-        if t.requires and (why := backend_unavailable(t.requires)):
+        if t.requires and (why := backends.unavailable(t.requires)):
             rows.append(Row(t, SKIP, note=why))
             continue
         top, bottom = t.ratio
@@ -326,13 +316,13 @@ def run_gate(gate: list[GateSweep], workdir: Path) -> tuple[str, list[str]]:
     data_cache = paths.cache_dir()  # where data.load would keep it without the override above
     ran = []
     for entry in gate:
-        backends = [b for b in entry.backends if not backend_unavailable(b)]
-        for name in sorted(set(entry.backends) - set(backends)):
-            print(f"gate {entry.name}: without {name}: {backend_unavailable(name)}", flush=True)
-        if not backends:
+        usable = [b for b in entry.backends if not backends.unavailable(b)]
+        for name in sorted(set(entry.backends) - set(usable)):
+            print(f"gate {entry.name}: without {name}: {backends.unavailable(name)}", flush=True)
+        if not usable:
             continue
         command = [
-            sys.executable, "-m", "mnist_bench", "-m", f"backend={','.join(backends)}", *entry.overrides,
+            sys.executable, "-m", "mnist_bench", "-m", f"backend={','.join(usable)}", *entry.overrides,
             f"sweep_name={entry.name}", f"tracking.uri={uri}", f"hydra.sweep.dir={workdir / entry.name}",
             f"dataset.cache_dir={data_cache}", "progress=none",
         ]  # fmt: skip

@@ -46,12 +46,13 @@ def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path
 @pytest.mark.slow
 def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_path: Path) -> None:
     import_extra("tensorflow", "tf")
+    import_extra("jax", "jax")
     out = tmp_path / "bench.json"
     done = bench(run_cli, tmp_path, "--repeats", "3", "--json", str(out), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
 
-    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla")
+    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "jax")
     assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
         (label, batch) for label in labels for batch in ("full", "b256")
     }
@@ -67,7 +68,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--backends", "numpy,jax"], "numpy, tf, tf+xla, keras, keras+xla"),
+        (["--backends", "numpy,mxnet"], "numpy, tf, tf+xla, keras, keras+xla, jax"),
         (["--repeats", "0"], ">= 1"),
         (["--reference", "sklearn"], "keras-adam"),
         (["--json", "{missing}/bench.json"], "does not exist"),

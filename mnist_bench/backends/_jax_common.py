@@ -15,6 +15,8 @@ from mnist_bench import machine
 from mnist_bench.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
+# JAX logs at INFO each platform it cannot start ("Unable to initialize backend 'tpu'"): not news on a CPU run.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 _ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 

@@ -94,7 +94,7 @@ def bare_products(x: np.ndarray, batch_size: int) -> Callable[[], None]:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-@pytest.mark.parametrize("name", ["numpy", "tf", "keras"])
+@pytest.mark.parametrize("name", ["numpy", "tf", "keras", "jax"])
 def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str, batch: str) -> None:
     backend = backend_or_skip(name)
     backend_config = BackendConfig(name=name, threads=THREADS, warmup_epochs=0)
