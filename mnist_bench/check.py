@@ -311,7 +311,7 @@ def run_gate(gate: list[GateSweep], workdir: Path) -> tuple[str, list[str]]:
     The gate's processes get a roofline cache of their own, so the roofline its runs are held to is measured
     during the gate, under the same load as their epochs; the dataset cache stays the usual one.
     """
-    uri = f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    uri = tracking.sqlite_uri((workdir / "mlflow.db").resolve())
     env = {**os.environ, paths.CACHE_DIR_ENV: str(workdir / "cache")}
     data_cache = paths.cache_dir()  # where data.load would keep it without the override above
     ran = []

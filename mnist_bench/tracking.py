@@ -43,6 +43,9 @@ class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; raised before any training starts."""
 
 
+SQLITE = "sqlite:///"
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so the run is closed as KILLED."""
 
@@ -53,10 +56,10 @@ def resolve_uri(uri: str | None, launch_dir: Path) -> str:
     Default: $MLFLOW_TRACKING_URI, else MLflow's own default ``sqlite:///mlflow.db`` in the
     directory the command was started from, so ``mlflow ui`` there shows the runs.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        return f"sqlite:///{(launch_dir / path).resolve()}"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"{SQLITE}mlflow.db"
+    if (path := _sqlite_path(uri)) is not None:
+        query = uri.partition("?")[1:]
+        return sqlite_uri((launch_dir / path).resolve()) + "".join(query)
     if "://" not in uri:  # a plain folder: MLflow's file store
         return str((launch_dir / uri).resolve())
     return uri
@@ -84,8 +87,18 @@ def redact_overrides(overrides: str) -> str:
     return " ".join(redact_override(o) for o in overrides.split())
 
 
+def sqlite_uri(path: Path) -> str:
+    """The URI of the SQLite store at ``path``. SQLAlchemy ends the path at a ``?`` and unquotes ``%XX``, so
+    those two are quoted: a folder named ``q?x`` or ``p%41`` stays the store's folder. Nothing else is, since
+    MLflow creates the store's folder from the URI's text as it stands (see open_store)."""
+    return SQLITE + str(path).replace("%", "%25").replace("?", "%3F")
+
+
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    """The file of a ``sqlite:///`` URI (its query, if any, left out), or None for any other store."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).partition("?")[0]))
 
 
 HEALTH_ATTEMPT_S = 10.0  # one request to a tracking server's /health
@@ -130,8 +143,8 @@ def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
 
 def _local_store(uri: str) -> Path | None:
     """The database file or folder of a local store; None for a tracking server."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///"))
+    if (db := _sqlite_path(uri)) is not None:
+        return db
     if uri.startswith("file://") or "://" not in uri:
         return Path(uri.removeprefix("file://"))
     return None
@@ -168,7 +181,7 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri), _store_errors(uri):
+    with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -177,6 +190,19 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         db = _sqlite_path(uri)
         location = (db.parent / "mlruns").as_uri() if db is not None else None
         return client, client.create_experiment(experiment, artifact_location=location)
+
+
+@contextlib.contextmanager
+def _no_stray_folder(uri: str) -> Iterator[None]:
+    """Removes the empty folder MLflow makes from a quoted sqlite URI's text ("q%3Fx" beside "q?x"): its
+    _make_parent_dirs_if_sqlite does not unquote the path."""
+    raw = Path(uri.removeprefix(SQLITE).partition("?")[0]).parent if uri.startswith(SQLITE) else None
+    stray = raw is not None and raw != _sqlite_path(uri).parent and not raw.exists()
+    try:
+        yield
+    finally:
+        if stray and raw.is_dir() and not any(raw.iterdir()):
+            raw.rmdir()
 
 
 def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
@@ -193,7 +219,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     check_reachable(uri)  # also: writable, since the readers log their results back
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri), _store_errors(uri):
+    with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
     if found is None:

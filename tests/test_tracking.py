@@ -39,6 +39,19 @@ def test_relative_sqlite_path_is_made_absolute_from_the_launch_dir(tmp_path: Pat
     assert tracking.resolve_uri(f"sqlite:///{absolute}", Path("/")) == f"sqlite:///{absolute}"
 
 
+def test_the_store_stays_in_a_launch_folder_of_any_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'?', '#' and '%' in a folder name stay part of the store's path: not a query (before, the store went
+    to a file named after the text before '?'), a fragment, or an escape ('%41' opened folder 'A')."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    launch = tmp_path / "q?x=1 #h %41"
+    launch.mkdir()
+    tracking.open_store(tracking.resolve_uri(None, launch), "e")
+    assert (launch / "mlflow.db").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [launch.name]
+    with_query = tracking.resolve_uri("sqlite:///m.db?timeout=30", launch)
+    assert with_query.endswith("/q%3Fx=1 #h %2541/m.db?timeout=30")
+
+
 def test_plain_folder_is_a_file_store_under_the_launch_dir(tmp_path: Path) -> None:
     assert tracking.resolve_uri("mlruns", tmp_path) == str(tmp_path.resolve() / "mlruns")
 
