@@ -12,6 +12,7 @@ from mnist_bench.backends.base import NUM_CLASSES, FitResult
 from mnist_bench.backends.numpy_backend import losses_and_predictions
 from mnist_bench.config import Config
 from mnist_bench.schema import CONFUSION_ARTIFACT
+from mnist_bench.tracking import redact
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -27,7 +28,7 @@ def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
     No figures: drawing them here cost every job about a second (matplotlib). MLflow's UI draws the
     per-epoch curves from the logged metrics, and the report draws curves and confusion matrices.
     """
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (folder / "config.yaml").write_text(redact(OmegaConf.to_yaml(OmegaConf.structured(cfg))))
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 
     labels = np.asarray(y_test, dtype=np.int64)

@@ -131,7 +131,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     cell_hash = config_hash(cfg)
     # Params are the config as given (backend.threads null: "as many as fit"), so that runs of backends
     # that resolve it differently still compare as one setting; the resolved count is the THREADS tag.
-    params = {k: v for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
+    params = {k: tracking.redact(str(v)) for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
     params["tracking.experiment"] = cfg.tracking.experiment
     cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 

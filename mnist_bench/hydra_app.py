@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,8 @@ def job(cfg: DictConfig) -> str | None:
 
     hydra_cfg = HydraConfig.get()
     launch_dir = Path(hydra_cfg.runtime.cwd)
+    if hydra_cfg.output_subdir is not None:
+        _redact_files((Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml"))
     if hydra_cfg.mode != RunMode.MULTIRUN:
         try:
             return experiment.run(validate(cfg), launch_dir)
@@ -106,6 +108,35 @@ def job(cfg: DictConfig) -> str | None:
     except Exception as err:
         log.error("%s: FAILED: %s", run_name(job_config), one_line(err))  # recorded in MLflow; the summary counts it
         return None
+
+
+def _redact_files(paths: Iterable[Path]) -> None:
+    """Rewrites what Hydra saved (the job's config, overrides, its own config) through the harness's one
+    redaction: Hydra writes them before the job starts, with any password given in an override."""
+    from mnist_bench.tracking import redact
+
+    for path in paths:
+        text = path.read_text()
+        if (clean := redact(text)) != text:
+            path.write_text(clean)
+
+
+def _redact_log_records() -> None:
+    """Every log record this process makes from now on is redacted: the launchers log each job's overrides as
+    given. A record factory, since Hydra replaces the handlers (and their filters) when a launch starts."""
+    from mnist_bench.tracking import redact
+
+    make = logging.getLogRecordFactory()
+    if getattr(make, "redacts", False):
+        return
+
+    def redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        record.msg, record.args = redact(record.getMessage()), ()
+        return record
+
+    redacted.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(redacted)
 
 
 # ---------------------------------------------------------------- the sweep
@@ -219,7 +250,7 @@ class ValidatingSweeper(Sweeper):
             log.warning("marked run %s KILLED: its process is gone", run_id)
 
         planned = [
-            Cell([tracking.redact_override(o) for o in overrides], config_hash(cfg), run_name(cfg))
+            Cell([tracking.redact(o) for o in overrides], config_hash(cfg), run_name(cfg))
             for overrides, _, cfg in cells
         ]
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
@@ -229,14 +260,13 @@ class ValidatingSweeper(Sweeper):
         status = tracking.FAILED
         try:
             with tracking.sigterm_raises():
-                client.log_param(
-                    parent_id, SweepParam.SWEEP_OVERRIDES, tracking.redact_overrides(" ".join(arguments))[:6000]
-                )
+                client.log_param(parent_id, SweepParam.SWEEP_OVERRIDES, tracking.redact(" ".join(arguments))[:6000])
                 client.log_param(parent_id, SweepParam.SWEEP_CELLS, len(planned))
                 client.log_dict(parent_id, [asdict(cell) for cell in planned], CELLS_ARTIFACT)
                 print(f"sweep {name}: {len(planned)} jobs, parent run {parent_id}, store {tracking.redact(uri)}")
                 sweep_dir.mkdir(parents=True, exist_ok=True)
-                OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+                (sweep_dir / "multirun.yaml").write_text(tracking.redact(OmegaConf.to_yaml(self.config)))
+                _redact_log_records()
                 launcher = self.launcher(cells, parent_id)
                 jobs = [overrides for overrides, _, _ in cells]
                 size = self.max_batch_size or len(jobs)

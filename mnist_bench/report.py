@@ -33,7 +33,6 @@ from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
-from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
@@ -394,7 +393,7 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     def distinct(column: str) -> str:
         return ", ".join(sorted({value for value in runs[column] if value})) or "unknown"
 
-    command = redact_overrides(parent.data.params.get(SweepParam.SWEEP_OVERRIDES, "(not logged)"))
+    command = tracking.redact(parent.data.params.get(SweepParam.SWEEP_OVERRIDES, "(not logged)"))
     items = [
         f"Sweep: `{sel.name}`, parent run `{parent.info.run_id}` ({parent.info.status}), started "
         f"{started:%Y-%m-%d %H:%M %Z}",

@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
-from mnist_bench.tracking import redact
+from mnist_bench.tracking import holds_password, redact
 
 PASSWORD_ENV = "MNIST_BENCH_DB_PASSWORD"
 SCHEMES = ("postgresql", "postgresql+psycopg2", "postgres", "postgresql+psycopg")
@@ -83,7 +83,7 @@ def check_store_uri(uri: str | None) -> str:
         raise ServerError(
             f"--backend-store-uri {redact(uri)}: the store must be PostgreSQL (postgresql://USER@HOST:PORT/DB)"
         )
-    if parts.password is not None:
+    if holds_password(uri):
         raise ServerError(
             "--backend-store-uri must not hold the password (command lines are visible to every user): "
             f"set ${PASSWORD_ENV} or $PGPASSWORD, or use ~/.pgpass or a libpq service file"

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import queue
+import re
 import signal
 import tempfile
 import threading
@@ -65,26 +66,24 @@ def resolve_uri(uri: str | None, launch_dir: Path) -> str:
     return uri
 
 
-def redact(uri: str) -> str:
-    """The URI without any ``user:password@`` part: safe to print or log."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+# A URL's user:password@ part, and the value of a query parameter that names a secret.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"]*@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|sslpassword)=)[^&;#\s'\"]*",
+    re.IGNORECASE,
+)
 
 
-def redact_override(override: str) -> str:
-    """A Hydra override ``key=value`` with any credentials in its value removed."""
-    key, sep, value = override.partition("=")
-    return f"{key}{sep}{redact(value)}" if "://" in value else override
+def redact(text: str) -> str:
+    """``text`` (a URI, an override, a command line, a config file) with every URL's ``user:password@`` removed
+    and every password or token query value replaced by ``***``: safe to print, log or store. The one
+    redaction the harness applies to what it prints, logs as params and tags, and writes."""
+    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>", text))
 
 
-def redact_overrides(overrides: str) -> str:
-    """A space-separated list of overrides (a sweep's logged command line), each redacted."""
-    return " ".join(redact_override(o) for o in overrides.split())
+def holds_password(uri: str) -> bool:
+    """Whether a URI carries a password: in its ``user:password@`` part or as a password or token query value."""
+    return urllib.parse.urlsplit(uri).password is not None or _SECRET_QUERY.search(uri) is not None
 
 
 def sqlite_uri(path: Path) -> str:

@@ -350,8 +350,11 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
 # Quick checks of the server's input handling: no database needed.
 
 
-def test_server_refuses_a_password_in_the_store_uri(capsys: pytest.CaptureFixture[str]) -> None:
-    assert server.main(["--db", "postgresql://mnist:s3cret@127.0.0.1:5432/mlflow", "--no-check"]) == 2
+@pytest.mark.parametrize(
+    "uri", ["postgresql://mnist:s3cret@127.0.0.1:5432/mlflow", "postgresql://mnist@127.0.0.1/mlflow?password=s3cret"]
+)
+def test_server_refuses_a_password_in_the_store_uri(uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert server.main(["--db", uri, "--no-check"]) == 2
     err = capsys.readouterr().err
     assert "must not hold the password" in err and "s3cret" not in err
 

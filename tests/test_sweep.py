@@ -281,3 +281,32 @@ def test_failing_cell_is_reported_the_others_run_and_divergence_is_not_a_failure
     assert diverged.data.tags["diverged"] == "true"
     assert diverged.data.params["dataset.test_limit"] == "500"
     assert diverged.data.metrics["epochs_run"] == 1  # divergence stops the run
+
+
+def test_no_password_reaches_the_store_the_files_or_the_terminal(
+    mnist_dir: Path, tmp_path: Path, run_cli, make_store, hydra_args
+) -> None:
+    """A mirror URL with user:password@ is logged as a param, saved in config.yaml, Hydra's multirun.yaml
+    and .hydra/ files, and printed in the launcher's job lines: everywhere without the password."""
+    secret = "s3cret-8d1f"
+    folder = tmp_path / "launch"
+    store = make_store(folder)
+    args = [
+        "-m",
+        "backend=numpy",
+        "lr=0.1,0.5",
+        "epochs=1",
+        "dataset.train_limit=500",
+        "dataset.test_limit=200",
+        f"dataset.mirrors=['https://bob:{secret}@mirror.example/mnist/']",
+        f"tracking.uri={store.uri}",
+        *hydra_args(folder),
+    ]
+    done = run_cli(args, folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "mirror.example" in done.stdout + done.stderr and secret not in done.stdout + done.stderr
+    written = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert any(path.name == "multirun.yaml" for path in written) and any(path.name == "config.yaml" for path in written)
+    assert b"https://mirror.example/mnist/" in written[store.path]  # the param is there, redacted
+    leaks = [str(path.relative_to(folder)) for path, content in written.items() if secret.encode() in content]
+    assert not leaks, f"the password was written to {leaks}"

@@ -351,13 +351,18 @@ def test_parallel_processes_open_a_brand_new_store(tmp_path: Path, readers: int)
 
 
 @pytest.mark.parametrize(
-    ("override", "expected"),
+    ("text", "expected"),
     [
         ("tracking.uri=https://alice:s3cret@mlflow.example:5000", "tracking.uri=https://mlflow.example:5000"),
-        ("tracking.uri=sqlite:////tmp/m.db", "tracking.uri=sqlite:////tmp/m.db"),
-        ("lr=0.1,0.5", "lr=0.1,0.5"),
+        ("tracking.uri='postgresql+psycopg2://bob:s3cret@db:5432/m'", "tracking.uri='postgresql+psycopg2://db:5432/m'"),
+        ("postgresql://bob:p@ss@db/m lr=0.1", "postgresql://db/m lr=0.1"),  # an @ in the password
+        ("sqlite:////tmp/m.db?password=s3cret&timeout=3", "sqlite:////tmp/m.db?password=***&timeout=3"),
+        ("https://h/x?a=1&Token=s3cret#f", "https://h/x?a=1&Token=***#f"),
+        ("mirrors:\n- https://bob:s3cret@mirror.example/mnist/\n", "mirrors:\n- https://mirror.example/mnist/\n"),
+        ("tracking.uri=sqlite:////tmp/m.db lr=0.1,0.5", "tracking.uri=sqlite:////tmp/m.db lr=0.1,0.5"),
     ],
 )
-def test_sweep_overrides_are_logged_without_credentials(override: str, expected: str) -> None:
-    """The parent run logs the sweep's command line; a password in a tracking URI must not reach it."""
-    assert tracking.redact_override(override) == expected
+def test_one_redaction_for_every_text(text: str, expected: str) -> None:
+    """URIs, overrides (quoted or not), command lines and config files: user:password@ and password or
+    token query values never survive."""
+    assert tracking.redact(text) == expected
