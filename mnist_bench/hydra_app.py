@@ -280,7 +280,7 @@ class ValidatingSweeper(Sweeper):
             status = tracking.KILLED
             raise
         finally:
-            client.set_terminated(parent_id, status)
+            tracking.close(client, parent_id, status)
         if failures:
             raise SystemExit(EXIT_FAILED)
 

@@ -348,7 +348,30 @@ def tracked_run(
     finally:
         with contextlib.suppress(Exception):  # what was queued lands before the end status, as far as it can
             active.wait()
-        client.set_terminated(run_id, status)
+        close(client, run_id, status)
+
+
+# After each failed attempt to end a run. An attempt on a locked SQLite store itself waits MLflow's 20 s busy
+# timeout: at most about 90 s in all.
+CLOSE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+
+
+def close(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run with ``status``, retrying with bounded backoff while the store refuses (a lock held by
+    another process, a server restarting). If it never accepts, a one-line TrackingError says so: the run
+    stays RUNNING until ``mnist-bench reap`` (or the next sweep) finds its process gone and marks it KILLED."""
+    for delay in (*CLOSE_RETRY_DELAYS_S, None):
+        try:
+            client.set_terminated(run_id, status)
+            return
+        except Exception as err:
+            if delay is None:
+                reason = " ".join(str(err).split())[:300] or type(err).__name__
+                raise TrackingError(
+                    f"run {run_id} could not be ended as {status} ({type(err).__name__}: {reason}); "
+                    "once this process has exited, mnist-bench reap marks it KILLED"
+                ) from err
+            time.sleep(delay)
 
 
 def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) -> str | None:

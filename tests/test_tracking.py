@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler
@@ -194,6 +195,53 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
         assert Tag.ERROR not in found.data.tags
     else:
         assert error in found.data.tags[Tag.ERROR]
+
+
+def lock_store(path: Path, seconds: float) -> threading.Timer:
+    """Another connection holds the SQLite store's write lock for ``seconds`` from now, as a second process
+    writing to it would; join the returned timer to wait for the release. Past 20 s (MLflow's busy timeout),
+    an attempt to write fails."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    def release() -> None:
+        holder.rollback()
+        holder.close()
+
+    timer = threading.Timer(seconds, release)
+    timer.start()
+    return timer
+
+
+@pytest.mark.slow
+def test_a_run_is_ended_once_the_store_lets_go(store) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    start = time.monotonic()
+    with tracking.tracked_run(client, experiment_id, "a-run", {}, {}) as run:
+        run_id = run.run_id
+        released = lock_store(store.path, 25)
+    assert time.monotonic() - start > 25  # it was ended after the lock's release, by a retry
+    released.join()
+    assert _status(client, run_id) == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_store_that_never_lets_go_is_one_line_and_the_run_is_left_to_the_reaper(
+    store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracking, "CLOSE_RETRY_DELAYS_S", ())  # one attempt of 20 s, not the ~90 s of four
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    with (
+        pytest.raises(tracking.TrackingError) as info,
+        tracking.tracked_run(client, experiment_id, "a-run", {}, {}) as run,
+    ):
+        run_id = run.run_id
+        released = lock_store(store.path, 22)
+    released.join()
+    message = str(info.value)
+    assert message.startswith(f"run {run_id} could not be ended as FINISHED") and "mnist-bench reap" in message
+    assert "\n" not in message
+    assert _status(client, run_id) == "RUNNING"
 
 
 def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
