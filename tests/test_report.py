@@ -334,7 +334,34 @@ def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
     verdict = "faster" if row["speed_ratio_low"] > 1 else "slower" if row["speed_ratio_high"] < 1 else "within noise"
     assert row["speed_verdict"] == verdict  # the logged runs carry no timing_unstable tag
     headline = section((full_report / "report.md").read_text(), "Headline")
-    assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"is {verdict} on speed" in headline
+    faster = {"faster": "tf-softmax is faster", "slower": "numpy-sigmoid is faster"}.get(verdict, "neither is faster")
+    assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"{faster} (speed ratio " in headline
+
+
+# (accuracy_diff, beyond_spread, speed_verdict, what the headline's sentence must say)
+ANSWERS = {
+    "candidate-wins-both": (0.012, "yes", "faster", "tf-softmax is more accurate than numpy-sigmoid by 0.0120 test "
+                            "accuracy, beyond the seed spread, and tf-softmax is faster (speed ratio 1.50×"),
+    "reference-wins-both": (-0.012, "yes", "slower", "numpy-sigmoid is more accurate than tf-softmax by 0.0120 test "
+                            "accuracy, beyond the seed spread, and numpy-sigmoid is faster (speed ratio 1.50×"),
+    "ties": (0.001, "no", "within noise", "neither is more accurate beyond the seed spread (tf-softmax leads by "
+             "0.0010 test accuracy), and neither is faster beyond timing noise"),
+    "unknowns": (0.003, "unknown (n=1: spread unknown)", "unreliable: numpy-sigmoid s0: other processes",
+                 "tf-softmax leads numpy-sigmoid by 0.0030 test accuracy, but whether that is more than seed noise is "
+                 "unknown (n=1), and which is faster cannot be said: the timings are unreliable: numpy-sigmoid s0"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("diff", "spread", "verdict", "expected"), ANSWERS.values(), ids=ANSWERS.keys())
+def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_the_verdicts_allow(
+    diff: float, spread: str, verdict: str, expected: str
+) -> None:
+    row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": diff}
+    row |= {"beyond_spread": spread, "speed_verdict": verdict, "speed_ratio": 1.5}
+    row |= {"speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
+    (sentence,) = report._answers(pd.DataFrame([row]), ["backend", "activation"])
+    assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(").")
+    assert expected in sentence
 
 
 def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:
