@@ -36,6 +36,7 @@ from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status,
 from mnist_bench.tracking import redact_overrides
 
 PROG = "mnist-bench report"
+REPORTS_DIR = "reports"  # under the current directory; git-ignored in this repository (results/ holds examples)
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 # Params that get no configuration column of their own: shown as backend/device already, or averaged over
 # (seed). Params that never change a run's numbers (config.changes_numbers) get none either.
@@ -91,7 +92,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="keep child runs whose param KEY equals VALUE (numbers compared as numbers); repeatable",
     )
-    parser.add_argument("--out", type=Path, help="default: results/<sweep>/ (results/<sweep>/filtered/<filters>/)")
+    parser.add_argument(
+        "--out", type=Path, help=f"default: {REPORTS_DIR}/<sweep>/ ({REPORTS_DIR}/<sweep>/filtered/<filters>/)"
+    )
     return parser.parse_args(argv)
 
 
@@ -707,7 +710,7 @@ def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
     """The local folder and the parent run's artifact folder: report/ for the whole sweep, and
     report/filtered/<filters>/ for a filtered one, so that it never overwrites the full report."""
     sub = "filtered/" + _slug(",".join(f"{key}={value}" for key, value in sel.filters)) if sel.filters else ""
-    return out or Path("results") / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
+    return out or Path(REPORTS_DIR) / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mnist_bench import artifacts, machine, report, report_plots, tracking
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
 
 EXPERIMENT = "mnist-bench"
+REPO = Path(__file__).resolve().parents[1]
 SWEEP = "sweep-test"
 N_TRAIN = 2000
 EPOCHS = 3
@@ -403,6 +405,20 @@ def test_filters_narrow_the_rows(sweep_store: LoggedSweep, tmp_path: Path) -> No
     assert {item.path.rsplit("/", 1)[1] for item in logged} == {path.name for path in out.iterdir()}
 
 
+def test_the_default_folder_is_reports_sweep_which_git_ignores(
+    sweep_store: LoggedSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--tracking-uri", sweep_store.uri, "--sweep", "sweep-old"]) == 0
+    assert (tmp_path / "reports" / "sweep-old" / "report.md").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["reports"]
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no .gitignore to check")
+    ignored = ["git", "check-ignore", "--quiet", "--no-index"]
+    assert subprocess.run([*ignored, "reports/sweep-old/report.md"], cwd=REPO).returncode == 0
+    assert subprocess.run([*ignored, "results/example/report.md"], cwd=REPO).returncode == 1  # the examples stay
+
+
 def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSweep, tmp_path: Path) -> None:
     out = tmp_path / "old"
     assert run_report(sweep_store, out, "--sweep", "sweep-old") == 0
@@ -443,7 +459,7 @@ def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
     args,
     expected,
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # the default --out is relative: results/<sweep>/
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: reports/<sweep>/
 
     def artifacts() -> list[tuple]:
         return [(item.path, item.file_size) for item in sweep_store.client.list_artifacts(sweep_store.parent_id)]
