@@ -531,12 +531,13 @@ def _more_accurate(row: Mapping[str, object]) -> str:
     """Which of the two is more accurate, said only as far as the seed spread allows."""
     diff = row["accuracy_diff"]
     ahead, behind = (HEADLINE_CANDIDATE, REFERENCE) if diff >= 0 else (REFERENCE, HEADLINE_CANDIDATE)
-    by = f"by {abs(diff):.4f} test accuracy"
+    by = f"{abs(diff):.4f}"
+    lead = "they tie" if float(by) == 0 else f"{ahead} leads by {by}"
     if row["beyond_spread"] == "yes":
-        return f"{ahead} is more accurate than {behind} {by}, beyond the seed spread"
+        return f"{ahead} is more accurate than {behind} by {by} test accuracy, beyond the seed spread"
     if row["beyond_spread"] == "no":
-        return f"neither is more accurate beyond the seed spread ({ahead} leads {by})"
-    return f"{ahead} leads {behind} {by}, but whether that is more than seed noise is unknown (n=1)"
+        return f"neither is more accurate beyond the seed spread ({lead})"
+    return f"whether either is more accurate cannot be said with n = 1 ({lead})"
 
 
 def _faster(row: Mapping[str, object]) -> str:
@@ -551,7 +552,7 @@ def _faster(row: Mapping[str, object]) -> str:
         return f"{REFERENCE} is faster ({ratio})"
     if verdict == timing.WITHIN_NOISE:
         return f"neither is faster beyond timing noise ({ratio})"
-    return f"which is faster cannot be said: the timings are {verdict} ({ratio})"
+    return f"which is faster cannot be said: the {ratio} is {verdict}"
 
 
 def _ratio(row: Mapping[str, object]) -> str:

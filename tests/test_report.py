@@ -346,11 +346,12 @@ ANSWERS = {
                             "accuracy, beyond the seed spread, and tf-softmax is faster (speed ratio 1.50×"),
     "reference-wins-both": (-0.012, "yes", "slower", "numpy-sigmoid is more accurate than tf-softmax by 0.0120 test "
                             "accuracy, beyond the seed spread, and numpy-sigmoid is faster (speed ratio 1.50×"),
-    "ties": (0.001, "no", "within noise", "neither is more accurate beyond the seed spread (tf-softmax leads by "
-             "0.0010 test accuracy), and neither is faster beyond timing noise"),
-    "unknowns": (0.003, "unknown (n=1: spread unknown)", "unreliable: numpy-sigmoid s0: other processes",
-                 "tf-softmax leads numpy-sigmoid by 0.0030 test accuracy, but whether that is more than seed noise is "
-                 "unknown (n=1), and which is faster cannot be said: the timings are unreliable: numpy-sigmoid s0"),
+    "within-spread-and-noise": (0.001, "no", "within noise", "neither is more accurate beyond the seed spread "
+                                "(tf-softmax leads by 0.0010), and neither is faster beyond timing noise (speed"),
+    "unknowns": (-0.003, "unknown (n=1: spread unknown)", "unreliable: numpy-sigmoid s0: other processes",
+                 "whether either is more accurate cannot be said with n = 1 (numpy-sigmoid leads by 0.0030), and "
+                 "which is faster cannot be said: the speed ratio 1.50× (1.20–1.80) is unreliable: numpy-sigmoid s0"),
+    "tie": (0.00001, "no", "faster", "neither is more accurate beyond the seed spread (they tie), and tf-softmax is"),
 }  # fmt: skip
 
 
@@ -362,7 +363,7 @@ def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_
     row |= {"beyond_spread": spread, "speed_verdict": verdict, "speed_ratio": 1.5}
     row |= {"speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
     (sentence,) = report._answers(pd.DataFrame([row]), ["backend", "activation"])
-    assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(").")
+    assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(".")
     assert expected in sentence
 
 
