@@ -52,6 +52,9 @@ class BackendConfig:
     """Which implementation trains the model, and its own knobs."""
 
     name: str = "numpy"
+    # The activation a job of this backend uses when `activation=` is not given (conf/config.yaml sets
+    # activation: ${backend.default_activation}); each conf/backend/NAME.yaml declares its own.
+    default_activation: str | None = None
     # Threads for BLAS (numpy) or TF's intra-op pool; null = cores / parallel jobs.
     threads: int | None = None
     # tf/keras only: compile the training step with XLA (jax always does).
@@ -60,6 +63,8 @@ class BackendConfig:
     warmup_epochs: int = 1
 
     def __post_init__(self) -> None:
+        if self.default_activation is not None:
+            _choice("backend.default_activation", self.default_activation, ACTIVATIONS)
         if self.threads is not None:
             _require(self.threads >= 1, "backend.threads", self.threads, "an integer >= 1 or null")
         _require(self.warmup_epochs >= 0, "backend.warmup_epochs", self.warmup_epochs, "an integer >= 0")
@@ -153,6 +158,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
 
+    # The Hydra app's default is the backend's (backend.default_activation); built directly, numpy's.
     activation: str = "sigmoid"
     # The predicted class: the largest logit, or the largest activated output (the tutorial's rule: where
     # several sigmoid outputs saturate to exactly 1.0 they tie, and the lowest class wins).
@@ -216,6 +222,8 @@ class Config:
 # Keys that change where or how a run is logged or shown, never what it computes.
 _NOT_IN_HASH = {"tracking", "timing", "progress", "resume", "fail_fast", "sweep_name"}
 _DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
+# Defaults a backend declares for top-level keys: what a run computes is the key it resolved to.
+_BACKEND_DEFAULT_KEYS = {"default_activation"}
 
 
 @functools.cache
@@ -226,6 +234,7 @@ def _schema() -> DictConfig:
 
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into checked objects; raises ConfigError naming the bad key."""
+    _require_backend_default(cfg)
     try:
         job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
         return OmegaConf.to_object(OmegaConf.merge(_schema(), job))
@@ -241,6 +250,16 @@ def validate(cfg: DictConfig) -> Config:
         key = getattr(err, "full_key", None)
         message = str(err).splitlines()[0]
         raise ConfigError(f"{key}: {message}" if key else message) from err
+
+
+def _require_backend_default(cfg: DictConfig) -> None:
+    """activation: ${backend.default_activation} needs the backend's yaml to declare one: say where."""
+    if OmegaConf.is_interpolation(cfg, "activation") and OmegaConf.select(cfg, "backend.default_activation") is None:
+        name = OmegaConf.select(cfg, "backend.name")
+        raise ConfigError(
+            f"backend={name} declares no default activation: add default_activation: sigmoid or softmax"
+            f" to conf/backend/{name}.yaml, or give activation=sigmoid or activation=softmax"
+        )
 
 
 def _allowed_keys(full_key: str) -> str:
@@ -259,7 +278,9 @@ def _allowed_keys(full_key: str) -> str:
 def changes_numbers(param: str) -> bool:
     """Whether a flattened config key (a run's param) can change what the run computes."""
     top, _, rest = param.partition(".")
-    return top not in _NOT_IN_HASH and not (top == "dataset" and rest in _DATA_LOCATION_KEYS)
+    return top not in _NOT_IN_HASH and not (
+        (top == "dataset" and rest in _DATA_LOCATION_KEYS) or (top == "backend" and rest in _BACKEND_DEFAULT_KEYS)
+    )
 
 
 def as_flat_dict(cfg: Config) -> dict[str, object]:
@@ -274,6 +295,8 @@ def config_hash(cfg: Config) -> str:
         data.pop(key)
     for key in _DATA_LOCATION_KEYS:
         data["dataset"].pop(key)
+    for key in _BACKEND_DEFAULT_KEYS:
+        data["backend"].pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -35,6 +35,7 @@ from mnist_bench.report_plots import Plot
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
 
 PROG = "mnist-bench report"
+REPORTS_DIR = "reports"  # under the current directory; git-ignored in this repository (results/ holds examples)
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 # Params that get no configuration column of their own: shown as backend/device already, or averaged over
 # (seed). Params that never change a run's numbers (config.changes_numbers) get none either.
@@ -90,7 +91,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="keep child runs whose param KEY equals VALUE (numbers compared as numbers); repeatable",
     )
-    parser.add_argument("--out", type=Path, help="default: results/<sweep>/ (results/<sweep>/filtered/<filters>/)")
+    parser.add_argument(
+        "--out", type=Path, help=f"default: {REPORTS_DIR}/<sweep>/ ({REPORTS_DIR}/<sweep>/filtered/<filters>/)"
+    )
     return parser.parse_args(argv)
 
 
@@ -510,20 +513,45 @@ HEADLINE_CANDIDATE = "tf-softmax"  # the tutorial's question: its TF-softmax mod
 
 
 def _answers(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
-    """The tutorial's question answered in one sentence for each setting where both of its models ran."""
+    """The tutorial's question answered in one sentence for each setting where both of its models ran: which
+    is more accurate (by the seed-spread rule) and which is faster (by the speed verdict)."""
     shown = [c for c in report_plots.varying(table, columns) if c not in ("backend", "activation")]
     answers = []
     for row in table[table["model"].eq(HEADLINE_CANDIDATE) & table["accuracy_diff"].notna()].to_dict("records"):
         where = ", ".join(f"{c}={row[c]}" for c in shown)
-        accuracy = f"{abs(row['accuracy_diff']):.4f} {'more' if row['accuracy_diff'] >= 0 else 'less'} accurate"
-        spread = {"yes": "beyond", "no": "within"}.get(row["beyond_spread"], "with unknown")
-        verdict = row.get("speed_verdict")
-        speed = "has no speed comparison" if pd.isna(verdict) else f"is {verdict} on speed ({_ratio(row)})"
         answers.append(
-            f"**{HEADLINE_CANDIDATE} vs {REFERENCE}**{f' ({where})' if where else ''}: {accuracy} "
-            f"({spread} seed spread), and {speed}."
+            f"**{HEADLINE_CANDIDATE} vs {REFERENCE}**{f' ({where})' if where else ''}: "
+            f"{_more_accurate(row)}, and {_faster(row)}."
         )
     return answers
+
+
+def _more_accurate(row: Mapping[str, object]) -> str:
+    """Which of the two is more accurate, said only as far as the seed spread allows."""
+    diff = row["accuracy_diff"]
+    ahead, behind = (HEADLINE_CANDIDATE, REFERENCE) if diff >= 0 else (REFERENCE, HEADLINE_CANDIDATE)
+    by = f"{abs(diff):.4f}"
+    lead = "they tie" if float(by) == 0 else f"{ahead} leads by {by}"
+    if row["beyond_spread"] == "yes":
+        return f"{ahead} is more accurate than {behind} by {by} test accuracy, beyond the seed spread"
+    if row["beyond_spread"] == "no":
+        return f"neither is more accurate beyond the seed spread ({lead})"
+    return f"whether either is more accurate cannot be said with n = 1 ({lead})"
+
+
+def _faster(row: Mapping[str, object]) -> str:
+    """Which of the two is faster, said only when the speed verdict allows it."""
+    verdict = row.get("speed_verdict")
+    if pd.isna(verdict):
+        return "their speeds were not compared (no timed epochs on one side)"
+    ratio = f"speed ratio {_ratio(row)}"
+    if verdict == timing.FASTER:
+        return f"{HEADLINE_CANDIDATE} is faster ({ratio})"
+    if verdict == timing.SLOWER:
+        return f"{REFERENCE} is faster ({ratio})"
+    if verdict == timing.WITHIN_NOISE:
+        return f"neither is faster beyond timing noise ({ratio})"
+    return f"which is faster cannot be said: the {ratio} is {verdict}"
 
 
 def _ratio(row: Mapping[str, object]) -> str:
@@ -682,7 +710,7 @@ def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
     """The local folder and the parent run's artifact folder: report/ for the whole sweep, and
     report/filtered/<filters>/ for a filtered one, so that it never overwrites the full report."""
     sub = "filtered/" + _slug(",".join(f"{key}={value}" for key, value in sel.filters)) if sel.filters else ""
-    return out or Path("results") / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
+    return out or Path(REPORTS_DIR) / _slug(sel.name) / sub, f"report/{sub}".rstrip("/")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from mnist_bench.config import (
@@ -58,6 +59,15 @@ BAD_VALUES = {
     "unknown-nested-key": ({"dataset": {"foo": 1}}, ["dataset.foo", "allowed in dataset", "train_limit", "dir"]),
     "unknown-deep-key": ({"dataset": {"train_images": {"md5": "x"}}}, ["dataset.train_images.md5", "sha256"]),
     "wrong-type": ({"epochs": "many"}, ["many", "epochs"]),
+    "backend-default-activation": (
+        {"backend": {"default_activation": "relu"}},
+        ["backend.default_activation='relu'", "sigmoid", "softmax"],
+    ),
+    # conf/config.yaml's activation with a backend yaml that declares none (a new backend's, say).
+    "no-backend-default-activation": (
+        {"activation": "${backend.default_activation}", "backend": {"name": "jax"}},
+        ["backend=jax declares no default activation", "conf/backend/jax.yaml", "activation=softmax"],
+    ),
 }
 
 
@@ -137,6 +147,8 @@ SAME_NUMBERS = {
     "dataset.cache_dir": dataclasses.replace(BASE, dataset=DatasetConfig(cache_dir="/tmp/cache")),
     "dataset.download": dataclasses.replace(BASE, dataset=DatasetConfig(download=False)),
     "dataset.mirrors": dataclasses.replace(BASE, dataset=DatasetConfig(mirrors=["https://example.org/"])),
+    # Only the activation it resolves to counts, so runs logged before backends declared one keep their hash.
+    "backend.default_activation": dataclasses.replace(BASE, backend=BackendConfig(default_activation="softmax")),
 }
 
 OTHER_NUMBERS = {
@@ -168,6 +180,60 @@ def test_config_hash_is_stable_and_short() -> None:
     assert config_hash(Config()) == config_hash(Config())
     assert len(config_hash(BASE)) == 16 and int(config_hash(BASE), 16) >= 0
     assert len({config_hash(c) for c in OTHER_NUMBERS.values()}) == len(OTHER_NUMBERS)
+
+
+# --- each backend's default activation, as the Hydra app composes it ---------------------------------
+
+# The tutorial's two models: NumPy with sigmoid outputs, TensorFlow with softmax.
+TUTORIAL_ACTIVATION = {"numpy": "sigmoid", "tf": "softmax", "keras": "softmax"}
+BACKENDS = sorted(p.stem for p in (MNIST_YAML.parents[1] / "backend").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_backend_yaml_declares_its_default_activation(backend: str) -> None:
+    cfg = compose_config(f"backend={backend}")
+    assert cfg.backend.default_activation is not None, f"conf/backend/{backend}.yaml declares no default_activation"
+    assert cfg.activation == cfg.backend.default_activation == TUTORIAL_ACTIVATION.get(backend, cfg.activation)
+
+
+def test_the_missions_sweep_compares_numpy_sigmoid_with_tf_softmax() -> None:
+    """``-m backend=numpy,tf lr=0.01,0.1`` without activation=: each cell as the sweeper composes it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mnist_bench.hydra_app import grid
+
+    cells = grid(OverridesParser.create().parse_overrides(["backend=numpy,tf", "lr=0.01,0.1"]))
+    configs = [compose_config(*cell) for cell in cells]
+    assert sorted(run_name(c) for c in configs) == [
+        "numpy-sigmoid-lr0.01-e10-s0",
+        "numpy-sigmoid-lr0.1-e10-s0",
+        "tf-softmax-lr0.01-e10-s0",
+        "tf-softmax-lr0.1-e10-s0",
+    ]
+    params = {(c.backend.name, as_flat_dict(c)["activation"]) for c in configs}  # what MLflow records
+    assert params == {("numpy", "sigmoid"), ("tf", "softmax")}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["backend=tf", "activation=sigmoid"], "sigmoid"),
+        (["backend=keras", "activation=sigmoid"], "sigmoid"),
+        (["backend=numpy", "activation=softmax"], "softmax"),
+        (["+experiment=seed_numpy", "backend=tf"], "sigmoid"),  # a preset's activation beats the backend's
+        (["+experiment=seed_tf", "backend=numpy"], "softmax"),
+        (["+experiment=seed_numpy", "backend=tf", "activation=softmax"], "softmax"),  # and the command line both
+    ],
+)
+def test_a_given_activation_beats_the_backends_default(overrides: list[str], expected: str) -> None:
+    assert compose_config(*overrides).activation == expected
+
+
+def test_the_backends_default_activation_hashes_as_if_it_had_been_given() -> None:
+    """So that resume takes a FINISHED ``backend=tf activation=softmax`` run for ``backend=tf``, and back."""
+    assert config_hash(compose_config("backend=tf")) == config_hash(compose_config("backend=tf", "activation=softmax"))
+    assert config_hash(compose_config("backend=tf")) != config_hash(compose_config("backend=tf", "activation=sigmoid"))
+    assert config_hash(compose_config()) == config_hash(compose_config("activation=sigmoid"))
 
 
 # --- run_name and as_flat_dict -------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
+import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from mnist_bench import artifacts, machine, report, report_plots, tracking
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
 
 EXPERIMENT = "mnist-bench"
+REPO = Path(__file__).resolve().parents[1]
 SWEEP = "sweep-test"
 N_TRAIN = 2000
 EPOCHS = 3
@@ -334,7 +336,35 @@ def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
     verdict = "faster" if row["speed_ratio_low"] > 1 else "slower" if row["speed_ratio_high"] < 1 else "within noise"
     assert row["speed_verdict"] == verdict  # the logged runs carry no timing_unstable tag
     headline = section((full_report / "report.md").read_text(), "Headline")
-    assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"is {verdict} on speed" in headline
+    faster = {"faster": "tf-softmax is faster", "slower": "numpy-sigmoid is faster"}.get(verdict, "neither is faster")
+    assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"{faster} (speed ratio " in headline
+
+
+# (accuracy_diff, beyond_spread, speed_verdict, what the headline's sentence must say)
+ANSWERS = {
+    "candidate-wins-both": (0.012, "yes", "faster", "tf-softmax is more accurate than numpy-sigmoid by 0.0120 test "
+                            "accuracy, beyond the seed spread, and tf-softmax is faster (speed ratio 1.50×"),
+    "reference-wins-both": (-0.012, "yes", "slower", "numpy-sigmoid is more accurate than tf-softmax by 0.0120 test "
+                            "accuracy, beyond the seed spread, and numpy-sigmoid is faster (speed ratio 1.50×"),
+    "within-spread-and-noise": (0.001, "no", "within noise", "neither is more accurate beyond the seed spread "
+                                "(tf-softmax leads by 0.0010), and neither is faster beyond timing noise (speed"),
+    "unknowns": (-0.003, "unknown (n=1: spread unknown)", "unreliable: numpy-sigmoid s0: other processes",
+                 "whether either is more accurate cannot be said with n = 1 (numpy-sigmoid leads by 0.0030), and "
+                 "which is faster cannot be said: the speed ratio 1.50× (1.20–1.80) is unreliable: numpy-sigmoid s0"),
+    "tie": (0.00001, "no", "faster", "neither is more accurate beyond the seed spread (they tie), and tf-softmax is"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("diff", "spread", "verdict", "expected"), ANSWERS.values(), ids=ANSWERS.keys())
+def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_the_verdicts_allow(
+    diff: float, spread: str, verdict: str, expected: str
+) -> None:
+    row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": diff}
+    row |= {"beyond_spread": spread, "speed_verdict": verdict, "speed_ratio": 1.5}
+    row |= {"speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
+    (sentence,) = report._answers(pd.DataFrame([row]), ["backend", "activation"])
+    assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(".")
+    assert expected in sentence
 
 
 def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:
@@ -374,6 +404,20 @@ def test_filters_narrow_the_rows(sweep_store: LoggedSweep, tmp_path: Path) -> No
     assert_self_contained(out)
     logged = sweep_store.client.list_artifacts(sweep_store.parent_id, "report/filtered/backend.name=numpy,lr=0.10")
     assert {item.path.rsplit("/", 1)[1] for item in logged} == {path.name for path in out.iterdir()}
+
+
+def test_the_default_folder_is_reports_sweep_which_git_ignores(
+    sweep_store: LoggedSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert report.main(["--tracking-uri", sweep_store.uri, "--sweep", "sweep-old"]) == 0
+    assert (tmp_path / "reports" / "sweep-old" / "report.md").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["reports"]
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: no .gitignore to check")
+    ignored = ["git", "check-ignore", "--quiet", "--no-index"]
+    assert subprocess.run([*ignored, "reports/sweep-old/report.md"], cwd=REPO).returncode == 0
+    assert subprocess.run([*ignored, "results/example/report.md"], cwd=REPO).returncode == 1  # the examples stay
 
 
 def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSweep, tmp_path: Path) -> None:
@@ -416,7 +460,7 @@ def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
     args,
     expected,
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # the default --out is relative: results/<sweep>/
+    monkeypatch.chdir(tmp_path)  # the default --out is relative: reports/<sweep>/
 
     def artifacts() -> list[tuple]:
         return [(item.path, item.file_size) for item in sweep_store.client.list_artifacts(sweep_store.parent_id)]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, hydra_dirs
 from needs import import_extra
 from parity import COLUMNS, assert_learns, assert_same_training, config, fit
 
@@ -187,6 +190,55 @@ def test_gpu_matches_cpu() -> None:
         gpu, cpu = out[backend + "-gpu"], out[backend + "-cpu"]
         for key in (*COLUMNS, "weights"):
             np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-7, atol=1e-9, err_msg=f"{backend} {key}")
+
+
+# --- what a CPU job prints, through the CLI in a fresh process (TF starts its runtime once a process) ----------
+
+# A line of TensorFlow's C++ (absl) log: severity letter, MMDD, then the time.
+ABSL_LINE = re.compile(r"^[IWEF]\d{4} ", re.MULTILINE)
+
+
+@dataclass
+class CliJob:
+    folder: Path
+    uri: str
+    args: list[str]
+    done: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def tf_cpu_job(mnist_dir: Path, run_cli, tmp_path_factory: pytest.TempPathFactory) -> CliJob:
+    """``backend=tf`` on the CPU with no activation given, on a slice of MNIST, into a store of its own."""
+    folder = tmp_path_factory.mktemp("tf-cpu-job")
+    uri = f"sqlite:///{folder}/mlflow.db"
+    args = ["epochs=1", "dataset.train_limit=1000", "dataset.test_limit=500", "progress=none", f"tracking.uri={uri}"]
+    args += [*hydra_dirs(folder), "backend.threads=1"]
+    return CliJob(folder, uri, args, run_cli(["backend=tf", "device=cpu", *args], folder))
+
+
+def test_a_cpu_job_prints_nothing_from_tensorflows_cuda_probe(tf_cpu_job: CliJob) -> None:
+    assert tf_cpu_job.done.returncode == 0, tf_cpu_job.done.stderr[-3000:]
+    printed = tf_cpu_job.done.stderr + tf_cpu_job.done.stdout
+    assert "cuInit" not in printed and "cuda drivers" not in printed, printed[-3000:]
+    assert not ABSL_LINE.search(printed), printed[-3000:]
+
+
+def test_resume_takes_the_backends_default_activation_for_the_same_run(tf_cpu_job: CliJob, run_cli, runs_of) -> None:
+    """``backend=tf`` ran as tf-softmax; ``backend=tf activation=softmax`` is that run, so resume skips it."""
+    (run,) = runs_of(tf_cpu_job.uri)
+    assert run.info.run_name == "tf-softmax-lr0.1-e1-s0" and run.data.params["activation"] == "softmax"
+    again = run_cli(["backend=tf", "activation=softmax", *tf_cpu_job.args], tf_cpu_job.folder)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"skipped, already FINISHED as run {run.info.run_id}" in again.stdout + again.stderr
+    assert [r.info.run_id for r in runs_of(tf_cpu_job.uri)] == [run.info.run_id]
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="TensorFlow sees a GPU on this machine")
+def test_device_gpu_without_one_is_one_line_with_cudas_reason(tf_cpu_job: CliJob, run_cli) -> None:
+    done = run_cli(["backend=tf", "device=gpu", *tf_cpu_job.args], tf_cpu_job.folder)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("mnist-bench: error: device=gpu but TensorFlow sees no GPU") and "device=cpu" in lines[0]
 
 
 # --- imports -------------------------------------------------------------------------------------

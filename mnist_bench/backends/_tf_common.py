@@ -11,18 +11,63 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
 
 from mnist_bench import machine
 from mnist_bench.config import Config, ConfigError
 
-# Before TensorFlow loads: its C++ info and warning lines and its Python warnings stay off the terminal
-# (except the few absl lines CUDA builds print on machines without a GPU: tensorflow/tensorflow#100442).
+# What TensorFlow's CUDA build (the `tensorflow` wheel) writes to fd 2 on a machine where CUDA does not start,
+# whatever TF_CPP_MIN_LOG_LEVEL says: at import, absl's notice and cudart_stub's "Could not find cuda drivers"
+# (printed before TF's log level applies, tensorflow/tensorflow#100442); when the runtime starts, "failed call
+# to cuInit". TensorFlow calls cuInit whatever the device (CUDA_VISIBLE_DEVICES="" or -1 only changes the
+# error it reports), so instead of preventing the probe these lines are kept off the terminal.
+NO_CUDA_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
+    r"|\] failed call to cuInit"
+)
+
+
+@contextlib.contextmanager
+def stderr_without(pattern: re.Pattern[str]) -> Iterator[list[str]]:
+    """Run the body with file descriptor 2, where TensorFlow's C++ code logs, into a temporary file, then write
+    back every line but those matching pattern, in order; yields the list the dropped lines are put in."""
+    dropped: list[str] = []
+    try:
+        terminal = os.dup(2)
+    except OSError:  # no fd 2 (a daemon): nothing reaches a terminal anyway
+        yield dropped
+        return
+    with tempfile.TemporaryFile() as held:
+        if sys.stderr:
+            sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        try:
+            yield dropped
+        finally:
+            if sys.stderr:
+                sys.stderr.flush()
+            os.dup2(terminal, 2)
+            os.close(terminal)
+            held.seek(0)
+            for line in held:
+                if pattern.search(text := line.decode(errors="replace")):
+                    dropped.append(text.rstrip("\n"))
+                else:
+                    os.write(2, line)
+
+
+# Before TensorFlow loads: its C++ info and warning lines and its Python warnings stay off the terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
-import tensorflow as tf  # noqa: E402  (after the log level above)
+with stderr_without(NO_CUDA_NOISE):
+    import tensorflow as tf  # after the log level above
 from absl import logging as absl_logging  # noqa: E402  (absl comes with TensorFlow)
 
 absl_logging.set_verbosity(absl_logging.ERROR)
@@ -37,16 +82,21 @@ def resolve_device(cfg: Config) -> tuple[str, str]:
     With cpu, the GPUs are hidden so that nothing lands on them (nor TF reserves their memory).
     """
     _set_threads(cfg.backend.threads)
-    gpus = [] if cfg.device.name == "cpu" else tf.config.get_visible_devices("GPU")
+    with stderr_without(NO_CUDA_NOISE) as failed:  # the first call in a process starts TF's runtime: cuInit
+        gpus = [] if cfg.device.name == "cpu" else tf.config.get_visible_devices("GPU")
+        if not gpus and cfg.device.name != "gpu":
+            with contextlib.suppress(RuntimeError):  # TF already runs with its GPUs visible: tf.device("/CPU:0") holds
+                tf.config.set_visible_devices([], "GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "gpu", details.get("device_name", gpus[0].name)
     if cfg.device.name == "gpu":
+        cuda = next((line.partition("] ")[2] for line in failed if "cuInit" in line), "")
         hidden = tf.config.list_physical_devices("GPU")
-        why = " (an earlier device=cpu run in this process hid them)" if hidden else ""
+        why = f" ({cuda})" if cuda else " (an earlier device=cpu run in this process hid them)" if hidden else ""
         raise ConfigError(f"device=gpu but TensorFlow sees no GPU{why}; use device=cpu or device=auto")
-    with contextlib.suppress(RuntimeError):  # TF already runs with its GPUs visible: tf.device("/CPU:0") still holds
-        tf.config.set_visible_devices([], "GPU")
+    if cfg.device.name == "auto" and failed:
+        log.info("device=auto: no GPU (%s), running on the CPU", failed[-1].partition("] ")[2])
     return "cpu", machine.cpu_model()
 
 
