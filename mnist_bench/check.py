@@ -144,6 +144,9 @@ def _preset(where: str, name: object) -> dict[str, object]:
         return flatten(_mapping(f"{where}: preset {name!r}", yaml.safe_load(path.read_text())))
     except OSError:
         raise CheckError(f"{where}: no preset {name!r} (no file {path})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise CheckError(f"{where}: preset {name!r} in {path} is not valid YAML: {reason}") from None
 
 
 def _shown(value: object) -> str:
@@ -177,7 +180,11 @@ def _gate_sweep(where: str, entry: dict) -> GateSweep:
     backends = entry.get("backends")
     if not (isinstance(backends, list) and backends and all(isinstance(b, str) for b in backends)):
         raise CheckError(f"{where}: backends must be a list of backend names")
-    return GateSweep(_text(where, entry, "name"), backends, shlex.split(_text(where, entry, "overrides")))
+    try:
+        overrides = shlex.split(_text(where, entry, "overrides"))
+    except ValueError as err:  # an unbalanced quote
+        raise CheckError(f"{where}: overrides cannot be split into words ({err}); balance its quotes") from None
+    return GateSweep(_text(where, entry, "name"), backends, overrides)
 
 
 def _entries(top: dict, key: str) -> list[tuple[str, dict]]:
@@ -193,7 +200,7 @@ def load_thresholds(path: Path) -> Thresholds:
         top = yaml.safe_load(path.read_text())
     except OSError as err:
         raise CheckError(f"cannot read thresholds {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise CheckError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     try:
         top = _mapping("the thresholds file", top)
@@ -294,7 +301,10 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
         timings = {}
         for bench in report["benchmarks"]:
             calibration = bench.get("extra_info", {}).get("calibration_seconds")
-            timings[bench["name"]] = Timing(float(bench["stats"]["min"]), min(calibration) if calibration else None)
+            timing = Timing(float(bench["stats"]["min"]), float(min(calibration)) if calibration else None)
+            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, timing.calibration) if t is not None):
+                raise ValueError(f"benchmark {bench['name']!r} has a timing that is not a number > 0")
+            timings[bench["name"]] = timing
         return timings
     except OSError as err:
         raise CheckError(f"cannot read benchmark file {path}: {err.strerror or err}") from None

@@ -28,6 +28,7 @@ GRAD_REDUCTIONS = ("mean", "sum")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 TARGET_METRICS = ("test_accuracy", "train_accuracy")
 PROGRESS = ("auto", "bar", "none")
+MAX_EPOCHS = 100_000  # more is a typo: the full-batch tutorial stops within 40
 
 
 class ConfigError(UserError, ValueError):
@@ -194,7 +195,7 @@ class Config:
         _choice("activation", self.activation, ACTIVATIONS)
         _choice("predict_from", self.predict_from, PREDICT_FROM)
         _finite_positive("lr", self.lr)
-        _require(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _require(1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"an integer from 1 to {MAX_EPOCHS:,}")
         if self.batch_size is not None:
             _require(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1 or null (full batch)")
         _require(math.isfinite(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "in [0, 1)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import hashlib
 import html
 import math
 import re
@@ -701,9 +702,16 @@ def render(sel: Selection) -> dict[str, bytes]:
     return files | {plot.name: plot.png for plot in plots}
 
 
+SLUG_MAX = 100  # characters of a folder name made from a sweep's name or filters (file systems allow 255 bytes)
+
+
 def _slug(text: str) -> str:
-    """Text made safe as one path component (sweep names and filters go into folder names)."""
-    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "_"
+    """Text made safe as one path component (sweep names and filters go into folder names); a long one is cut,
+    with a hash of the whole so that two long names stay two folders."""
+    slug = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "_"
+    if len(slug) <= SLUG_MAX:
+        return slug
+    return f"{slug[: SLUG_MAX - 13]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
 def destinations(sel: Selection, out: Path | None) -> tuple[Path, str]:
@@ -724,7 +732,10 @@ def _main(argv: Sequence[str]) -> int:
     client, sel = select(args)
     files = render(sel)
     folder, artifact_path = destinations(sel, args.out)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # --out names a file, or a folder it cannot create
+        raise ReportError(f"cannot write the report to {folder}: {err.strerror or err}; choose another --out") from None
     for name, content in files.items():
         atomic.write(folder / name, content)
     try:

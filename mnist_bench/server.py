@@ -59,7 +59,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="folder (or s3://, gs://... URI) that holds every run's artifacts (default: ./mlartifacts)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    parser.add_argument("--port", type=_port, default=5000, help="port to listen on (default: 5000)")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default: 2)")
     parser.add_argument(
         "--allowed-hosts",
@@ -72,6 +72,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.mlflow_args and args.mlflow_args[0] == "--":
         args.mlflow_args = args.mlflow_args[1:]
     return args
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a number from 1 to 65535")
+    return int(text)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail before anything is printed or started when the server could not listen there."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise ServerError(
+            f"cannot listen on {host}:{port} ({os.strerror(err.errno) if err.errno else err}); "
+            "stop what uses it or choose another --port"
+        ) from None
 
 
 def check_store_uri(uri: str | None) -> str:
@@ -164,6 +182,7 @@ def _main(argv: list[str]) -> int:
     uri = check_store_uri(args.db)
     if not args.no_check:
         check_database(uri, password or None)
+    check_port_free(args.host, args.port)
     artifacts = _artifacts_destination(args.artifacts_destination)
     env = dict(os.environ)
     env.pop(PASSWORD_ENV, None)

@@ -139,6 +139,7 @@ MALFORMED = {
     "unknown preset": {"runs": [floor({}) | {"preset": "no_such_preset"}]},
     "one-sided ratio": {"benchmarks": [{"ratio": ["test_epoch[*]"], "max": 2, "reason": "r"}]},
     "gate without backends": {"gate": [{"name": "g", "overrides": "lr=0.1"}], "runs": [floor(GOOD)]},
+    "unbalanced quote": {"gate": [{"name": "g", "backends": ["numpy"], "overrides": "lr='0.1"}], "runs": [floor(GOOD)]},
 }
 
 
@@ -159,6 +160,9 @@ def test_repository_thresholds_are_well_formed() -> None:
 def test_bad_input_exits_2(sweep_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     not_json = write(tmp_path, "{]", "broken.json")
     not_benchmarks = write(tmp_path, {"benchmarks": [{"name": "x"}]}, "other.json")
+    zero_timing = write(tmp_path, {"benchmarks": [{"name": "x", "stats": {"min": 0}}]}, "zero.json")
+    not_utf8 = tmp_path / "latin1.yaml"
+    not_utf8.write_bytes("reason: caf\xe9".encode("latin-1"))
     cases = {
         "no sweep named 'nope'": ["--tracking-uri", sweep_uri, "--sweep", "nope"],
         "no tracking store at": ["--tracking-uri", f"sqlite:///{tmp_path}/absent.db"],
@@ -168,6 +172,8 @@ def test_bad_input_exits_2(sweep_uri: str, tmp_path: Path, capsys: pytest.Captur
         "KeyError": ["--benchmark-json", not_benchmarks],
         "takes no --sweep": ["--benchmark-json", not_json, "--sweep", "small"],
         "cannot read thresholds": ["--thresholds", tmp_path / "absent.yaml"],
+        "has a timing that is not a number > 0": ["--benchmark-json", zero_timing],
+        "latin1.yaml is not valid YAML": ["--thresholds", not_utf8],
     }
     for message, args in cases.items():
         status, out, err = run_check(capsys, *args)

@@ -359,6 +359,18 @@ def test_server_refuses_a_password_in_the_store_uri(uri: str, capsys: pytest.Cap
     assert "must not hold the password" in err and "s3cret" not in err
 
 
+def test_server_refuses_a_port_it_cannot_listen_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """Before it prints the URI workers should use: a port out of range, or one already taken."""
+    db = "postgresql://mnist@127.0.0.1:5432/mlflow"
+    assert server.main(["--db", db, "--no-check", "--port", "99999"]) == 2
+    assert "'99999' is not a port" in capsys.readouterr().err
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert server.main(["--db", db, "--no-check", "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port} (Address already in use)" in err
+
+
 def test_server_refuses_a_store_that_is_not_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
     assert server.main(["--db", "sqlite:///mlflow.db", "--no-check"]) == 2
     assert "must be PostgreSQL" in capsys.readouterr().err

@@ -474,6 +474,22 @@ def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
     assert artifacts() == before
 
 
+def test_out_naming_a_file_is_one_line_exit_2(sweep_store: LoggedSweep, tmp_path: Path, capsys) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("mine")
+    assert report.main(["--tracking-uri", sweep_store.uri, "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist-bench report: error: cannot write the report to {taken}") and err.count("\n") == 1
+    assert taken.read_text() == "mine"
+
+
+def test_a_long_sweep_name_makes_a_bounded_folder_name_that_stays_its_own() -> None:
+    """File systems allow 255 bytes a name: a 300-character sweep name broke the report ("File name too long")."""
+    first, second = report._slug("x" * 300), report._slug("x" * 299 + "y")
+    assert len(first) == len(second) == report.SLUG_MAX and first != second
+    assert report._slug("sweep-20261202") == "sweep-20261202"
+
+
 def test_missing_store_is_reported_and_not_created(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     db = tmp_path / "nowhere.db"
     assert report.main(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2

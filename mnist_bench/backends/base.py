@@ -11,10 +11,11 @@ from typing import Protocol
 
 import numpy as np
 
-from mnist_bench.config import Config
+from mnist_bench.config import Config, ConfigError
 from mnist_bench.errors import UserError
 
 NUM_CLASSES = 10
+MAX_UPDATES = 50_000_000  # learning_rates holds one rate per update: 400 MB of float64 at most
 
 
 class BackendUnavailable(UserError, ImportError):
@@ -134,6 +135,11 @@ def epoch_order(cfg: Config, n_samples: int, epoch: int) -> np.ndarray | None:
 def learning_rates(cfg: Config, steps_per_epoch: int) -> np.ndarray:
     """The learning rate of every update, shape (epochs, steps_per_epoch)."""
     total = cfg.epochs * steps_per_epoch
+    if total > MAX_UPDATES:
+        raise ConfigError(
+            f"epochs={cfg.epochs} with {steps_per_epoch:,} batches an epoch is {total:,} updates, more than"
+            f" {MAX_UPDATES:,}: lower epochs or raise batch_size"
+        )
     progress = np.arange(total) / total
     if cfg.lr_schedule == "constant":
         factor = np.ones(total)
