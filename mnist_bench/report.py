@@ -622,29 +622,49 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
     return [r for r in results if isinstance(r, Plot)], [r for r in results if isinstance(r, str)]
 
 
+def _one_line(text: object) -> str:
+    """Text on one line: a newline in a name or an error message must not start a heading, item or row."""
+    return " ".join(str(text).split())
+
+
 def _markdown_table(table: pd.DataFrame) -> str:
-    """A pipe table; a "|" inside a cell is escaped so that it cannot split the row."""
-    cells = table.astype(str).apply(lambda column: column.str.replace("|", "\\|", regex=False))
-    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "---|" * len(cells.columns)]
+    """A pipe table; a "|" inside a cell is escaped and newlines are spaces, so that no cell splits its row."""
+    cells = table.astype(str).map(lambda cell: _one_line(cell).replace("|", "\\|"))
+    lines = ["| " + " | ".join(map(_one_line, cells.columns)) + " |", "|" + "---|" * len(cells.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
 
 
 def to_markdown(title: str, blocks: Sequence[Block]) -> str:
     """report.md: the images beside it, referred to by file name."""
-    parts = [f"# {title}"]
+    parts = [f"# {_one_line(title)}"]
     for kind, content in blocks:
         match kind:
             case "h2":
-                parts.append(f"## {content}")
+                parts.append(f"## {_one_line(content)}")
             case "p":
-                parts.append(str(content))
+                parts.append(_one_line(content))
             case "ul":
-                parts.append("\n".join(f"- {item}" for item in content))
+                parts.append("\n".join(f"- {_one_line(item)}" for item in content))
             case "table":
                 parts.append(_markdown_table(content))
             case "plot":
-                parts.append(f"![{content.name}]({content.name})\n\n{content.caption}")
+                parts.append(f"![{content.name}]({content.name})\n\n{_one_line(content.caption)}")
     return "\n\n".join(parts) + "\n"
+
+
+_FORMULA_START = re.compile(r"[=+\-@\t\r]")
+_SIGNED_NUMBER = re.compile(r"[+-]\d*\.?\d+(e[+-]?\d+)?[%x]?", re.IGNORECASE)  # "-0.3%", "+1.2x": figures
+
+
+def to_csv(table: pd.DataFrame) -> bytes:
+    """The table as CSV that a spreadsheet shows as text: a text cell that starts like a formula (= + - @, tab
+    or carriage return) gets a leading apostrophe (OWASP's advice against CSV injection); figures stay as they are."""
+
+    def defused(cell: object) -> object:
+        formula = isinstance(cell, str) and _FORMULA_START.match(cell) and not _SIGNED_NUMBER.fullmatch(cell)
+        return f"'{cell}" if formula else cell
+
+    return table.map(defused).to_csv(index=False).encode()
 
 
 def _inline(text: str) -> str:
@@ -696,8 +716,8 @@ def render(sel: Selection) -> dict[str, bytes]:
     files = {
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
-        "summary.csv": summary.to_csv(index=False).encode(),
-        "comparisons.csv": comparisons_table(headline, sel.columns).to_csv(index=False).encode(),
+        "summary.csv": to_csv(summary),
+        "comparisons.csv": to_csv(comparisons_table(headline, sel.columns)),
     }
     return files | {plot.name: plot.png for plot in plots}
 

@@ -3,8 +3,10 @@ and one slow end-to-end test that runs a tiny real sweep and the report through 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import html
+import io
 import re
 import subprocess
 import tempfile
@@ -557,3 +559,29 @@ def test_real_sweep_then_report_through_the_cli(
     markdown = (out / "report.md").read_text()
     assert "None: every cell of the selection finished without diverging." in markdown
     assert_self_contained(out)
+
+
+def test_names_with_newlines_and_pipes_keep_report_md_structure() -> None:
+    """A sweep or run name is user text: a newline in it must not start a heading, an item or a table row."""
+    table = pd.DataFrame({"run": ["a\n# injected", "b|c"], "accuracy": [0.9, 0.8]})
+    text = report.to_markdown("sweep\n## x", [("p", "name\n- item"), ("ul", ["one\ntwo"]), ("table", table)])
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("#")] == ["# sweep ## x"]
+    assert "- one two" in lines and "name - item" in lines
+    assert "| a # injected | 0.9 |" in lines and "| b\\|c | 0.8 |" in lines
+
+
+def test_csv_cells_that_start_like_formulas_are_text_and_figures_stay_figures() -> None:
+    table = pd.DataFrame(
+        {
+            "model": ['=HYPERLINK("http://x")', "@SUM(A1)", "-2+3", "numpy-sigmoid"],
+            "diff": ["-0.3%", "+1.2x", "0.5", "-1"],
+        }
+    )
+    rows = list(csv.reader(io.StringIO(report.to_csv(table).decode())))
+    assert rows[1:] == [
+        ['\'=HYPERLINK("http://x")', "-0.3%"],
+        ["'@SUM(A1)", "+1.2x"],
+        ["'-2+3", "0.5"],
+        ["numpy-sigmoid", "-1"],
+    ]
