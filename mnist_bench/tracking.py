@@ -32,7 +32,7 @@ from mnist_bench.errors import UserError
 from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, Tag, status_of
 
 if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
-    from mlflow.entities import Run
+    from mlflow.entities import Experiment, Run
     from mlflow.tracking import MlflowClient
 
 FINISHED, FAILED, KILLED = RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
@@ -184,7 +184,7 @@ def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
-            return client, found.experiment_id
+            return client, _active(found, uri)
         # Artifacts beside the database, not in whatever directory the process happens to be in.
         db = _sqlite_path(uri)
         location = (db.parent / "mlruns").as_uri() if db is not None else None
@@ -224,7 +224,17 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     if found is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise TrackingError(f"no experiment {experiment!r} in {redact(uri)} (experiments: {names}); pass --experiment")
-    return client, found.experiment_id
+    return client, _active(found, uri)
+
+
+def _active(experiment: Experiment, uri: str) -> str:
+    """The id of an experiment that is not deleted (MLflow refuses runs in a deleted one, with a traceback)."""
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"experiment {experiment.name!r} in {redact(uri)} is deleted: restore it (MLFLOW_TRACKING_URI={redact(uri)}"
+            f" mlflow experiments restore --experiment-id {experiment.experiment_id}) or choose another experiment"
+        )
+    return experiment.experiment_id
 
 
 def process_tags() -> dict[str, str]:

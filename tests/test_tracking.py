@@ -244,6 +244,18 @@ def test_a_store_that_never_lets_go_is_one_line_and_the_run_is_left_to_the_reape
     assert _status(client, run_id) == "RUNNING"
 
 
+def test_a_deleted_experiment_is_one_line_naming_how_to_restore_it(store) -> None:
+    """MLflow refuses runs in a deleted experiment with a traceback, and a sweep used to end that way."""
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    client.delete_experiment(experiment_id)
+    for opening in (tracking.open_store, tracking.open_existing):
+        with pytest.raises(tracking.TrackingError) as info:
+            opening(store.uri, EXPERIMENT)
+        message = str(info.value)
+        assert "is deleted" in message and f"restore --experiment-id {experiment_id}" in message
+        assert "\n" not in message
+
+
 def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
