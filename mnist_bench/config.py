@@ -284,6 +284,15 @@ def changes_numbers(param: str) -> bool:
     )
 
 
+def is_data_provenance(key: str) -> bool:
+    """Whether a dotted config key says where a run's data came from, or what its files' checksums are:
+    the run's MLflow dataset input records that, so its params keep to the settings a user sets."""
+    section, _, rest = key.partition(".")
+    if section != "dataset":
+        return False
+    return rest in _DATA_LOCATION_KEYS or rest == "folder" or rest.endswith((".name", ".sha256"))
+
+
 def as_flat_dict(cfg: Config) -> dict[str, object]:
     """The config as dotted keys: what MLflow stores as params."""
     return flatten(asdict(cfg))

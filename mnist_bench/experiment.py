@@ -20,7 +20,7 @@ import numpy as np
 
 from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get
-from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, run_name
+from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
 from mnist_bench.schema import Tag
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,11 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     cell_hash = config_hash(cfg)
     # Params are the config as given (backend.threads null: "as many as fit"), so that runs of backends
     # that resolve it differently still compare as one setting; the resolved count is the THREADS tag.
-    params = {k: tracking.redact(str(v)) for k, v in as_flat_dict(cfg).items() if not k.startswith("tracking.")}
+    params = {
+        k: tracking.redact(str(v))
+        for k, v in as_flat_dict(cfg).items()
+        if not k.startswith("tracking.") and not is_data_provenance(k)
+    }
     params["tracking.experiment"] = cfg.tracking.experiment
     cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 
@@ -148,13 +152,16 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
 
     backend = get(cfg.backend.name)
     device, device_name = backend.resolve_device(cfg)
-    train = _prepared(cfg)
+    train, data_source = _prepared(cfg)
     _check_batch_size(cfg, len(train.x_train))
 
     sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
-    with tracking.tracked_run(
-        client, experiment_id, name, params, _tags(cfg, cell_hash, device, device_name, sweep_name), parent_run_id
-    ) as active:
+    tags = _tags(cfg, cell_hash, device, device_name, sweep_name) | {Tag.DESCRIPTION: _description(cfg, train, device)}
+    with tracking.tracked_run(client, experiment_id, name, params, tags, parent_run_id) as active:
+        files = ("train_images", "train_labels", "test_images", "test_labels")
+        checksums = {file: getattr(cfg.dataset, file).sha256 for file in files}
+        rows = {"train": len(train.x_train), "test": len(train.x_test)}
+        tracking.log_dataset(client, active.run_id, cfg.dataset.name, data_source, checksums, rows)
         bar = _progress_bar(cfg, name, in_sweep)
         observer = _Observer(cfg, active, bar)
         probe = timing.ConditionsProbe()
@@ -185,13 +192,14 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     return active.run_id
 
 
-_last_prepared: tuple[str, base.TrainData] | None = None
+_last_prepared: tuple[str, base.TrainData, str] | None = None
 
 
-def _prepared(cfg: Config) -> base.TrainData:
-    """The run's model-ready arrays. Consecutive jobs of a sweep in one process (the basic launcher, a
-    reused joblib worker) share them: casting full MNIST took 0.1-0.2 s a job. One set is kept, so memory
-    stays that of one run; the arrays are read-only, so no backend can change what the next job gets."""
+def _prepared(cfg: Config) -> tuple[base.TrainData, str]:
+    """The run's model-ready arrays, and where the data was found. Consecutive jobs of a sweep in one process
+    (the basic launcher, a reused joblib worker) share them: casting full MNIST took 0.1-0.2 s a job. One set
+    is kept, so memory stays that of one run; the arrays are read-only, so no backend can change what the
+    next job gets."""
     global _last_prepared
     key = json.dumps([asdict(cfg.dataset), cfg.dtype, cfg.normalize], sort_keys=True)
     if _last_prepared is None or _last_prepared[0] != key:
@@ -200,8 +208,18 @@ def _prepared(cfg: Config) -> base.TrainData:
         train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
         for array in (train.x_train, train.y_train, train.x_test, train.y_test):
             array.flags.writeable = False
-        _last_prepared = (key, train)
-    return _last_prepared[1]
+        _last_prepared = (key, train, dataset.source)
+    return _last_prepared[1], _last_prepared[2]
+
+
+def _description(cfg: Config, train: base.TrainData, device: str) -> str:
+    """One line for the run's page in MLflow's UI: what was trained, on what, how."""
+    batch = f"batches of {cfg.batch_size}" if cfg.batch_size else "full-batch GD"
+    epochs = f"{cfg.epochs} epoch" + "s" * (cfg.epochs != 1)
+    return (
+        f"{cfg.backend.name} {cfg.activation} model on {cfg.dataset.name} ({len(train.x_train):,} train /"
+        f" {len(train.x_test):,} test images, {cfg.dtype}, {device}): {batch}, lr {cfg.lr:g}, {epochs}, seed {cfg.seed}"
+    )
 
 
 def _check_batch_size(cfg: Config, n_train: int) -> None:

@@ -22,6 +22,7 @@ class Tag:
     """Tag names. The plain ones are what a user filters on in MLflow's UI; the prefixed ones are bookkeeping."""
 
     PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep's parent run
+    DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run's description in its UI
     BACKEND = "backend"
     ACTIVATION = "activation"
     DATASET = "dataset"
