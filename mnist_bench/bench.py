@@ -4,9 +4,12 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
 
 1. the roofline floor of an epoch, measured now (see ``mnist_bench.roofline``);
 2. the seconds of one epoch of each backend (tf and keras also with XLA; by default every backend whose
-   framework imports here), full batch and minibatch,
-   as the backend times it (training compute only, after a warm-up epoch), and each over the floor
-   at the same thread count (as runs choose them: numpy minibatches 1, else all cores; or --threads);
+   framework imports here), full batch and minibatch, as the backend times it (training compute only,
+   after a warm-up epoch), each over the floor at the same thread count (as runs choose them: numpy
+   minibatches 1, else all cores; or --threads). The backends take turns epoch by epoch, A B C A B C ...,
+   so a drift in the machine's speed hits them alike, and each pair gets its ratio with a 95% interval
+   that resamples whole rounds, and a verdict by the rules of ``mnist_bench.timing`` (the conditions of
+   the rounds, load and other processes' CPU share, make a verdict ``unreliable`` as they would a run's);
 3. the training seconds each backend takes to reach the target test accuracy (0.92) with the fast
    preset (conf/experiment/fast.yaml), and the same for the model most Keras users would write:
    ``Dense(10, softmax)`` trained by ``model.fit`` with Adam at Keras' defaults (lr 0.001, batch 32).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import sys
@@ -37,10 +41,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline
+from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline, timing
 from mnist_bench.backends import base
-from mnist_bench.config import BackendConfig, Config, DatasetConfig
+from mnist_bench.config import BackendConfig, Config, DatasetConfig, TimingConfig
 from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.stepper import EpochStepper
 
 PROG = "mnist-bench bench"
 # A backend, or tf/keras with backend.xla=true ("tf+xla").
@@ -83,6 +88,20 @@ class EpochFigure:
 
 
 @dataclass(frozen=True)
+class PairFigure:
+    """Two backends' epochs timed in the same alternating rounds: first's seconds over second's (> 1: second
+    is faster), its 95% interval, and the verdict on the second (mnist_bench.timing's rules)."""
+
+    batch: str
+    first: str
+    second: str
+    speed_ratio: float
+    speed_ratio_low: float
+    speed_ratio_high: float
+    speed_verdict: str
+
+
+@dataclass(frozen=True)
 class TargetFigure:
     contender: str
     seconds: Spread | None  # None when some repeat never reached the target
@@ -120,30 +139,43 @@ def fast_preset(label: str, threads: int | None, seed: int) -> Config:
     return Config(**_packaged("experiment/fast.yaml"), backend=backend_config(label, threads), seed=seed)
 
 
-def _fit(train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> int:
-    """Train as a run would, threads chosen as a run chooses them; returns the thread count used."""
+def _ready(cfg: Config) -> base.Backend:
+    """The backend, set up as a run sets it up: threads chosen as a run chooses them (written into ``cfg``),
+    then the device, which also sets TF's thread pools before its runtime starts."""
     cfg.backend.threads = experiment.resolve_threads(cfg, jobs_at_once=1)
     backend = backends.get(cfg.backend.name)
-    backend.resolve_device(cfg)  # TF's thread pools, before its runtime starts
-    backend.fit(train, cfg, on_epoch)
-    return cfg.backend.threads
+    backend.resolve_device(cfg)
+    return backend
 
 
-def epoch_seconds(
-    label: str, train: base.TrainData, threads: int | None, batch_size: int | None, repeats: int
-) -> tuple[list[float], int]:
-    """``repeats`` epochs of softmax SGD at lr 0.1, after one warm-up epoch, and the threads they used."""
-    cfg = Config(
-        backend=backend_config(label, threads),
-        activation="softmax",
-        normalize=True,
-        batch_size=batch_size,
-        epochs=repeats,
-        lr=0.1,
-    )
-    seconds: list[float] = []
-    threads = _fit(train, cfg, lambda m: seconds.append(m.epoch_seconds) and False)
-    return seconds, threads
+def _fit(train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> None:
+    _ready(cfg).fit(train, cfg, on_epoch)
+
+
+def epoch_rounds(
+    labels: Sequence[str], train: base.TrainData, threads: int | None, batch_size: int | None, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, int], timing.ConditionsProbe]:
+    """Each backend's epoch seconds (softmax SGD at lr 0.1, after its warm-up and one untimed epoch), timed
+    in alternating rounds, A B C A B C ..., so that a drift in the machine's speed hits every backend alike;
+    the threads each used; and the probe of the conditions, started with the first round."""
+    steppers: dict[str, EpochStepper] = {}
+    used: dict[str, int] = {}
+    try:
+        for label in labels:
+            cfg = Config(
+                backend=backend_config(label, threads), activation="softmax", batch_size=batch_size, epochs=rounds + 1
+            )
+            steppers[label] = EpochStepper(_ready(cfg), train, cfg)
+            used[label] = cfg.backend.threads
+        probe = timing.ConditionsProbe()
+        seconds = {label: [] for label in labels}
+        for _ in range(rounds):
+            for label, stepper in steppers.items():
+                seconds[label].append(stepper.step())
+    finally:
+        for stepper in steppers.values():
+            stepper.close()
+    return seconds, used, probe
 
 
 def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
@@ -275,15 +307,28 @@ def _main(argv: Sequence[str]) -> int:
     def floor(threads: int) -> float:
         return _floor(roofs[threads], train)
 
-    print(f"\nepoch seconds, median (min-max) of {args.repeats}, and x the floor at the same threads")
     epochs: list[EpochFigure] = []
-    for name in args.backends:
-        for batch, size in (("full", None), (f"b{args.batch_size}", args.batch_size)):
-            times, threads = epoch_seconds(name, train, args.threads, size, args.repeats)
-            seconds = Spread.of(times)
-            figure = EpochFigure(name, batch, threads, seconds, seconds.median / floor(threads))
+    pairs: list[PairFigure] = []
+    for batch, size in (("full", None), (f"b{args.batch_size}", args.batch_size)):
+        print(f"\n{batch} epochs in {args.repeats} alternating rounds: seconds, median (min-max), x the floor")
+        times, threads, probe = epoch_rounds(args.backends, train, args.threads, size, args.repeats)
+        unstable = {}
+        for name in args.backends:
+            conditions = probe.finish(times[name])
+            unstable[name] = "; ".join(timing.unstable_reasons(conditions, TimingConfig()))
+            seconds = Spread.of(times[name])
+            figure = EpochFigure(name, batch, threads[name], seconds, seconds.median / floor(threads[name]))
             epochs.append(figure)
-            print(f"  {name:9s} {batch:6s} {threads} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x")
+            note = f"  unstable: {unstable[name]}" if unstable[name] else ""
+            print(f"  {name:9s} {threads[name]} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x{note}")
+        print("  each pair, round by round (first's seconds over second's, 95% interval):")
+        for first, second in itertools.combinations(args.backends, 2):
+            why = "; ".join(f"{n}: {unstable[n]}" for n in (first, second) if unstable[n])
+            verdict = timing.compare_paired(times[first], times[second], why)
+            pairs.append(PairFigure(batch, first, second, verdict.ratio, verdict.low, verdict.high, verdict.verdict))
+            shown = f"{verdict.ratio:.2f} [{verdict.low:.2f}-{verdict.high:.2f}]"
+            said = f"{timing.UNRELIABLE} (unstable above)" if why else verdict.verdict
+            print(f"    {second} vs {first}: {shown}  {second} {said}")
 
     print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
     contenders: dict[str, Callable[[int], Attempt]] = {
@@ -317,6 +362,7 @@ def _main(argv: Sequence[str]) -> int:
             "load_average": {"before": load_before, "after": load_after},
             "rooflines": [asdict(roof) | {"epoch_floor_seconds": _floor(roof, train)} for roof in roofs.values()],
             "epochs": [asdict(e) for e in epochs],
+            "pairs": [asdict(p) for p in pairs],
             "time_to_target": {"target": TARGET, "figures": [asdict(t) for t in targets]},
             "keras_adam_over": speedups,
         }

@@ -10,7 +10,8 @@ under, whether it can be trusted, and how two sets of timings compare.
 - **Stable** means all of these stayed within the limits of the ``timing`` config (conf: timing.*); an
   unstable run says why.
 - **Comparing** two sets of runs gives the ratio of their seconds per epoch with a 95% bootstrap interval
-  (runs resampled, then epochs within each run) and a verdict: ``faster`` or ``slower`` only when the
+  (runs resampled, then epochs within each run; for sides timed in alternating rounds, as ``bench`` does,
+  whole rounds resampled) and a verdict: ``faster`` or ``slower`` only when the
   interval excludes 1 and both sides were stable, ``within noise`` when it includes 1, and
   ``unreliable: <why>`` when either side was not stable.
 """
@@ -143,11 +144,31 @@ def compare(
     """
     rng = np.random.default_rng(seed)
     ratio = seconds_per_epoch(np.concatenate(reference)) / seconds_per_epoch(np.concatenate(candidate))
-    ratios = np.array(
-        [_resampled_median(reference, rng) / _resampled_median(candidate, rng) for _ in range(BOOTSTRAP_RESAMPLES)]
-    )
+    ratios = [_resampled_median(reference, rng) / _resampled_median(candidate, rng) for _ in range(BOOTSTRAP_RESAMPLES)]
+    return _judged(ratio, ratios, unstable)
+
+
+def compare_paired(
+    reference: Sequence[float], candidate: Sequence[float], unstable: str = "", seed: int = 0
+) -> Comparison:
+    """Compare two sides timed in alternating rounds (A B A B ...): the i-th epoch of each in the same round.
+
+    The ratio is of the two medians; its interval is a percentile bootstrap that resamples whole rounds, so
+    a round in which the machine slowed down weighs on both sides alike instead of widening the interval.
+    """
+    a, b = np.asarray(reference, dtype=float), np.asarray(candidate, dtype=float)
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError("paired timings need the same number of rounds on each side, at least one")
+    rng = np.random.default_rng(seed)
+    rounds = rng.integers(len(a), size=(BOOTSTRAP_RESAMPLES, len(a)))
+    ratios = np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1)
+    return _judged(seconds_per_epoch(a) / seconds_per_epoch(b), ratios, unstable)
+
+
+def _judged(ratio: float, resampled: Sequence[float], unstable: str) -> Comparison:
+    """The ratio with the percentile interval of its resampled values, and the verdict the rules give."""
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    low, high = (float(v) for v in np.percentile(resampled, [tail, 100 - tail]))
     if unstable:
         verdict = f"{UNRELIABLE}: {unstable}"
     elif low > 1:
@@ -156,7 +177,7 @@ def compare(
         verdict = SLOWER
     else:
         verdict = WITHIN_NOISE
-    return Comparison(ratio, low, high, verdict)
+    return Comparison(float(ratio), low, high, verdict)
 
 
 def _resampled_median(runs: Sequence[Sequence[float]], rng: np.random.Generator) -> float:

@@ -39,7 +39,7 @@ def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path
     assert fast["contender"] == "numpy fast" and fast["epochs"] == [1, 1, 1]
     assert min(fast["final_test_accuracy"]) >= report["time_to_target"]["target"] == 0.92
     assert fast["seconds"]["median"] > 0
-    assert report["keras_adam_over"] == {}
+    assert report["keras_adam_over"] == {} and report["pairs"] == []  # one backend: no pair to compare
     assert "x the floor" in done.stdout and "load average before" in done.stdout
 
 
@@ -56,6 +56,11 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
     assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
         (label, batch) for label in labels for batch in ("full", "b256")
     }
+    pairs = {(p["batch"], p["first"], p["second"]) for p in report["pairs"]}
+    assert pairs == {(b, a, c) for b in ("full", "b256") for i, a in enumerate(labels) for c in labels[i + 1 :]}
+    for pair in report["pairs"]:
+        assert pair["speed_ratio_low"] <= pair["speed_ratio"] <= pair["speed_ratio_high"]
+        assert pair["speed_verdict"].startswith(("faster", "slower", "within noise", "unreliable: "))
     figures = {f["contender"]: f for f in report["time_to_target"]["figures"]}
     assert list(figures) == [f"{label} fast" for label in labels] + ["keras model.fit + Adam"]
     adam = figures.pop("keras model.fit + Adam")

@@ -65,6 +65,23 @@ def test_an_unstable_side_makes_any_verdict_unreliable() -> None:
     assert result.verdict == "unreliable: numpy-sigmoid s0: other processes" and result.low > 1
 
 
+def test_alternating_rounds_pair_each_round_so_a_drifting_machine_hits_both_sides_alike() -> None:
+    """A slows down 3x halfway (a neighbour arrives): B is 1.5x faster in every round, and the paired
+    interval, which resamples whole rounds, still says so; pooling the epochs as separate runs would not."""
+    rng = np.random.default_rng(3)
+    machine_speed = np.r_[np.ones(5), np.full(5, 3.0)] * rng.lognormal(0, 0.02, 10)
+    first, second = 0.15 * machine_speed, 0.10 * machine_speed
+    paired = timing.compare_paired(first, second)
+    assert paired.verdict == timing.FASTER and 1.4 < paired.low <= paired.ratio <= paired.high < 1.6
+    assert timing.compare([first], [second]).verdict == timing.WITHIN_NOISE  # unpaired, the drift swamps it
+    assert timing.compare_paired(second, first).verdict == timing.SLOWER
+    same = [timing.compare_paired(first, first * rng.lognormal(0, 0.05, 10), seed=i).verdict for i in range(20)]
+    assert same.count(timing.WITHIN_NOISE) >= 18, same
+    assert timing.compare_paired(first, second, unstable="numpy: load").verdict == "unreliable: numpy: load"
+    with pytest.raises(ValueError, match="same number of rounds"):
+        timing.compare_paired(first, second[:3])
+
+
 def _spin(seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:

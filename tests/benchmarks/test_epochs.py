@@ -5,7 +5,6 @@ of its calibration, a ratio that carries from one machine to another."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -17,55 +16,12 @@ from threadpoolctl import threadpool_limits
 from mnist_bench import backends
 from mnist_bench.backends import base
 from mnist_bench.config import BackendConfig, Config
+from mnist_bench.stepper import EpochStepper
 
 from .conftest import THREADS
 
 WARMUP, ROUNDS = 1, 3
 BATCHES = {"full": None, "b128": 128}
-
-
-class EpochStepper:
-    """Runs ``backend.fit`` in a thread that halts after every epoch, so each ``step()`` times exactly one
-    epoch as the backend runs it (with the test-set evaluation it does after each), whatever its loop."""
-
-    def __init__(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
-        self.epoch_seconds: list[float] = []  # as the backend itself measured them
-        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
-        self._stop, self._ended, self._error = False, False, None
-        self._thread = threading.Thread(target=self._fit, args=(backend, train, cfg), daemon=True)
-        self._thread.start()
-        self._wait()  # the first epoch runs untimed: tracing, compiling, first touch of the data
-
-    def _fit(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
-        try:
-            backend.fit(train, cfg, self._on_epoch)
-        except BaseException as err:  # handed to the benchmarking thread by _wait
-            self._error = err
-        finally:
-            self._ended = True
-            self._done.release()
-
-    def _on_epoch(self, metrics: base.EpochMetrics) -> bool:
-        self.epoch_seconds.append(metrics.epoch_seconds)
-        self._done.release()
-        self._go.acquire()
-        return self._stop
-
-    def _wait(self) -> None:
-        self._done.acquire()
-        if self._error is not None:
-            raise self._error
-        if self._ended:
-            raise RuntimeError("fit ended before the benchmark's last round")
-
-    def step(self) -> None:
-        self._go.release()
-        self._wait()
-
-    def close(self) -> None:
-        self._stop = True
-        self._go.release()
-        self._thread.join()
 
 
 def backend_or_skip(name: str) -> base.Backend:
