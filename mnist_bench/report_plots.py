@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
@@ -27,11 +27,13 @@ SHORT = {"epochs": "e", "batch_size": "batch"}
 
 @dataclass
 class Plot:
-    """A rendered figure: its file name, PNG bytes and the caption the report shows under it."""
+    """A rendered figure: its file name, PNG bytes and the caption the report shows under it, and the figure
+    itself (for looking at what was drawn, not only at the pixels)."""
 
     name: str
     png: bytes
     caption: str
+    figure: Figure | None = field(default=None, repr=False, compare=False)
 
 
 def varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
@@ -99,7 +101,9 @@ def curves(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) 
             "Loss and accuracy per epoch: mean over seeds, band = min-max over seeds (test); "
             "failed, killed and diverged runs are not drawn."
         )
-        plots.append(Plot(name, _png(fig), caption + (f" Part {number} of {len(chunks)}." if len(chunks) > 1 else "")))
+        plots.append(
+            Plot(name, _png(fig), caption + (f" Part {number} of {len(chunks)}." if len(chunks) > 1 else ""), fig)
+        )
     return plots
 
 
@@ -133,7 +137,7 @@ def accuracy_vs_lr(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
         if others:
             ax.legend(fontsize=7)
     caption = "Final test accuracy against learning rate: mean over seeds, error bar = std (none where n=1)."
-    return Plot("accuracy_vs_lr.png", _png(fig), caption)
+    return Plot("accuracy_vs_lr.png", _png(fig), caption, fig)
 
 
 def seconds_per_epoch(runs: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
@@ -148,15 +152,19 @@ def seconds_per_epoch(runs: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
     backends = list(dict.fromkeys(bars["backend"]))
     fig = Figure(figsize=(7.5, 1.4 + 0.42 * len(bars)), layout="constrained")
     ax = fig.subplots()
-    container = ax.barh(
+    ax.barh(
         range(len(bars)),
         bars["mean"],
         xerr=bars["std"].fillna(0),
         capsize=3,
         color=[COLORS[backends.index(b) % len(COLORS)] for b in bars["backend"]],
     )
-    labels = [f"{m:.3g} s (n={n})" for m, n in zip(bars["mean"], bars["count"], strict=True)]
-    ax.bar_label(container, labels=labels, label_type="center", color="white", fontweight="bold")
+    # Each value to the right of its bar's error bar, in the axes' own colour: a label centred in a short
+    # bar spills over the tick labels, and white text over the error bar cannot be read.
+    ends = bars["mean"] + bars["std"].fillna(0)
+    for y, (end, mean, count) in enumerate(zip(ends, bars["mean"], bars["count"], strict=True)):
+        ax.annotate(f"{mean:.3g} s (n={count})", (end, y), xytext=(4, 0), textcoords="offset points", va="center")
+    ax.set_xlim(0, ends.max() * 1.4)  # room for the longest label after the longest bar
     ax.set_yticks(range(len(bars)), [config_label(row, keys) for row in bars.to_dict("records")])
     ax.invert_yaxis()
     ax.set(xlabel="seconds per epoch", title="seconds per epoch by backend and device")
@@ -165,7 +173,7 @@ def seconds_per_epoch(runs: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
         "Seconds per epoch: the median epoch of each finished run, then mean over runs (error bar = std), "
         "runs pooled over lr, epochs and activation."
     )
-    return Plot("seconds_per_epoch.png", _png(fig), caption)
+    return Plot("seconds_per_epoch.png", _png(fig), caption, fig)
 
 
 def heatmap(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
@@ -195,7 +203,7 @@ def heatmap(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
         ax.set(xlabel="learning rate", ylabel="epochs", title=config_label(panel.iloc[0], names))
     fig.colorbar(image, ax=list(axes), label="final test accuracy")
     caption = "Final test accuracy (mean over seeds) over learning rate x epochs; blank = no finished run."
-    return Plot("heatmap_lr_epochs.png", _png(fig), caption)
+    return Plot("heatmap_lr_epochs.png", _png(fig), caption, fig)
 
 
 def confusion_matrices(matrices: Mapping[str, np.ndarray]) -> Plot | str:
@@ -219,4 +227,4 @@ def confusion_matrices(matrices: Mapping[str, np.ndarray]) -> Plot | str:
         "Test-set confusion matrix of each backend-activation's most accurate finished run (named above it): "
         "the count in each cell, coloured by its share of the true class's images."
     )
-    return Plot("confusion_matrices.png", _png(fig), caption)
+    return Plot("confusion_matrices.png", _png(fig), caption, fig)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -462,6 +463,49 @@ def test_heatmap_when_lr_and_epochs_both_vary() -> None:
     plot = report_plots.heatmap(summary, report.BASE_CONFIG)
     assert plot.name == "heatmap_lr_epochs.png" and plot.png.startswith(b"\x89PNG")
     assert "skipped" in report_plots.heatmap(summary[summary["lr"] == "0.1"], report.BASE_CONFIG)
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+
+def texts(figure) -> list:
+    """The visible, non-empty texts of a drawn figure: titles, axis and tick labels, annotations, legends."""
+    found = list(figure.texts)
+    for ax in figure.axes:
+        if ax.get_visible():
+            found += [ax.title, ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):  # the ticks in view: matplotlib keeps, but does not draw, the rest
+                low, high = sorted(axis.get_view_interval())
+                ticks = zip(axis.get_majorticklocs(), axis.get_major_ticks(), strict=False)
+                slack = 1e-9 * (high - low)
+                found += [tick.label1 for loc, tick in ticks if low - slack <= loc <= high + slack]
+            found += ax.texts + (ax.get_legend().get_texts() if ax.get_legend() else [])
+    for legend in figure.legends:
+        found += legend.get_texts()
+    return [t for t in found if t.get_visible() and t.get_text().strip()]
+
+
+def overlapping_texts(figure) -> list[tuple[str, str]]:
+    """Pairs of texts whose drawn boxes overlap, and texts that stick out of the figure: a label over a label."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts(figure)]
+    bad = [(name, "outside the figure") for name, box in boxes if not figure.bbox.contains(box.x0, box.y0)]
+    bad += [(name, "outside the figure") for name, box in boxes if not figure.bbox.contains(box.x1, box.y1)]
+    for i, (name, box) in enumerate(boxes):
+        bad += [(name, other) for other, box2 in boxes[i + 1 :] if box.shrunk(0.98, 0.9).overlaps(box2)]
+    return bad
+
+
+def test_no_label_is_drawn_over_another(sweep_store: LoggedSweep) -> None:
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    plots, _ = report.make_plots(selection, report.summary_table(selection.runs, selection.columns))
+    runs = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "backend": ["numpy", "tf", "keras"], "seconds_per_epoch": [1.0, 0.004, 0.3]}
+    ).assign(activation="sigmoid", device="cpu", lr="0.1", epochs="3", batch_size="256")
+    short_bar = report_plots.seconds_per_epoch(runs, report.BASE_CONFIG)  # tf's bar is too short for its label
+    for plot in [*plots, short_bar]:
+        assert overlapping_texts(plot.figure) == [], plot.name
 
 
 # --- end to end ---------------------------------------------------------------------------------------
