@@ -584,8 +584,10 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
     finished = sel.runs[sel.runs["status"].eq("finished")]
     if finished.empty:
         return [], ["No plots: no run of the selection finished without failing or diverging."]
+    timed = report_plots.accuracy_vs_time(finished, sel.histories, sel.columns)
     results = [
         *report_plots.curves(finished, sel.histories, sel.columns),
+        *(timed if isinstance(timed, list) else [timed]),
         report_plots.accuracy_vs_lr(summary, sel.columns),
         report_plots.seconds_per_epoch(finished, sel.columns),
         report_plots.heatmap(summary, sel.columns),

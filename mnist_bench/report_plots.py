@@ -263,6 +263,43 @@ def curves(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) 
     return _numbered("curves", figures)
 
 
+def accuracy_vs_time(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) -> list[Plot] | str:
+    """Test accuracy after each epoch against the training seconds spent up to it, one panel per activation:
+    the fair view when implementations differ in cost per epoch (what a second buys, not an epoch)."""
+    timed = histories.dropna(subset=["epoch_seconds", "test_accuracy"]).sort_values(["run_id", "epoch"])
+    if timed.empty:
+        return "Test accuracy against training time: skipped, no finished run has epoch timings."
+    timed = timed.assign(seconds=timed.groupby("run_id")["epoch_seconds"].cumsum())
+    lines = _Lines.of(runs[runs["run_id"].isin(timed["run_id"])], columns)
+    data = timed.merge(lines.runs, on="run_id")
+    means = data.groupby(["activation", "setting", "backend", "epoch"])[["seconds", "test_accuracy"]].mean()
+    drawn = set(means.index.droplevel("epoch"))
+    figures = []
+    for chunk, activations in lines.parts(drawn):
+        fig = Figure(figsize=(5.5 * len(activations), 4.4 + 0.22 * len(chunk)), layout="constrained")
+        axes = fig.subplots(1, len(activations), squeeze=False, sharey=True)[0]
+        for ax, activation in zip(axes, activations, strict=True):
+            for setting, backend in [(s, b) for s in chunk for b in lines.backends if (activation, s, b) in drawn]:
+                curve = means.loc[(activation, setting, backend)]
+                color, style = lines.color(backend, setting), lines.styles[backend]
+                ax.plot(
+                    curve["seconds"], curve["test_accuracy"], color=color, label=f"{backend} {setting}".strip(), **style
+                )
+            ax.set(xlabel="cumulative training seconds", title=f"{activation}: test accuracy against time")
+            ax.set_xlim(left=0)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("test accuracy")
+        lines.legend(fig, axes)
+        caption = (
+            "Test accuracy against the training seconds spent so far: one point per epoch, at the sum of the "
+            "timed epochs up to it (the warm-up before training, where JAX and TF compile, is not counted), "
+            "mean over seeds of both. A line further left reached its accuracy sooner: the fair view when "
+            f"backends differ in cost per epoch. {lines.key()}"
+        )
+        figures.append((fig, caption))
+    return _numbered("accuracy_vs_time", figures)
+
+
 def accuracy_vs_lr(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
     """Final test accuracy against the learning rate (log x axis), a line per backend-activation: colour =
     activation, line style and marker = backend, in one panel (one per combination of any other varying

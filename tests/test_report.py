@@ -281,6 +281,7 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
         "summary.csv",
         "comparisons.csv",
         "curves.png",
+        "accuracy_vs_time.png",
         "accuracy_vs_lr.png",
         "seconds_per_epoch.png",
         "confusion_matrices.png",
@@ -552,6 +553,23 @@ def test_loss_curves_of_different_activations_never_share_an_axis(sweep_store: L
             [run["history"]["test_loss"] for run in ok_runs(sweep_store, ("numpy", activation, "0.1", EPOCHS))], axis=0
         )
         np.testing.assert_allclose(numpy_lines[0].get_ydata(), expected)  # this activation's runs, no other
+
+
+def test_accuracy_against_cumulative_seconds(sweep_store: LoggedSweep, full_report: Path) -> None:
+    markdown = (full_report / "report.md").read_text()
+    assert "![accuracy_vs_time.png](accuracy_vs_time.png)" in markdown
+    assert "Test accuracy against the training seconds spent so far" in markdown
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    finished = selection.runs[selection.runs["status"].eq("finished")]
+    (plot,) = report_plots.accuracy_vs_time(finished, selection.histories, selection.columns)
+    (ax,) = [ax for ax in plot.figure.axes if ax.get_title().startswith("softmax")]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "tf lr=0.1"]
+    runs = ok_runs(sweep_store, ("tf", "softmax", "0.1", EPOCHS))
+    assert len(runs) == 2
+    np.testing.assert_allclose(line.get_xdata(), np.mean([np.cumsum(r["history"]["epoch_seconds"]) for r in runs], 0))
+    np.testing.assert_allclose(line.get_ydata(), np.mean([r["history"]["test_accuracy"] for r in runs], 0))
+    runs, histories = hand_made({"numpy": 0.0})
+    assert "skipped" in report_plots.accuracy_vs_time(runs, histories.assign(epoch_seconds=np.nan), report.BASE_CONFIG)
 
 
 def test_accuracy_vs_lr_is_one_panel_with_a_line_per_model(full_report: Path, sweep_store: LoggedSweep) -> None:
