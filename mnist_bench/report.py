@@ -603,9 +603,19 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
 
 
+# MLflow 3's artifact view renders Markdown, but writes an image whose address has no scheme (``curves.png``) as
+# the text "[alt](curves.png)", and its URL filter drops data: URIs; its HTML view shows report.html in an
+# iframe, data: images included. (Read in mlflow/server/js/build: the markdown view's img component and
+# urlTransform.) So the Markdown keeps plain relative links, right on GitHub and in editors, and says where to look.
+MLFLOW_NOTE = (
+    "Viewing this in MLflow's UI? Open `report.html` beside it instead: MLflow's Markdown preview shows the "
+    "plots below as text links, while `report.html` carries them inside itself."
+)
+
+
 def to_markdown(title: str, blocks: Sequence[Block]) -> str:
-    """report.md: the images beside it, referred to by file name."""
-    parts = [f"# {title}"]
+    """report.md: the images beside it, referred to by file name, and a pointer to report.html for MLflow."""
+    parts = [f"# {title}", MLFLOW_NOTE]
     for kind, content in blocks:
         match kind:
             case "h2":

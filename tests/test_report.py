@@ -596,6 +596,11 @@ def test_no_label_is_drawn_over_another(sweep_store: LoggedSweep) -> None:
         assert overlapping_texts(plot.figure) == [], plot.name
 
 
+def test_markdown_points_mlflow_readers_to_the_html(full_report: Path) -> None:
+    assert report.MLFLOW_NOTE in (full_report / "report.md").read_text()
+    assert "Markdown preview" not in (full_report / "report.html").read_text()
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
 
