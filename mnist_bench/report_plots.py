@@ -190,7 +190,12 @@ class _Lines:
     def legend(self, fig: Figure, axes: Iterable) -> None:
         """One legend under the figure: a column per backend, a row per setting."""
         handles = _handles(axes)
-        order = sorted(handles, key=lambda label: (self.backends.index(label.split(" ", 1)[0]), label))
+
+        def place(label: str) -> tuple[int, int]:
+            backend, _, setting = label.partition(" ")
+            return self.backends.index(backend), self.settings.index(setting)
+
+        order = sorted(handles, key=place)
         ncol = len(self.backends) if len(self.settings) > 1 else 4
         fig.legend([handles[label] for label in order], order, loc="outside lower center", ncol=ncol, fontsize=8)
 
