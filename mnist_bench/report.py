@@ -612,8 +612,10 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
     finished = sel.runs[sel.runs["status"].eq("finished")]
     if finished.empty:
         return [], ["No plots: no run of the selection finished without failing or diverging."]
+    timed = report_plots.accuracy_vs_time(finished, sel.histories, sel.columns)
     results = [
         *report_plots.curves(finished, sel.histories, sel.columns),
+        *(timed if isinstance(timed, list) else [timed]),
         report_plots.accuracy_vs_lr(summary, sel.columns),
         report_plots.seconds_per_epoch(finished, sel.columns),
         report_plots.heatmap(summary, sel.columns),
@@ -634,9 +636,19 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)])
 
 
+# MLflow 3's artifact view renders Markdown, but writes an image whose address has no scheme (``curves.png``) as
+# the text "[alt](curves.png)", and its URL filter drops data: URIs; its HTML view shows report.html in an
+# iframe, data: images included. (Read in mlflow/server/js/build: the markdown view's img component and
+# urlTransform.) So the Markdown keeps plain relative links, right on GitHub and in editors, and says where to look.
+MLFLOW_NOTE = (
+    "Viewing this in MLflow's UI? Open `report.html` beside it instead: MLflow's Markdown preview shows the "
+    "plots below as text links, while `report.html` carries them inside itself."
+)
+
+
 def to_markdown(title: str, blocks: Sequence[Block]) -> str:
-    """report.md: the images beside it, referred to by file name."""
-    parts = [f"# {_one_line(title)}"]
+    """report.md: the images beside it, referred to by file name, and a pointer to report.html for MLflow."""
+    parts = [f"# {_one_line(title)}", MLFLOW_NOTE]
     for kind, content in blocks:
         match kind:
             case "h2":

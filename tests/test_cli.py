@@ -70,7 +70,7 @@ def no_missing_folder_created(folder: Path) -> None:
 
 
 CASES: dict[str, Case] = {
-    "unknown-backend": Case(["backend=jax"], ["backend/jax", *options_in("backend")]),
+    "unknown-backend": Case(["backend=mxnet"], ["backend/mxnet", *options_in("backend")]),
     "unknown-activation": Case(["activation=relu"], ["activation='relu'", "sigmoid", "softmax"]),
     "unknown-dataset": Case(["dataset=cifar10"], ["dataset/cifar10", *options_in("dataset")]),
     "unknown-device": Case(["device=tpu"], ["device/tpu", *options_in("device")]),
@@ -78,7 +78,7 @@ CASES: dict[str, Case] = {
     "lr-zero": Case(["lr=0"], ["lr=0.0", "finite number > 0"]),
     "lr-nan": Case(["lr=nan"], ["lr=nan", "finite number > 0"]),
     "lr-inf": Case(["lr=inf"], ["lr=inf", "finite number > 0"]),
-    "epochs-zero": Case(["epochs=0"], ["epochs=0", "integer >= 1"]),
+    "epochs-zero": Case(["epochs=0"], ["epochs=0", "integer from 1 to 100,000"]),
     "batch-size-zero": Case(["batch_size=0"], ["batch_size=0", "integer >= 1", "null"]),
     "batch-size-above-training-set": Case(
         ["batch_size=2001", *SLICE], ["batch_size=2001", "2000 images", "<= 2000", "null"], needs_data=True

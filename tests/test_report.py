@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -284,6 +285,7 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
         "summary.csv",
         "comparisons.csv",
         "curves.png",
+        "accuracy_vs_time.png",
         "accuracy_vs_lr.png",
         "seconds_per_epoch.png",
         "confusion_matrices.png",
@@ -524,6 +526,141 @@ def test_heatmap_when_lr_and_epochs_both_vary() -> None:
     plot = report_plots.heatmap(summary, report.BASE_CONFIG)
     assert plot.name == "heatmap_lr_epochs.png" and plot.png.startswith(b"\x89PNG")
     assert "skipped" in report_plots.heatmap(summary[summary["lr"] == "0.1"], report.BASE_CONFIG)
+
+
+# --- plots ------------------------------------------------------------------------------------------
+
+
+def hand_made(backends: dict[str, float], activations: tuple[str, ...] = ("sigmoid", "softmax")) -> tuple:
+    """Runs and histories of one seed per backend x activation, lr=0.1, 3 epochs: the same curves for every
+    backend, each shifted by its offset, and each backend as fast as its position in the dict says."""
+    runs, epochs = [], []
+    for index, (backend, offset) in enumerate(backends.items()):
+        for activation in activations:
+            run_id = f"{backend}-{activation}"
+            runs.append((run_id, backend, activation, "cpu", "0.1", "3", "256"))
+            for epoch in (1, 2, 3):
+                loss = (3.0 if activation == "sigmoid" else 1.0) / epoch + offset
+                accuracy = 0.8 + 0.02 * epoch + offset
+                epochs.append((run_id, epoch, loss, accuracy, loss * 1.1, accuracy - 0.01, 0.1 * (index + 1)))
+    runs = pd.DataFrame(runs, columns=["run_id", *report.BASE_CONFIG])
+    histories = pd.DataFrame(epochs, columns=["run_id", "epoch", *report.HISTORY])
+    return runs, histories
+
+
+def texts(figure) -> list:
+    """The visible, non-empty texts of a drawn figure: titles, axis and tick labels, annotations, legends."""
+    found = list(figure.texts)
+    for ax in figure.axes:
+        if ax.get_visible():
+            found += [ax.title, ax.xaxis.label, ax.yaxis.label]
+            for axis in (ax.xaxis, ax.yaxis):  # the ticks in view: matplotlib keeps, but does not draw, the rest
+                low, high = sorted(axis.get_view_interval())
+                ticks = zip(axis.get_majorticklocs(), axis.get_major_ticks(), strict=False)
+                slack = 1e-9 * (high - low)
+                found += [tick.label1 for loc, tick in ticks if low - slack <= loc <= high + slack]
+            found += ax.texts + (ax.get_legend().get_texts() if ax.get_legend() else [])
+    for legend in figure.legends:
+        found += legend.get_texts()
+    return [t for t in found if t.get_visible() and t.get_text().strip()]
+
+
+def overlapping_texts(figure) -> list[tuple[str, str]]:
+    """Pairs of texts whose drawn boxes overlap, and texts that stick out of the figure: a label over a label."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts(figure)]
+    bad = [(name, "outside the figure") for name, box in boxes if not figure.bbox.contains(box.x0, box.y0)]
+    bad += [(name, "outside the figure") for name, box in boxes if not figure.bbox.contains(box.x1, box.y1)]
+    for i, (name, box) in enumerate(boxes):
+        bad += [(name, other) for other, box2 in boxes[i + 1 :] if box.shrunk(0.98, 0.9).overlaps(box2)]
+    return bad
+
+
+def test_coinciding_backends_are_named_and_drawn_apart() -> None:
+    runs, histories = hand_made({"numpy": 0.0, "tf": 0.0, "jax": 0.03})
+    (plot,) = report_plots.curves(runs, histories, report.BASE_CONFIG)
+    assert "Coinciding series" in plot.caption and "numpy and tf (at every setting drawn)" in plot.caption
+    assert "jax" not in plot.caption.split("Coinciding series", 1)[1]
+    assert all("coincide: numpy = tf" in ax.get_title() for ax in plot.figure.axes)
+    styles = {
+        line.get_label(): (line.get_marker(), str(line.get_linestyle()))
+        for line in plot.figure.axes[0].get_lines()
+        if not line.get_label().startswith("_")
+    }
+    assert len(set(styles.values())) == len(styles) == 3, styles  # numpy, tf and jax each look different
+
+    runs, histories = hand_made({"numpy": 0.0, "tf": 0.001})  # 0.001 apart: not drawn on top of each other
+    (plot,) = report_plots.curves(runs, histories, report.BASE_CONFIG)
+    assert "Coinciding" not in plot.caption and not any("coincide" in ax.get_title() for ax in plot.figure.axes)
+
+
+def test_the_full_report_names_no_coincidence_where_there_is_none(full_report: Path) -> None:
+    markdown = (full_report / "report.md").read_text()  # fake_run draws every run's curves apart
+    assert "curves.png" in markdown and "Coinciding series" not in markdown
+
+
+def test_loss_curves_of_different_activations_never_share_an_axis(sweep_store: LoggedSweep) -> None:
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    plots, _ = report.make_plots(selection, report.summary_table(selection.runs, selection.columns))
+    (curves,) = [plot for plot in plots if plot.name.startswith("curves")]
+    loss_axes = [ax for ax in curves.figure.axes if ": loss" in ax.get_title()]
+    assert [ax.get_title().split(":")[0] for ax in loss_axes] == ["sigmoid", "softmax"]
+    assert "BCE summed" in loss_axes[0].get_ylabel() and "cross-entropy" in loss_axes[1].get_ylabel()
+    for ax, activation in zip(loss_axes, ("sigmoid", "softmax"), strict=True):
+        drawn = {line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")}
+        assert drawn == {"numpy lr=0.1", "numpy lr=0.5", "tf lr=0.1", "tf lr=0.5"}, activation
+        numpy_lines = [line for line in ax.get_lines() if line.get_label() == "numpy lr=0.1"]
+        expected = np.mean(
+            [run["history"]["test_loss"] for run in ok_runs(sweep_store, ("numpy", activation, "0.1", EPOCHS))], axis=0
+        )
+        np.testing.assert_allclose(numpy_lines[0].get_ydata(), expected)  # this activation's runs, no other
+
+
+def test_accuracy_against_cumulative_seconds(sweep_store: LoggedSweep, full_report: Path) -> None:
+    markdown = (full_report / "report.md").read_text()
+    assert "![accuracy_vs_time.png](accuracy_vs_time.png)" in markdown
+    assert "Test accuracy against the training seconds spent so far" in markdown
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    finished = selection.runs[selection.runs["status"].eq("finished")]
+    (plot,) = report_plots.accuracy_vs_time(finished, selection.histories, selection.columns)
+    (ax,) = [ax for ax in plot.figure.axes if ax.get_title().startswith("softmax")]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "tf lr=0.1"]
+    runs = ok_runs(sweep_store, ("tf", "softmax", "0.1", EPOCHS))
+    assert len(runs) == 2
+    np.testing.assert_allclose(line.get_xdata(), np.mean([np.cumsum(r["history"]["epoch_seconds"]) for r in runs], 0))
+    np.testing.assert_allclose(line.get_ydata(), np.mean([r["history"]["test_accuracy"] for r in runs], 0))
+    runs, histories = hand_made({"numpy": 0.0})
+    assert "skipped" in report_plots.accuracy_vs_time(runs, histories.assign(epoch_seconds=np.nan), report.BASE_CONFIG)
+
+
+def test_accuracy_vs_lr_is_one_panel_with_a_line_per_model(full_report: Path, sweep_store: LoggedSweep) -> None:
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    plot = report_plots.accuracy_vs_lr(report.summary_table(selection.runs, selection.columns), selection.columns)
+    assert len([ax for ax in plot.figure.axes if ax.get_visible()]) == 1
+    labels = [text.get_text() for legend in plot.figure.legends for text in legend.get_texts()]
+    assert sorted(labels) == ["numpy-sigmoid", "numpy-softmax", "tf-sigmoid", "tf-softmax"]
+
+
+@pytest.mark.parametrize(("count", "grid"), [(1, (1, 1)), (3, (1, 3)), (4, (2, 2)), (6, (2, 3)), (8, (4, 2))])
+def test_panel_grids_leave_no_orphan(count: int, grid: tuple[int, int]) -> None:
+    assert report_plots._grid(count) == grid
+
+
+def test_no_label_is_drawn_over_another(sweep_store: LoggedSweep) -> None:
+    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    plots, _ = report.make_plots(selection, report.summary_table(selection.runs, selection.columns))
+    runs = pd.DataFrame(
+        {"run_id": ["a", "b", "c"], "backend": ["numpy", "tf", "keras"], "seconds_per_epoch": [1.0, 0.004, 0.3]}
+    ).assign(activation="sigmoid", device="cpu", lr="0.1", epochs="3", batch_size="256")
+    short_bar = report_plots.seconds_per_epoch(runs, report.BASE_CONFIG)  # tf's bar is too short for its label
+    for plot in [*plots, short_bar]:
+        assert overlapping_texts(plot.figure) == [], plot.name
+
+
+def test_markdown_points_mlflow_readers_to_the_html(full_report: Path) -> None:
+    assert report.MLFLOW_NOTE in (full_report / "report.md").read_text()
+    assert "Markdown preview" not in (full_report / "report.html").read_text()
 
 
 # --- end to end ---------------------------------------------------------------------------------------
