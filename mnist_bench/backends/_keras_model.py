@@ -1,29 +1,34 @@
-"""The linear model as most Keras users write it: Sequential([Dense(10)]), SGD, compile, fit.
+"""backend=keras's model, on whichever engine Keras was loaded with (keras_backend.py chooses it first).
 
+The linear model as most Keras users write it: Sequential([Dense(10)]), SGD, compile, fit. Everything
+here is keras and keras.ops, so the same code trains, scores and evaluates on TensorFlow and on JAX.
 These choices keep its numbers those of the other backends:
 - The Dense layer outputs logits and the loss applies the activation (``from_logits=True``). The
   accuracy is not Keras' own, which takes the argmax of whatever the model outputs, but the harness's
-  predicted class (``predict_from``) as the TF backend computes it, with the tied fraction beside it.
+  predicted class (``predict_from``), from probabilities computed by numpy_backend's formulas
+  (``probabilities``), with the tied fraction beside it.
 - The learning rate of every step comes from ``learning_rates()`` through a schedule indexed by the
   optimizer's step counter, and batches come in ``epoch_order()``: one ``fit`` call per epoch on the
   rows in that order, with ``shuffle=False``.
-- The run's dtype is given to every layer, loss and metric, and is Keras' floatx while the model is
-  built and trained: Keras casts float inputs to floatx and keeps its loss tracker in it.
+- The run's dtype is given to every layer and loss, and is Keras' floatx while the model is built and
+  trained: Keras casts float inputs to floatx and keeps its loss tracker in it. The accuracy and tied
+  shares are kept in float64 (see ``_row_metrics``).
 - grad_reduction=sum multiplies the kernel gradient by the batch's row count inside the layer
   (``_SummedKernelGradientDense``), leaving fit's training step as it is.
+- The test set is scored after each epoch by ``model.evaluate`` with the same loss and metrics, in one batch.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 
+import keras
 import numpy as np
 
 from mnist_bench.backends.base import (
     NUM_CLASSES,
-    BackendUnavailable,
     EpochCallback,
     EpochMetrics,
     FitResult,
@@ -35,25 +40,60 @@ from mnist_bench.backends.base import (
 )
 from mnist_bench.config import Config
 
-try:
-    from mnist_bench.backends import _tf_common as common
-except ModuleNotFoundError as err:
-    raise BackendUnavailable(
-        "backend=keras needs TensorFlow, which is not installed: "
-        "pip install 'mnist-bench[tf]' (or '.[tf]' in a checkout)"
-    ) from err
-
-import keras  # comes with TensorFlow (which imports it); after _tf_common, which sets TF's log level first
-
 ops = keras.ops
 
 
-class _SummedBinaryCrossentropy(keras.losses.Loss):
-    """The sigmoid model's loss: BCE summed over the 10 one-vs-rest outputs. Keras' binary_crossentropy
-    averages over them, so it is multiplied by 10 (which also makes its gradient (p - y) / B, as elsewhere)."""
+# Keras on JAX computes some ops of float64 tensors in float32: its type promotion maps float64 to float32
+# on every engine but TensorFlow, as JAX does without x64 mode (keras-team/keras#18482). ops.mean of a
+# float64 run's losses and ops.argmax of its outputs are two (in Keras 3.15: off by 2e-8, and ties
+# where float64 has none), so the functions below use neither on float tensors: ops.sum, and the first
+# column equal to the row's max.
+
+
+def row_losses(y, logits, activation: str):
+    """The loss of each row: BCE summed over the 10 one-vs-rest outputs (whose gradient is then (p - y) / B,
+    as elsewhere) or cross-entropy."""
+    if activation == "sigmoid":
+        return ops.sum(ops.binary_crossentropy(y, logits, from_logits=True), axis=-1)
+    return ops.categorical_crossentropy(y, logits, from_logits=True)
+
+
+def probabilities(logits, activation: str):
+    """The activated outputs by numpy_backend's formulas, so that they round, saturate and tie alike.
+
+    The sigmoid is 1 / (1 + e^-z), as in NumPy, not a library sigmoid (see _tf_common.probabilities for
+    what those round differently). Outputs below the smallest normal float are 0, on every device.
+    """
+    p = 1 / (1 + ops.exp(-logits)) if activation == "sigmoid" else ops.exp(ops.log_softmax(logits, axis=-1))
+    return ops.where(p < np.finfo(ops.dtype(p)).tiny, ops.zeros_like(p), p)
+
+
+def _top(values):
+    """Per row: whether each column holds the row's largest value (-0.0 and 0.0 are equal, as in NumPy)."""
+    return ops.cast(ops.equal(values, ops.max(values, axis=1, keepdims=True)), "int32")
+
+
+def hits_and_ties(y, logits, activation: str, predict_from: str):
+    """Per row (bool): whether the predicted class is the label, and whether the row's top output is tied.
+
+    The predicted class is base.predicted_class's: the first of the largest logits or outputs (an argmax of
+    integers, which no engine casts), so a tie goes to the lowest class; ties are base.tied_rows'.
+    """
+    p = probabilities(logits, activation)
+    predicted = ops.argmax(_top(p if predict_from == "probabilities" else logits), axis=1)
+    hits = ops.equal(predicted, ops.argmax(_top(y), axis=1))
+    return hits, ops.sum(_top(p), axis=1) > 1
+
+
+class _RowLoss(keras.losses.Loss):
+    """``row_losses`` as the loss fit and evaluate take the batch mean of."""
+
+    def __init__(self, activation: str, dtype: str) -> None:
+        super().__init__(dtype=dtype)
+        self.activation = activation
 
     def call(self, y_true, y_pred):
-        return NUM_CLASSES * keras.losses.binary_crossentropy(y_true, y_pred, from_logits=True)
+        return row_losses(y_true, y_pred, self.activation)
 
 
 class _StepRates(keras.optimizers.schedules.LearningRateSchedule):
@@ -87,32 +127,32 @@ def build_model(cfg: Config, n_features: int, steps_per_epoch: int) -> keras.Seq
     """The compiled model, holding the run's initial parameters.
 
     Every part gets ``cfg.dtype`` explicitly: Keras fixes its default dtype policy at its first use in
-    the process, so an earlier run's floatx would otherwise stick.
+    the process, so an earlier run's floatx would otherwise stick. On JAX, Keras' fit is always jitted
+    (XLA): without it every step would run op by op.
     """
     dense = _SummedKernelGradientDense if cfg.grad_reduction == "sum" else keras.layers.Dense
     model = keras.Sequential([keras.Input((n_features,), dtype=cfg.dtype), dense(NUM_CLASSES, dtype=cfg.dtype)])
     model.set_weights(initial_parameters(cfg, n_features))
-    if cfg.activation == "sigmoid":
-        loss = _SummedBinaryCrossentropy(dtype=cfg.dtype)
-    else:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, dtype=cfg.dtype)
+    loss = _RowLoss(cfg.activation, cfg.dtype)
     rates = learning_rates(cfg, steps_per_epoch).astype(cfg.dtype)
     # momentum as a float64 scalar: Keras casts a Python float to the variables' dtype through float32,
     # which in a float64 run would make it 0.899999976 instead of 0.9.
     optimizer = keras.optimizers.SGD(learning_rate=_StepRates(rates), momentum=np.float64(cfg.momentum))
-    model.compile(optimizer=optimizer, loss=loss, metrics=_row_metrics(cfg), jit_compile=cfg.backend.xla)
+    jit = keras.config.backend() == "jax" or cfg.backend.xla
+    model.compile(optimizer=optimizer, loss=loss, metrics=_row_metrics(cfg), jit_compile=jit)
     return model
 
 
 def _row_metrics(cfg: Config) -> list[keras.metrics.Metric]:
     """``accuracy`` and ``tied``: the shares of rows whose predicted class is the label, and whose top output
-    is tied, by _tf_common's rule (fit's epoch logs average them over the epoch's rows)."""
+    is tied (fit's epoch logs average them over the epoch's rows). Kept in float64 whatever the run's dtype,
+    so that a share of n rows is k / n exactly, as the other backends report it."""
 
     def share(column: int, name: str) -> keras.metrics.Metric:
         def rows(y_true, logits):
-            return ops.cast(common.hits_and_ties(logits, y_true, cfg.activation, cfg.predict_from)[column], cfg.dtype)
+            return hits_and_ties(y_true, logits, cfg.activation, cfg.predict_from)[column]
 
-        return keras.metrics.MeanMetricWrapper(rows, name=name, dtype=cfg.dtype)
+        return keras.metrics.MeanMetricWrapper(rows, name=name, dtype="float64")
 
     return [share(0, "accuracy"), share(1, "tied")]
 
@@ -122,9 +162,9 @@ class _EpochReporter(keras.callbacks.Callback):
     stops training when that returns True. Keras' epoch logs average the loss and accuracy over the
     epoch's rows, each batch's taken before its update: the same train numbers as the other backends."""
 
-    def __init__(self, on_epoch: EpochCallback, evaluate: Callable[[], tuple[float, float]]) -> None:
+    def __init__(self, on_epoch: EpochCallback, x_test: np.ndarray, y_test: np.ndarray) -> None:
         super().__init__()
-        self.on_epoch, self.evaluate = on_epoch, evaluate
+        self.on_epoch, self.x_test, self.y_test = on_epoch, x_test, y_test
         self.epochs_run = 0
         self._start = 0.0
 
@@ -134,49 +174,41 @@ class _EpochReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         train_loss, train_accuracy, tied = float(logs["loss"]), float(logs["accuracy"]), float(logs["tied"])
         seconds = time.perf_counter() - self._start  # after the floats above, which wait for the last step
-        test_loss, test_accuracy = self.evaluate()
+        test = self.model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0, return_dict=True)
         self.epochs_run = epoch + 1
-        metrics = EpochMetrics(epoch + 1, train_loss, train_accuracy, tied, test_loss, test_accuracy, seconds)
+        metrics = EpochMetrics(
+            epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), seconds
+        )
         if self.on_epoch(metrics):
             self.model.stop_training = True
 
 
-class KerasBackend:
-    """keras.Sequential + SGD trained by model.fit, one call per epoch."""
-
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
-        return common.resolve_device(cfg)
-
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
-        device, _ = common.resolve_device(cfg)
-        n_samples = len(data.x_train)
-        batch_size, steps = batch_plan(cfg, n_samples)
-        x_train, y_train = data.x_train, data.one_hot(data.y_train)
-        with common.placement(device), _floatx(cfg.dtype):
-            model = build_model(cfg, data.n_features, steps)
-            dense = model.layers[0]
-            x_test, y_test = common.one_hot_tensors(data.x_test, data.y_test, NUM_CLASSES)
-            warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs)
-            reporter = _EpochReporter(
-                on_epoch, lambda: common.evaluate(x_test, y_test, dense.kernel.value, dense.bias.value, cfg)
+def fit(data: TrainData, cfg: Config, on_epoch: EpochCallback, placement: AbstractContextManager) -> FitResult:
+    """Train as backend=keras does, with the run's tensors and variables made under ``placement``."""
+    n_samples = len(data.x_train)
+    batch_size, steps = batch_plan(cfg, n_samples)
+    x_train, y_train = data.x_train, data.one_hot(data.y_train)
+    with placement, _floatx(cfg.dtype):
+        model = build_model(cfg, data.n_features, steps)
+        warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs)
+        reporter = _EpochReporter(on_epoch, data.x_test, data.one_hot(data.y_test))
+        for epoch in range(cfg.epochs):
+            order = epoch_order(cfg, n_samples, epoch)
+            rows = slice(None) if order is None else order
+            model.fit(
+                x_train[rows],
+                y_train[rows],
+                batch_size=batch_size,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                shuffle=False,
+                callbacks=[reporter],
+                verbose=0,
             )
-            for epoch in range(cfg.epochs):
-                order = epoch_order(cfg, n_samples, epoch)
-                rows = slice(None) if order is None else order
-                model.fit(
-                    x_train[rows],
-                    y_train[rows],
-                    batch_size=batch_size,
-                    initial_epoch=epoch,
-                    epochs=epoch + 1,
-                    shuffle=False,
-                    callbacks=[reporter],
-                    verbose=0,
-                )
-                if model.stop_training:
-                    break
-        weights, bias = dense.get_weights()
-        return FitResult(weights, bias, reporter.epochs_run, warmup_seconds)
+            if model.stop_training:
+                break
+    weights, bias = model.layers[0].get_weights()
+    return FitResult(weights, bias, reporter.epochs_run, warmup_seconds)
 
 
 @contextmanager
@@ -201,9 +233,5 @@ def _warm_up(model: keras.Sequential, x: np.ndarray, y: np.ndarray, batch_size: 
     seconds = time.perf_counter() - start
     model.set_weights(parameters)
     for variable in model.optimizer.variables:
-        variable.assign(ops.zeros_like(variable))
+        variable.assign(ops.zeros(variable.shape, variable.dtype))
     return seconds
-
-
-def create() -> KerasBackend:
-    return KerasBackend()
