@@ -23,6 +23,7 @@ class Tag:
 
     PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep's parent run
     BACKEND = "backend"
+    KERAS_BACKEND = "keras_backend"  # keras runs only: the engine Keras ran on (tensorflow or jax)
     ACTIVATION = "activation"
     DATASET = "dataset"
     DEVICE = "device"  # the device actually used: device=auto resolves to cpu or gpu
