@@ -134,16 +134,19 @@ def _has_gpu() -> bool:
         return False
 
 
-def test_cpu_and_auto_devices() -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_cpu_and_auto_devices(model: str) -> None:
     expected_auto = "gpu" if _has_gpu() else "cpu"
-    assert get("jax").resolve_device(config("jax", device="auto"))[0] == expected_auto
-    assert get("jax").resolve_device(config("jax", device="cpu")) == ("cpu", machine.cpu_model())
+    backend = get(jax_config(model).backend.name)
+    assert backend.resolve_device(jax_config(model, device="auto"))[0] == expected_auto
+    assert backend.resolve_device(jax_config(model, device="cpu")) == ("cpu", machine.cpu_model())
 
 
+@pytest.mark.parametrize("model", MODELS)
 @pytest.mark.skipif(_has_gpu(), reason="JAX sees a GPU on this machine")
-def test_gpu_without_one_is_a_one_line_config_error() -> None:
+def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
     with pytest.raises(ConfigError) as info:
-        get("jax").resolve_device(config("jax", device="gpu"))
+        get(jax_config(model).backend.name).resolve_device(jax_config(model, device="gpu"))
     message = str(info.value)
     assert message.startswith("device=gpu but JAX sees no GPU") and "device=cpu" in message
     assert "\n" not in message
@@ -151,9 +154,10 @@ def test_gpu_without_one_is_a_one_line_config_error() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_gpu(), reason="JAX sees no GPU on this machine")
-def test_gpu_matches_cpu() -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_gpu_matches_cpu(model: str) -> None:
     options = {"batch_size": 64, "momentum": 0.9, "epochs": 3}
-    gpu, cpu = fit(config("jax", device="gpu", **options)), fit(config("jax", device="cpu", **options))
+    gpu, cpu = fit(jax_config(model, device="gpu", **options)), fit(jax_config(model, device="cpu", **options))
     assert_same_training(gpu, cpu, rtol=1e-7)
 
 

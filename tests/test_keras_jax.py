@@ -17,7 +17,7 @@ from parity import config, saturating_logits
 jax = import_extra("jax", "jax")
 import_extra("keras", "jax")
 
-from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need JAX)
+from mnist_bench import backends  # noqa: E402  (after the skip: these tests need JAX)
 from mnist_bench.backends import base, get, keras_backend  # noqa: E402
 from mnist_bench.backends.numpy_backend import probabilities_and_loss  # noqa: E402
 from mnist_bench.config import Config  # noqa: E402
@@ -57,11 +57,7 @@ def test_keras_ops_saturate_and_tie_where_numpy_does(engine: str) -> None:
     assert model.keras.ops.convert_to_numpy(hits).tolist() == [True, True]
 
 
-# --- device, imports -----------------------------------------------------------------------------
-
-
-def test_cpu_device_is_jaxs() -> None:
-    assert get("keras").resolve_device(keras_jax(device="cpu")) == ("cpu", machine.cpu_model())
+# --- imports -------------------------------------------------------------------------------------
 
 
 def test_missing_jax_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
