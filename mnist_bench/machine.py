@@ -65,7 +65,7 @@ def blas_library() -> str:
     return "unknown"
 
 
-def package_versions(names: tuple[str, ...] = ("numpy", "mlflow", "hydra-core", "tensorflow", "keras")) -> dict:
+def package_versions(names: tuple[str, ...] = ("numpy", "mlflow", "hydra-core", "tensorflow", "keras", "jax")) -> dict:
     versions = {}
     for name in names:
         try:
