@@ -44,10 +44,10 @@ ops = keras.ops
 
 
 # Keras on JAX computes some ops of float64 tensors in float32: its type promotion maps float64 to float32
-# on every engine but TensorFlow, as JAX does without x64 mode (keras-team/keras#18482). ops.mean of a
-# float64 run's losses and ops.argmax of its outputs are two (in Keras 3.15: off by 2e-8, and ties
-# where float64 has none), so the functions below use neither on float tensors: ops.sum, and the first
-# column equal to the row's max.
+# on every engine but TensorFlow, as JAX does without x64 mode (keras-team/keras#18482). In Keras 3.15
+# ops.mean is one (it moved a float64 run's sigmoid loss by 2e-8 relative) and ops.argmax on a CPU another
+# (outputs that differ in float64 could tie in float32), so the functions below use neither on float
+# tensors: ops.sum, and the first column equal to the row's max.
 
 
 def row_losses(y, logits, activation: str):
