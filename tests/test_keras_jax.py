@@ -50,11 +50,12 @@ def test_keras_ops_saturate_and_tie_where_numpy_does(engine: str) -> None:
         expected = base.predicted_class(z, p, rule) == y.argmax(axis=1)
         np.testing.assert_array_equal(model.keras.ops.convert_to_numpy(hits), expected, err_msg=rule)
         np.testing.assert_array_equal(model.keras.ops.convert_to_numpy(tied), base.tied_rows(p))
-    # Ties go to the lowest class, and -0.0 ties with 0.0, as in np.argmax (Keras' own argmax ranks -0.0 lower).
-    tie = np.array([[0.0, 1.0, 0.5, 1.0, 1.0], [-0.0, -1.0, 0.0, -2.0, -3.0]])
-    assert base.predicted_class(tie, tie, "logits").tolist() == [1, 0]
-    hits, _ = model.hits_and_ties(np.eye(5)[[1, 0]], tie, "sigmoid", "logits")
-    assert model.keras.ops.convert_to_numpy(hits).tolist() == [True, True]
+    # As np.argmax: a tie goes to the lowest class, -0.0 ties with 0.0 (Keras' own argmax ranks it lower), and
+    # float64 values that only float32 would tie do not (Keras' argmax on JAX compares them in float32).
+    tie = np.array([[0.0, 1.0, 0.5, 1.0, 1.0], [-0.0, -1.0, 0.0, -2.0, -3.0], [1.0, 1.0 + 1e-12, 0.0, 0.0, 0.0]])
+    assert base.predicted_class(tie, tie, "logits").tolist() == [1, 0, 1]
+    hits, _ = model.hits_and_ties(np.eye(5)[[1, 0, 1]], tie, "sigmoid", "logits")
+    assert model.keras.ops.convert_to_numpy(hits).tolist() == [True, True, True]
 
 
 # --- imports -------------------------------------------------------------------------------------
