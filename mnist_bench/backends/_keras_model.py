@@ -46,8 +46,8 @@ ops = keras.ops
 # Keras on JAX computes some ops of float64 tensors in float32: its type promotion maps float64 to float32
 # on every engine but TensorFlow, as JAX does without x64 mode (keras-team/keras#18482). In Keras 3.15
 # ops.mean is one (it moved a float64 run's sigmoid loss by 2e-8 relative) and ops.argmax on a CPU another
-# (it ranks 1 + 1e-12 level with 1.0), so the functions below use neither on float
-# tensors: ops.sum, and the first column equal to the row's max.
+# (it ranks 1 + 1e-12 level with 1.0), so the functions below use neither on float tensors: ops.sum, and
+# the first column equal to the row's max.
 
 
 def row_losses(y, logits, activation: str):
