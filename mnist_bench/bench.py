@@ -19,7 +19,7 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
 Figures are min, median and max over the repeats. The load average before and after is printed
 with them: on a shared machine it says how far to trust them.
 
-    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla,jax]
+    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla,keras[jax],jax]
                       [--reference keras-adam|none] [--batch-size 256] [--json PATH]
 
 Exit status: 0 when every figure was measured, 2 on bad input (one line).
@@ -43,13 +43,13 @@ from omegaconf import OmegaConf
 
 from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline, timing
 from mnist_bench.backends import base
-from mnist_bench.config import BackendConfig, Config, DatasetConfig, TimingConfig
+from mnist_bench.config import KERAS_BACKENDS, BackendConfig, Config, DatasetConfig, TimingConfig
 from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.stepper import EpochStepper
 
 PROG = "mnist-bench bench"
-# A backend, or tf/keras with backend.xla=true ("tf+xla").
-BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "jax")
+# A backend, tf/keras with backend.xla=true ("tf+xla"), or Keras on its JAX engine ("keras[jax]").
+BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "keras[jax]", "jax")
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
 MAX_REFERENCE_EPOCHS = 10
@@ -129,9 +129,12 @@ def load_mnist() -> base.TrainData:
 
 
 def backend_config(label: str, threads: int | None) -> BackendConfig:
-    """``numpy``, ``tf``, ``tf+xla``, ... as a backend config with one warm-up epoch (its time is not counted)."""
-    name, _, xla = label.partition("+")
-    return BackendConfig(name=name, threads=threads, warmup_epochs=1, xla=xla == "xla")
+    """``numpy``, ``tf+xla``, ``keras[jax]``, ... as a backend config with one warm-up epoch (not counted)."""
+    backend, _, xla = label.partition("+")
+    name, _, engine = backend.removesuffix("]").partition("[")
+    return BackendConfig(
+        name=name, threads=threads, warmup_epochs=1, xla=xla == "xla", keras_backend=engine or KERAS_BACKENDS[0]
+    )
 
 
 def fast_preset(label: str, threads: int | None, seed: int) -> Config:
@@ -274,11 +277,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     needed = {label.partition("+")[0] for label in args.backends}
     if args.reference == "keras-adam":
         needed.add("keras")
-    for name in sorted(needed):  # before anything is measured: a missing TensorFlow is bad input
-        try:
-            backends.get(name)
-        except ImportError as err:
-            raise BenchError(f"{err} (or leave it out: --backends numpy --reference none)") from None
+    for label in sorted(needed):  # before anything is measured: a missing TensorFlow is bad input
+        if why := backends.unavailable(label):
+            raise BenchError(f"{why} (or leave it out: --backends numpy --reference none)")
     return args
 
 

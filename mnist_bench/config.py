@@ -29,6 +29,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 TARGET_METRICS = ("test_accuracy", "train_accuracy")
 PROGRESS = ("auto", "bar", "none")
 MAX_EPOCHS = 100_000  # more is a typo: the full-batch tutorial stops within 40
+KERAS_BACKENDS = ("tensorflow", "jax")
 
 
 class ConfigError(UserError, ValueError):
@@ -58,8 +59,10 @@ class BackendConfig:
     default_activation: str | None = None
     # Threads for BLAS (numpy) or TF's intra-op pool; null = cores / parallel jobs.
     threads: int | None = None
-    # tf/keras only: compile the training step with XLA (jax always does).
+    # tf/keras only: compile the training step with XLA (jax, and keras on jax, always do).
     xla: bool = False
+    # keras only: the engine Keras runs on, tensorflow or jax.
+    keras_backend: str = "tensorflow"
     # Untimed epochs run (and logged as warmup_seconds) before the timed ones.
     warmup_epochs: int = 1
 
@@ -73,6 +76,17 @@ class BackendConfig:
             raise ConfigError(
                 f"backend.xla=true is not allowed with backend={self.name}: it is a tf/keras option"
                 " (numpy has no compiler; jax always compiles with XLA)"
+            )
+        _choice("backend.keras_backend", self.keras_backend, KERAS_BACKENDS)
+        if self.keras_backend != "tensorflow" and self.name != "keras":
+            raise ConfigError(
+                f"backend.keras_backend={self.keras_backend} is not allowed with backend={self.name}:"
+                " it is a keras option (use backend=keras, or leave backend.keras_backend=tensorflow)"
+            )
+        if self.xla and self.keras_backend == "jax":
+            raise ConfigError(
+                "backend.xla=true is not allowed with backend.keras_backend=jax: Keras on JAX always compiles"
+                " with XLA (leave backend.xla=false)"
             )
 
 
@@ -299,7 +313,11 @@ def as_flat_dict(cfg: Config) -> dict[str, object]:
 
 
 def config_hash(cfg: Config) -> str:
-    """A short hash of everything that determines a run's numbers (not where it is logged)."""
+    """A short hash of everything that determines a run's numbers (not where it is logged).
+
+    backend.keras_backend counts only when it is not tensorflow, so that the runs logged before it existed
+    (all on tensorflow) keep their hashes and resume still finds them.
+    """
     data = asdict(cfg)
     for key in _NOT_IN_HASH:
         data.pop(key)
@@ -307,14 +325,22 @@ def config_hash(cfg: Config) -> str:
         data["dataset"].pop(key)
     for key in _BACKEND_DEFAULT_KEYS:
         data["backend"].pop(key)
+    if data["backend"]["keras_backend"] == KERAS_BACKENDS[0]:
+        data["backend"].pop("keras_backend")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def backend_label(name: str, keras_backend: str | None) -> str:
+    """The backend as runs and reports name it: ``keras[jax]`` for Keras on a non-default engine, else its name."""
+    return f"{name}[{keras_backend}]" if keras_backend and keras_backend != KERAS_BACKENDS[0] else name
+
+
 def run_name(cfg: Config) -> str:
-    """A readable run name such as ``numpy-sigmoid-lr0.1-e100-b128-s0``."""
+    """A readable run name such as ``numpy-sigmoid-lr0.1-e100-b128-s0`` (``keras[jax]-softmax-...``)."""
     batch = "" if cfg.batch_size is None else f"-b{cfg.batch_size}"
     data = "" if cfg.dataset.name == "mnist" else f"-{cfg.dataset.name}"
-    return f"{cfg.backend.name}-{cfg.activation}-lr{cfg.lr:g}-e{cfg.epochs}{batch}-s{cfg.seed}{data}"
+    backend = backend_label(cfg.backend.name, cfg.backend.keras_backend)
+    return f"{backend}-{cfg.activation}-lr{cfg.lr:g}-e{cfg.epochs}{batch}-s{cfg.seed}{data}"
 
 
 def register() -> None:

@@ -116,6 +116,8 @@ def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name
         Tag.BLAS: machine.blas_library(),
         Tag.CONFIG_HASH: cell_hash,
     }
+    if cfg.backend.name == "keras":
+        tags[Tag.KERAS_BACKEND] = cfg.backend.keras_backend
     tags.update({Tag.VERSION_PREFIX + k: v for k, v in machine.package_versions().items()})
     if sweep_name:
         tags[Tag.SWEEP_NAME] = sweep_name

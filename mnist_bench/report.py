@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_bench import artifacts, atomic, report_plots, timing, tracking
-from mnist_bench.config import changes_numbers
+from mnist_bench.config import backend_label, changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.report_plots import Plot
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status, SweepParam, Tag, normalise, status_of
@@ -38,9 +38,10 @@ from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, Status,
 PROG = "mnist-bench report"
 REPORTS_DIR = "reports"  # under the current directory; git-ignored in this repository (results/ holds examples)
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
-# Params that get no configuration column of their own: shown as backend/device already, or averaged over
-# (seed). Params that never change a run's numbers (config.changes_numbers) get none either.
-NOT_CONFIG = {"backend.name", "device.name", "seed"}
+# Params that get no configuration column of their own: shown as backend/device already (Keras' engine as
+# keras[jax]), or averaged over (seed). Params that never change a run's numbers (config.changes_numbers)
+# get none either.
+NOT_CONFIG = {"backend.name", "backend.keras_backend", "device.name", "seed"}
 METRICS = {  # per-run value -> heading in the main table
     "final_test_accuracy": "final test acc",
     "best_test_accuracy": "best test acc",
@@ -52,7 +53,10 @@ METRICS = {  # per-run value -> heading in the main table
 HISTORY = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
 MACHINE_TAGS = [Tag.CPU_MODEL, Tag.CPU_COUNT, Tag.DEVICE_NAME]
 REFERENCE = "numpy-sigmoid"
-MODEL_ORDER = [REFERENCE, "tf-softmax", "numpy-softmax", "tf-sigmoid", "keras-sigmoid", "keras-softmax"]
+MODEL_ORDER = [
+    *[REFERENCE, "tf-softmax", "numpy-softmax", "tf-sigmoid", "keras-sigmoid", "keras-softmax"],
+    *["keras[jax]-sigmoid", "keras[jax]-softmax"],
+]
 PROBLEM_COLUMNS = ["status", "cell", "run_id", "overrides", "error"]
 PROBLEMS_TITLE = "Incomplete or failed cells"
 Block = tuple[str, object]  # ("h2" | "p", str), ("ul", list[str]), ("table", DataFrame), ("plot", Plot)
@@ -112,7 +116,10 @@ def _run_row(run: Run) -> dict[str, object]:
         "timing_unstable": tags.get(Tag.TIMING_UNSTABLE, ""),
         "threads": tags.get(Tag.THREADS, ""),  # as resolved for the run (the param may be null)
         "blas": tags.get(Tag.BLAS, ""),
-        "backend": params.get("backend.name") or tags.get(Tag.BACKEND, ""),
+        "backend": backend_label(  # keras[jax] for Keras on JAX: a model of its own beside keras (on TensorFlow)
+            params.get("backend.name") or tags.get(Tag.BACKEND, ""),
+            tags.get(Tag.KERAS_BACKEND) or params.get("backend.keras_backend"),
+        ),
         "device": tags.get(Tag.DEVICE) or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
         **{key: tags.get(key, "") for key in MACHINE_TAGS},
     }

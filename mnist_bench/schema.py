@@ -24,6 +24,7 @@ class Tag:
     PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep's parent run
     DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run's description in its UI
     BACKEND = "backend"
+    KERAS_BACKEND = "keras_backend"  # keras runs only: the engine Keras ran on (tensorflow or jax)
     ACTIVATION = "activation"
     DATASET = "dataset"
     DEVICE = "device"  # the device actually used: device=auto resolves to cpu or gpu

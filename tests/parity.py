@@ -31,9 +31,28 @@ X_TRAIN, Y_TRAIN = _images(_RNG, _PROJECTION, 512)
 X_TEST, Y_TEST = _images(_RNG, _PROJECTION, 128)
 
 
-def config(backend: str, warmup_epochs: int = 0, xla: bool = False, device: str = "cpu", **overrides) -> Config:
+def saturating_logits() -> np.ndarray:
+    """Logits around 37, where a float64 sigmoid starts to round to exactly 1.0 (on half the classes; the
+    others anywhere), and on the first 100 rows below -708.4, where it is a subnormal float."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(36.0, 1.5, (20000, base.NUM_CLASSES))
+    z[:, ::2] = rng.normal(0.0, 30.0, (20000, base.NUM_CLASSES // 2))
+    z[:100] = rng.uniform(-709.7, -708.5, (100, base.NUM_CLASSES))
+    return z
+
+
+def config(
+    backend: str,
+    warmup_epochs: int = 0,
+    xla: bool = False,
+    device: str = "cpu",
+    keras_backend: str = "tensorflow",
+    **overrides,
+) -> Config:
     return Config(
-        backend=BackendConfig(name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla),
+        backend=BackendConfig(
+            name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla, keras_backend=keras_backend
+        ),
         device=DeviceConfig(device),
         # uniform(-1, 1) init: weights far from the optimum, so every test run visibly learns
         **{"dtype": "float64", "epochs": 20, "init": "uniform", "init_scale": 1.0, **overrides},

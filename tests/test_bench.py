@@ -52,7 +52,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
 
-    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "jax")
+    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "keras[jax]", "jax")
     assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
         (label, batch) for label in labels for batch in ("full", "b256")
     }
@@ -73,7 +73,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--backends", "numpy,mxnet"], "numpy, tf, tf+xla, keras, keras+xla, jax"),
+        (["--backends", "numpy,mxnet"], "numpy, tf, tf+xla, keras, keras+xla, keras[jax], jax"),
         (["--repeats", "0"], ">= 1"),
         (["--reference", "sklearn"], "keras-adam"),
         (["--json", "{missing}/bench.json"], "does not exist"),

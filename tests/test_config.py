@@ -55,6 +55,18 @@ BAD_VALUES = {
     "numpy-on-gpu": ({"device": {"name": "gpu"}}, ["device=gpu", "backend=numpy", "tf or keras"]),
     "numpy-with-xla": ({"backend": {"xla": True}}, ["backend.xla", "backend=numpy"]),
     "threads-zero": ({"backend": {"threads": 0}}, ["backend.threads=0", ">= 1"]),
+    "keras-engine": (
+        {"backend": {"name": "keras", "keras_backend": "torch"}},
+        ["backend.keras_backend='torch'", "tensorflow", "jax"],
+    ),
+    "engine-without-keras": (
+        {"backend": {"name": "tf", "keras_backend": "jax"}},
+        ["backend.keras_backend=jax", "backend=tf", "use backend=keras", "backend.keras_backend=tensorflow"],
+    ),
+    "xla-on-keras-jax": (
+        {"backend": {"name": "keras", "keras_backend": "jax", "xla": True}},
+        ["backend.xla=true", "backend.keras_backend=jax", "backend.xla=false"],
+    ),
     "train-limit-zero": ({"dataset": {"train_limit": 0}}, ["dataset.train_limit=0", ">= 1"]),
     "unknown-top-key": ({"learning_rate": 0.1}, ["learning_rate", "allowed at the top level", "lr", "epochs"]),
     "unknown-nested-key": ({"dataset": {"foo": 1}}, ["dataset.foo", "allowed in dataset", "train_limit", "dir"]),
@@ -128,6 +140,7 @@ def test_validate_accepts_edge_values_and_ignores_the_hydra_node() -> None:
     )
     assert isinstance(cfg, Config)
     assert (cfg.lr, cfg.epochs, cfg.batch_size, cfg.target_accuracy) == (1e-9, 1, 1, 1.0)
+    assert validate(composed({"backend": {"name": "keras", "keras_backend": "jax"}})).backend.keras_backend == "jax"
     assert isinstance(cfg.backend, BackendConfig) and cfg.backend.xla
     assert cfg.dataset.train_images.name == "train-images-idx3-ubyte"
     assert Config(device=DeviceConfig(name="gpu"), backend=BackendConfig(name="keras")).device.name == "gpu"
@@ -163,6 +176,8 @@ OTHER_NUMBERS = {
     "dtype": dataclasses.replace(BASE, dtype="float64"),
     "train_limit": dataclasses.replace(BASE, dataset=DatasetConfig(train_limit=2000)),
     "dataset.name": dataclasses.replace(BASE, dataset=DatasetConfig(name="fashion_mnist")),
+    "keras": dataclasses.replace(BASE, backend=BackendConfig(name="keras")),
+    "keras_backend": dataclasses.replace(BASE, backend=BackendConfig(name="keras", keras_backend="jax")),
 }
 
 
@@ -175,6 +190,13 @@ def test_config_hash_ignores_where_and_how_a_run_is_logged(cfg: Config) -> None:
 @pytest.mark.parametrize("cfg", OTHER_NUMBERS.values(), ids=OTHER_NUMBERS.keys())
 def test_config_hash_changes_with_what_a_run_computes(cfg: Config) -> None:
     assert config_hash(cfg) != config_hash(BASE)
+
+
+def test_config_hash_of_runs_logged_before_keras_backend_existed_is_kept() -> None:
+    """keras_backend=tensorflow, the only engine before the key existed, adds nothing to the hash: these are
+    the hashes the harness gave before it (055de4a), which resume matches earlier runs by."""
+    assert config_hash(Config()) == "e2b345401ba389a4"
+    assert config_hash(Config(backend=BackendConfig(name="keras"), batch_size=128)) == "38a0f769c92426af"
 
 
 def test_config_hash_is_stable_and_short() -> None:
@@ -248,6 +270,7 @@ def test_the_backends_default_activation_hashes_as_if_it_had_been_given() -> Non
         (Config(activation="softmax", lr=0.005, epochs=10, seed=3), "numpy-softmax-lr0.005-e10-s3"),
         (Config(backend=BackendConfig(name="keras"), lr=1.0, epochs=5, batch_size=32), "keras-sigmoid-lr1-e5-b32-s0"),
         (Config(dataset=DatasetConfig(name="fashion_mnist")), "numpy-sigmoid-lr0.1-e10-s0-fashion_mnist"),
+        (Config(backend=BackendConfig(name="keras", keras_backend="jax")), "keras[jax]-sigmoid-lr0.1-e10-s0"),
     ],
 )
 def test_run_name(cfg: Config, expected: str) -> None:

@@ -94,8 +94,17 @@ def fake_run(key: tuple, rng: np.random.Generator) -> dict:
     return {"history": history, "summary": summary, "confusion": confusion}
 
 
-def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tuple, run: dict, start: int) -> None:
-    """One child run as experiment.run and tracking.tracked_run log it, with the status the key calls for."""
+def log_child(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    key: tuple,
+    run: dict,
+    start: int,
+    keras_backend: str | None = None,
+) -> None:
+    """One child run as experiment.run and tracking.tracked_run log it, with the status the key calls for
+    (and ``keras_backend``, when given, as its param, and on a keras run as its tag)."""
     backend, activation, lr, epochs, seed = key
     params = {
         "backend.name": backend,
@@ -120,6 +129,10 @@ def log_child(client: MlflowClient, experiment_id: str, parent_id: str, key: tup
         Tag.CPU_COUNT: "2",
         Tag.DIVERGED: str(key == DIVERGED).lower(),
     }
+    if keras_backend:
+        params["backend.keras_backend"] = keras_backend
+        if backend == "keras":
+            tags[Tag.KERAS_BACKEND] = keras_backend
     if key == DEAD:
         tags |= {
             Tag.HOST: machine.hostname(),
@@ -383,6 +396,25 @@ def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_sto
     assert list(shown) == list(expected)  # one per backend-activation, in table order
     for name, counts in shown.items():
         np.testing.assert_array_equal(counts, expected[name])
+
+
+def test_keras_on_jax_is_a_model_of_its_own(tmp_path: Path, make_store: Callable) -> None:
+    """Keras on JAX and Keras on TensorFlow, at otherwise equal settings, are two rows beside numpy-sigmoid:
+    backend.keras_backend shows in the model's name, not as a setting that would part them from NumPy's."""
+    client, experiment_id = tracking.open_store(make_store(tmp_path).uri, EXPERIMENT)
+    start = 1_700_000_000_000
+    parent_id = log_parent(client, experiment_id, "sweep-keras", start, None)
+    engines = [("numpy", "sigmoid", "tensorflow"), ("keras", "softmax", "tensorflow"), ("keras", "softmax", "jax")]
+    for seed, (backend, activation, engine) in enumerate(engines):
+        key = (backend, activation, "0.1", EPOCHS, seed)
+        log_child(client, experiment_id, parent_id, key, fake_run(key, np.random.default_rng(seed)), start, engine)
+    runs, params = report.load_runs(client, experiment_id, parent_id)
+    assert sorted(runs["backend"]) == ["keras", "keras[jax]", "numpy"]
+    columns = report.config_columns(runs, params)
+    assert "backend.keras_backend" in params and "backend.keras_backend" not in columns
+    headline = report.headline_table(report.summary_table(runs, columns), columns)
+    assert headline["model"].tolist() == ["numpy-sigmoid", "keras-softmax", "keras[jax]-softmax"]
+    assert headline["final_test_accuracy_mean_ref"].notna().all()
 
 
 def test_artifacts_are_logged_to_the_parent_run(sweep_store: LoggedSweep, full_report: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from mnist_bench.backends.base import Backend
+from mnist_bench.config import KERAS_BACKENDS
 
 
 def get(name: str) -> Backend:
@@ -16,10 +17,14 @@ def get(name: str) -> Backend:
     return importlib.import_module(f"mnist_bench.backends.{name}_backend").create()
 
 
-def unavailable(name: str) -> str | None:
-    """Why backend ``name`` cannot run here (its framework does not import), or None when it can."""
+def unavailable(label: str) -> str | None:
+    """Why the backend a label names cannot run here (its framework, or Keras' engine, does not import), or
+    None when it can. A label is a backend's name, with Keras' engine in brackets: ``keras[jax]``."""
+    name, _, engine = label.removesuffix("]").partition("[")
     try:
-        importlib.import_module(f"mnist_bench.backends.{name}_backend")
+        module = importlib.import_module(f"mnist_bench.backends.{name}_backend")
+        if name == "keras":
+            module.check_engine(engine or KERAS_BACKENDS[0])
     except ImportError as err:
-        return f"backend {name} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        return f"backend {label} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     return None

@@ -1,8 +1,8 @@
-"""What backend=tf and backend=keras share: a quiet TensorFlow import, the runtime set-up (threads,
-device), and the loss, the predicted class and the test evaluation they both report, so their numbers mean
-the same thing.
+"""What backend=tf and Keras on TensorFlow share: a quiet TensorFlow import and the runtime set-up (threads,
+device); and backend=tf's loss, predicted class and test evaluation, by the same rules as numpy_backend's
+(Keras has them in keras.ops, for both its engines: _keras_model.py).
 
-Importing this module imports TensorFlow; only the tf and keras backend modules do, so a NumPy run
+Importing this module imports TensorFlow; only the tf backend and Keras on TensorFlow do, so a NumPy run
 never pays for it.
 """
 

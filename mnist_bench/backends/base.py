@@ -91,7 +91,8 @@ def predicted_class(logits: np.ndarray, probabilities: np.ndarray, predict_from:
 
     The two differ only where outputs round to the same value: a float64 sigmoid is exactly 1.0 for
     logits above 36.7 (and 0 below -709.8), so on raw pixels many rows tie that their logits tell apart.
-    The TF backends compute the same rule in TensorFlow (``_tf_common.predicted_class``).
+    backend=tf computes the same rule in TensorFlow (``_tf_common.predicted_class``), Keras in keras.ops
+    (``_keras_model.hits_and_ties``), backend=jax in jax.numpy (``jax_backend.row_counts``).
     """
     return (probabilities if predict_from == "probabilities" else logits).argmax(axis=1)
 
