@@ -190,13 +190,16 @@ def time_to_target(label: str, train: base.TrainData, threads: int | None, seed:
 
 
 def keras_adam_time_to_target(train: base.TrainData, threads: int | None, seed: int) -> Attempt:
-    """The same figure for Dense(10, softmax) + Adam + model.fit at Keras' defaults.
+    """The same figure for Dense(10, softmax) + Adam + model.fit at Keras' defaults, on TensorFlow.
 
     One training step on a throwaway batch first traces and compiles fit's step function (as the
     backends' warm-up epochs do); weights and Adam's state are then reset to where they started.
     """
     backends.get("keras").resolve_device(Config(backend=BackendConfig(name="keras", threads=threads)))
-    import keras
+    from mnist_bench.backends import keras_backend
+
+    # Keras on its default engine, TensorFlow, whichever engine the backends measured before loaded last
+    keras = keras_backend.load(KERAS_BACKENDS[0]).keras
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((train.n_features,)), keras.layers.Dense(base.NUM_CLASSES, "softmax")])
