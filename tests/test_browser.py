@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +26,6 @@ from typing import Any
 
 import pytest
 from needs import import_extra, missing
-
-pytestmark = pytest.mark.slow  # a sweep, a report, a browser and an mlflow ui: about a minute or more
 
 CHROMIUM = "apt-get install chromium chromium-driver"
 SWEEP = ["-m", "lr=0.1,0.5", "epochs=1", "dataset.train_limit=1000", "dataset.test_limit=500"]
@@ -86,6 +85,7 @@ def severe(driver: Any) -> list[dict]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+@pytest.mark.slow  # with the module's sweep: about 40 s
 def test_report_html_renders_with_every_plot_and_no_console_error(
     browser: Any, sweep: Sweep, run_cli, tmp_path: Path
 ) -> None:
@@ -111,6 +111,42 @@ def test_report_html_renders_with_every_plot_and_no_console_error(
     assert all(src.startswith("data:image/png;base64") and done and width > 0 for src, done, width in images), images
     assert distinct_colours(screenshot) > 16, f"{screenshot} looks blank"
     assert SWEEP_NAME in browser.find_element("tag name", "body").text
+
+
+def link_query(link: str) -> tuple[str, dict[str, list[str]]]:
+    """The UI's route and query parameters in a link to it: both follow the ``#``."""
+    route, _, query = urllib.parse.urlsplit(link).fragment.partition("?")
+    return route, urllib.parse.parse_qs(query)
+
+
+def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_a_server() -> None:
+    from mnist_bench.hydra_app import next_steps
+
+    report, runs = next_steps("my sweep", "sqlite:////tmp/a b/mlflow.db", "mnist-bench", "7")
+    assert report.startswith("report: mnist-bench report --sweep 'my sweep'")
+    serve, _, link = runs.removeprefix("runs: ").partition(", then open ")
+    assert shlex.split(serve) == [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        "sqlite:////tmp/a b/mlflow.db",
+        "--port",
+        "5000",
+    ]
+    assert link.startswith("http://127.0.0.1:5000/#/experiments/7/runs?") and " " not in link
+    route, query = link_query(link)
+    assert route == "/experiments/7/runs"
+    assert query == {
+        "workflowType": ["machine_learning"],
+        "searchFilter": ["tags.sweep_name = 'my sweep'"],
+        "orderByKey": ["tags.`mlflow.runName`"],
+        "orderByAsc": ["true"],
+    }
+
+    _, runs = next_steps("it's", "https://user:secret@mlflow.example:8443/ui/?token=abc", "e", "3")
+    link = runs.removeprefix("runs: ")
+    assert link.startswith("https://mlflow.example:8443/ui/#/experiments/3/runs?") and "secret" not in link
+    assert link_query(link)[1]["searchFilter"] == ['tags.sweep_name = "it\'s"']
 
 
 def free_port() -> int:
@@ -155,6 +191,7 @@ def mlflow_ui(sweep: Sweep) -> Iterator[tuple[list[str], int]]:
         log.close()
 
 
+@pytest.mark.slow  # mlflow ui takes 20-60 s to start on 2 cores
 def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     browser: Any, sweep: Sweep, mlflow_ui: tuple[list[str], int], tmp_path: Path
 ) -> None:
@@ -165,6 +202,7 @@ def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     [line] = [line for line in sweep.stdout.splitlines() if line.startswith("runs: ")]
     link = line.rpartition(", then open ")[2]
     assert link.startswith("http://127.0.0.1:5000/#/experiments/"), line
+    assert link_query(link)[1]["searchFilter"] == [f"tags.sweep_name = '{SWEEP_NAME}'"]
     browser.get(link.replace(":5000/", f":{port}/", 1))
 
     def body(driver: Any) -> str:
