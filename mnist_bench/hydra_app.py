@@ -21,6 +21,7 @@ import os
 import shlex
 import sys
 import time
+import urllib.parse
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -274,7 +275,7 @@ class ValidatingSweeper(Sweeper):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                         _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
-            print("\n".join(next_steps(name, uri, first.tracking.experiment)))
+            print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id)))
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
             status = tracking.KILLED
@@ -285,21 +286,42 @@ class ValidatingSweeper(Sweeper):
             raise SystemExit(EXIT_FAILED)
 
 
-def next_steps(name: str, uri: str, experiment: str) -> list[str]:
-    """Where to look once a sweep has ended: the command for its report, and its runs in MLflow's UI."""
+def next_steps(name: str, uri: str, experiment: str, experiment_id: str) -> list[str]:
+    """Where to look once a sweep has ended: the command for its report, and a link that opens its runs in
+    MLflow's UI (with, for a local store, the command that serves that UI)."""
     from mnist_bench.tracking import redact
 
     store = redact(uri)
     report = ["mnist-bench", "report", "--sweep", name, "--tracking-uri", store, "--experiment", experiment]
-    ui = (
-        f"open {store}"
-        if store.startswith(("http://", "https://"))
-        else shlex.join(["mlflow", "ui", "--backend-store-uri", store])
+    if store.startswith(("http://", "https://")):
+        base = urllib.parse.urlsplit(store)._replace(query="", fragment="").geturl()
+        runs = runs_link(base, experiment_id, name)
+    else:
+        serve = ["mlflow", "ui", "--backend-store-uri", store, "--port", str(UI_PORT)]
+        runs = f"{shlex.join(serve)}, then open {runs_link(f'http://127.0.0.1:{UI_PORT}', experiment_id, name)}"
+    return [f"report: {shlex.join(report)}", f"runs: {runs}"]
+
+
+UI_PORT = 5000  # mlflow ui's own default
+
+
+def runs_link(server: str, experiment_id: str, name: str) -> str:
+    """The address in MLflow's UI (3.x) of a sweep's runs: the experiment's runs table in its "Model training"
+    view (``workflowType``; a fresh browser otherwise gets the GenAI overview), searched for the sweep's tag,
+    which the parent run and each job carry (``searchFilter``), sorted by run name (``orderByKey``): sorted by
+    anything but creation time the table lists the jobs flat instead of folded under their parent. The UI
+    routes after ``#``; these are the query parameters its runs page reads from there."""
+    quote = "'" if "'" not in name else '"'
+    query = urllib.parse.urlencode(
+        {
+            "workflowType": "machine_learning",
+            "searchFilter": f"tags.{Tag.SWEEP_NAME} = {quote}{name}{quote}",
+            "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": "true",
+        },
+        quote_via=urllib.parse.quote,
     )
-    return [
-        f"report: {shlex.join(report)}",
-        f"runs: {ui}; experiment {experiment!r}, view 'Model training', search tags.{Tag.SWEEP_NAME} = '{name}'",
-    ]
+    return f"{server.rstrip('/')}/#/experiments/{urllib.parse.quote(experiment_id, safe='')}/runs?{query}"
 
 
 def summarise(outcomes: Sequence) -> int:

@@ -10,6 +10,7 @@ import math
 import shlex
 import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -154,7 +155,11 @@ def test_the_report_command_a_sweep_prints_reports_that_sweep(grid: Sweep, run_c
     done = run_cli([*command[1:], "--out", str(grid.folder / "printed-report")], grid.folder)
     assert done.returncode == 0, done.stderr
     assert f"report of sweep {sweep_name}:" in done.stdout and "(4 runs;" in done.stdout
-    assert f"search tags.sweep_name = '{sweep_name}'" in grid.proc.stdout
+    [runs] = [line for line in grid.proc.stdout.splitlines() if line.startswith("runs: ")]
+    link = urllib.parse.urlsplit(runs.rpartition(" ")[2])  # the UI's route and query follow its '#'
+    route, _, query = link.fragment.partition("?")
+    assert route == f"/experiments/{grid.parent.info.experiment_id}/runs"
+    assert urllib.parse.parse_qs(query)["searchFilter"] == [f"tags.sweep_name = '{sweep_name}'"]
 
 
 def test_grid_children_params_match_their_cell(grid: Sweep) -> None:
