@@ -324,7 +324,7 @@ def _main(argv: Sequence[str]) -> int:
             figure = EpochFigure(name, batch, threads[name], seconds, seconds.median / floor(threads[name]))
             epochs.append(figure)
             note = f"  unstable: {unstable[name]}" if unstable[name] else ""
-            print(f"  {name:9s} {threads[name]} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x{note}")
+            print(f"  {name:10s} {threads[name]} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x{note}")
         print("  each pair, round by round (first's seconds over second's, 95% interval):")
         for first, second in itertools.combinations(args.backends, 2):
             why = "; ".join(f"{n}: {unstable[n]}" for n in (first, second) if unstable[n])
