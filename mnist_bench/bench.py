@@ -130,10 +130,9 @@ def load_mnist() -> base.TrainData:
 
 def backend_config(label: str, threads: int | None) -> BackendConfig:
     """``numpy``, ``tf+xla``, ``keras[jax]``, ... as a backend config with one warm-up epoch (not counted)."""
-    backend, _, xla = label.partition("+")
-    name, _, engine = backend.removesuffix("]").partition("[")
+    name, engine, xla = backends.split_label(label)
     return BackendConfig(
-        name=name, threads=threads, warmup_epochs=1, xla=xla == "xla", keras_backend=engine or KERAS_BACKENDS[0]
+        name=name, threads=threads, warmup_epochs=1, xla=xla, keras_backend=engine or KERAS_BACKENDS[0]
     )
 
 
@@ -274,10 +273,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if args.json is not None and not args.json.parent.is_dir():
         raise BenchError(f"--json {args.json}: folder {args.json.parent} does not exist")
     if args.backends is None:
-        args.backends = [label for label in BACKENDS if not backends.unavailable(label.partition("+")[0])]
+        args.backends = [label for label in BACKENDS if not backends.unavailable(label)]
     if args.reference is None:
         args.reference = "none" if backends.unavailable("keras") else "keras-adam"
-    needed = {label.partition("+")[0] for label in args.backends}
+    needed = set(args.backends)
     if args.reference == "keras-adam":
         needed.add("keras")
     for label in sorted(needed):  # before anything is measured: a missing TensorFlow is bad input

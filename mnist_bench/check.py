@@ -76,7 +76,8 @@ class Threshold:
 
 @dataclass(frozen=True)
 class GateSweep:
-    """One sweep of the quick gate: ``python -m mnist_bench -m backend=<those that import> <overrides>``."""
+    """One sweep of the quick gate: ``python -m mnist_bench -m backend=<those that import> <overrides>``; a backend
+    is a label (``keras[jax]``: whose engine must import), and the overrides set what the label says."""
 
     name: str
     backends: list[str]
@@ -179,7 +180,7 @@ def _gate_sweep(where: str, entry: dict) -> GateSweep:
         raise CheckError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_GATE_KEYS))}")
     backends = entry.get("backends")
     if not (isinstance(backends, list) and backends and all(isinstance(b, str) for b in backends)):
-        raise CheckError(f"{where}: backends must be a list of backend names")
+        raise CheckError(f"{where}: backends must be a list of backend labels (numpy, tf, keras[jax], ...)")
     try:
         overrides = shlex.split(_text(where, entry, "overrides"))
     except ValueError as err:  # an unbalanced quote
@@ -332,7 +333,8 @@ def run_gate(gate: list[GateSweep], workdir: Path) -> tuple[str, list[str]]:
         if not usable:
             continue
         command = [
-            sys.executable, "-m", "mnist_bench", "-m", f"backend={','.join(usable)}", *entry.overrides,
+            sys.executable, "-m", "mnist_bench", "-m",
+            f"backend={','.join(dict.fromkeys(backends.split_label(label)[0] for label in usable))}", *entry.overrides,
             f"sweep_name={entry.name}", f"tracking.uri={uri}", f"hydra.sweep.dir={workdir / entry.name}",
             f"dataset.cache_dir={data_cache}", "progress=none",
         ]  # fmt: skip

@@ -17,10 +17,18 @@ def get(name: str) -> Backend:
     return importlib.import_module(f"mnist_bench.backends.{name}_backend").create()
 
 
+def split_label(label: str) -> tuple[str, str | None, bool]:
+    """A label's backend name, Keras engine (None: the default) and whether it asks for XLA: ``numpy``,
+    ``tf+xla``, ``keras[jax]`` (Keras on its JAX engine), as bench, check and the benchmark suite name them."""
+    backend, _, xla = label.partition("+")
+    name, _, engine = backend.removesuffix("]").partition("[")
+    return name, engine or None, xla == "xla"
+
+
 def unavailable(label: str) -> str | None:
     """Why the backend a label names cannot run here (its framework, or Keras' engine, does not import), or
-    None when it can. A label is a backend's name, with Keras' engine in brackets: ``keras[jax]``."""
-    name, _, engine = label.removesuffix("]").partition("[")
+    None when it can."""
+    name, engine, _ = split_label(label)
     try:
         module = importlib.import_module(f"mnist_bench.backends.{name}_backend")
         if name == "keras":

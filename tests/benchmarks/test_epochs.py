@@ -5,6 +5,7 @@ of its calibration, a ratio that carries from one machine to another."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -13,9 +14,9 @@ import pytest
 from needs import missing
 from threadpoolctl import threadpool_limits
 
-from mnist_bench import backends
+from mnist_bench import backends, bench
 from mnist_bench.backends import base
-from mnist_bench.config import BackendConfig, Config
+from mnist_bench.config import Config
 from mnist_bench.stepper import EpochStepper
 
 from .conftest import THREADS
@@ -24,12 +25,11 @@ WARMUP, ROUNDS = 1, 3
 BATCHES = {"full": None, "b128": 128}
 
 
-def backend_or_skip(name: str) -> base.Backend:
-    """The backend; a missing extra skips (fails in CI), and any other import error fails the benchmark."""
-    try:
-        return backends.get(name)
-    except base.BackendUnavailable as err:
-        missing(str(err))
+def backend_or_skip(label: str) -> base.Backend:
+    """The backend a label names (``keras[jax]``: Keras on JAX); a missing extra skips (fails in CI)."""
+    if why := backends.unavailable(label):
+        missing(why)
+    return backends.get(backends.split_label(label)[0])
 
 
 def bare_products(x: np.ndarray, batch_size: int) -> Callable[[], None]:
@@ -50,10 +50,10 @@ def bare_products(x: np.ndarray, batch_size: int) -> Callable[[], None]:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-@pytest.mark.parametrize("name", ["numpy", "tf", "keras", "jax"])
+@pytest.mark.parametrize("name", ["numpy", "tf", "keras", "keras[jax]", "jax"])
 def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str, batch: str) -> None:
     backend = backend_or_skip(name)
-    backend_config = BackendConfig(name=name, threads=THREADS, warmup_epochs=0)
+    backend_config = dataclasses.replace(bench.backend_config(name, THREADS), warmup_epochs=0)
     cfg = Config(backend=backend_config, activation=activation, batch_size=BATCHES[batch], epochs=100)
     backend.resolve_device(cfg)  # sets TF's thread pools before its runtime starts, as a run does
     products = bare_products(train_data.x_train, BATCHES[batch] or len(train_data.x_train))
