@@ -157,6 +157,11 @@ def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
 
 
+def error_line(err: BaseException) -> str:
+    """An error from MLflow, SQLAlchemy or the OS as part of one line: its type and its text, whitespace folded."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300] or type(err).__name__}"
+
+
 @contextlib.contextmanager
 def _store_errors(uri: str) -> Iterator[None]:
     """What MLflow, SQLAlchemy or the OS raise when a store cannot be opened, as one TrackingError line."""
@@ -165,9 +170,8 @@ def _store_errors(uri: str) -> Iterator[None]:
     except TrackingError:
         raise
     except Exception as err:
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise TrackingError(
-            f"tracking store {redact(uri)} cannot be opened ({type(err).__name__}: {reason}); "
+            f"tracking store {redact(uri)} cannot be opened ({error_line(err)}); "
             "fix or move it, or choose another with tracking.uri= (or --tracking-uri)"
         ) from err
 
@@ -395,9 +399,8 @@ def close(client: MlflowClient, run_id: str, status: str) -> None:
             return
         except Exception as err:
             if delay is None:
-                reason = " ".join(str(err).split())[:300] or type(err).__name__
                 raise TrackingError(
-                    f"run {run_id} could not be ended as {status} ({type(err).__name__}: {reason}); "
+                    f"run {run_id} could not be ended as {status} ({error_line(err)}); "
                     "once this process has exited, mnist-bench reap marks it KILLED"
                 ) from err
             time.sleep(delay)

@@ -91,3 +91,15 @@ def assert_same_training(actual: Run, expected: Run, rtol: float = RTOL) -> None
 def assert_learns(run: Run) -> None:
     """The case is not trivial: the train loss falls."""
     assert run.curves["train_loss"][-1] < 0.9 * run.curves["train_loss"][0]
+
+
+# The summed weight gradient (grad_reduction=sum): the batch's row count times the mean one, 60, and 32 for
+# the last batch of 512 = 8 x 60 + 32. Raw pixels make it large, hence the small learning rate and weights.
+SUMMED_GRADIENT = {
+    "normalize": False,
+    "grad_reduction": "sum",
+    "lr": 3e-9,
+    "init_scale": 0.001,
+    "batch_size": 60,
+    "epochs": 3,
+}

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from needs import import_extra
-from parity import assert_learns, assert_same_training, config, fit, saturating_logits
+from parity import SUMMED_GRADIENT, assert_learns, assert_same_training, config, fit, saturating_logits
 
 jax = import_extra("jax", "jax")
 
@@ -57,16 +57,8 @@ def test_momentum_cosine_shuffled_minibatches(model: str, activation: str) -> No
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 def test_summed_weight_gradient_on_raw_pixels(model: str, activation: str) -> None:
-    """The weight gradient is the batch's row count times the mean one: 60, and 32 for the last batch."""
-    options = {
-        "activation": activation,
-        "normalize": False,
-        "grad_reduction": "sum",
-        "lr": 3e-9,
-        "init_scale": 0.001,
-        "batch_size": 60,
-        "epochs": 3,
-    }
+    """The weight gradient is the batch's row count times the mean one (parity.SUMMED_GRADIENT)."""
+    options = {"activation": activation, **SUMMED_GRADIENT}
     expected = fit(config("numpy", **options))
     actual = fit(jax_config(model, **options))
     assert_learns(expected)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, hydra_dirs
 from needs import import_extra
-from parity import COLUMNS, assert_learns, assert_same_training, config, fit
+from parity import COLUMNS, SUMMED_GRADIENT, assert_learns, assert_same_training, config, fit
 
 tf = import_extra("tensorflow", "tf")
 
@@ -53,17 +53,8 @@ def test_momentum_cosine_shuffled_minibatches() -> None:
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 def test_summed_weight_gradient_on_raw_pixels(activation: str) -> None:
-    """The weight gradient is the batch's row count times the mean one: 60, and 32 for the last batch of
-    512 = 8 x 60 + 32. Raw pixels make it large, hence the small learning rate and initial weights."""
-    options = {
-        "activation": activation,
-        "normalize": False,
-        "grad_reduction": "sum",
-        "lr": 3e-9,
-        "init_scale": 0.001,
-        "batch_size": 60,
-        "epochs": 3,
-    }
+    """The weight gradient is the batch's row count times the mean one (parity.SUMMED_GRADIENT)."""
+    options = {"activation": activation, **SUMMED_GRADIENT}
     reference = fit(config("numpy", **options))
     tf_run = fit(config("tf", **options))
     assert_learns(reference)
