@@ -150,10 +150,6 @@ def _ready(cfg: Config) -> base.Backend:
     return backend
 
 
-def _fit(train: base.TrainData, cfg: Config, on_epoch: base.EpochCallback) -> None:
-    _ready(cfg).fit(train, cfg, on_epoch)
-
-
 def epoch_rounds(
     labels: Sequence[str], train: base.TrainData, threads: int | None, batch_size: int | None, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, int], timing.ConditionsProbe]:
@@ -183,7 +179,8 @@ def epoch_rounds(
 def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
     """(training seconds until test accuracy >= TARGET or None, epochs run, final test accuracy) of the fast preset."""
     history: list[base.EpochMetrics] = []
-    _fit(train, fast_preset(label, threads, seed), lambda m: history.append(m) or m.test_accuracy >= TARGET)
+    cfg = fast_preset(label, threads, seed)
+    _ready(cfg).fit(train, cfg, lambda m: history.append(m) or m.test_accuracy >= TARGET)
     reached = history[-1].test_accuracy >= TARGET
     return (sum(m.epoch_seconds for m in history) if reached else None), len(history), history[-1].test_accuracy
 
