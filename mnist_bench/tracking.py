@@ -21,10 +21,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from filelock import FileLock
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is re
     from mlflow.tracking import MlflowClient
 
 FINISHED, FAILED, KILLED = RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
+T = TypeVar("T")
 _BATCH = 100  # MLflow's limit of params per log_batch call
 SEARCH_LIMIT = 50000  # the SQL store's limit for one search: every query of a sweep's runs uses it
 
@@ -242,6 +243,11 @@ def _active(experiment: Experiment, uri: str) -> str:
     return experiment.experiment_id
 
 
+# MLflow's store looks for a dataset, then inserts it: jobs that start together can all miss it, and every
+# insert but one breaks a unique key. Retried, the losers find the winner's row and link to it.
+DATASET_RETRY_DELAYS_S = (0.2, 1.0)
+
+
 def log_dataset(
     client: MlflowClient, run_id: str, name: str, source: str, checksums: Mapping[str, str], rows: Mapping[str, int]
 ) -> None:
@@ -257,7 +263,8 @@ def log_dataset(
         source=json.dumps({"uri": redact(source)}),
         profile=json.dumps({**{f"{split}_rows": n for split, n in rows.items()}, "sha256": dict(checksums)}),
     )
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+    retried(lambda: client.log_inputs(run_id, datasets=inputs), DATASET_RETRY_DELAYS_S)
 
 
 def process_tags() -> dict[str, str]:
@@ -384,6 +391,16 @@ def tracked_run(
         close(client, run_id, status)
 
 
+def retried(call: Callable[[], T], delays: Sequence[float]) -> T:
+    """``call()``, and again after each delay while it raises; the last attempt's error propagates."""
+    for delay in delays:
+        try:
+            return call()
+        except Exception:
+            time.sleep(delay)
+    return call()
+
+
 # After each failed attempt to end a run. An attempt on a locked SQLite store itself waits MLflow's 20 s busy
 # timeout: at most about 90 s in all.
 CLOSE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
@@ -393,17 +410,13 @@ def close(client: MlflowClient, run_id: str, status: str) -> None:
     """End a run with ``status``, retrying with bounded backoff while the store refuses (a lock held by
     another process, a server restarting). If it never accepts, a one-line TrackingError says so: the run
     stays RUNNING until ``mnist-bench reap`` (or the next sweep) finds its process gone and marks it KILLED."""
-    for delay in (*CLOSE_RETRY_DELAYS_S, None):
-        try:
-            client.set_terminated(run_id, status)
-            return
-        except Exception as err:
-            if delay is None:
-                raise TrackingError(
-                    f"run {run_id} could not be ended as {status} ({error_line(err)}); "
-                    "once this process has exited, mnist-bench reap marks it KILLED"
-                ) from err
-            time.sleep(delay)
+    try:
+        retried(lambda: client.set_terminated(run_id, status), CLOSE_RETRY_DELAYS_S)
+    except Exception as err:
+        raise TrackingError(
+            f"run {run_id} could not be ended as {status} ({error_line(err)}); "
+            "once this process has exited, mnist-bench reap marks it KILLED"
+        ) from err
 
 
 def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
+import json
 import os
 import pwd
 import secrets
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -345,6 +347,40 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
         assert statuses.count("FINISHED") == 1, by_cell
         assert "RUNNING" not in statuses, by_cell  # the killed run was closed as KILLED
     assert sorted(s for statuses in by_cell.values() for s in statuses) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.slow
+def test_jobs_that_start_together_share_one_dataset_input(mlflow_server) -> None:
+    """MLflow looks for a dataset and then inserts it: jobs that log the same one at the same moment
+    can all miss it, and every insert but one breaks a unique key. Each run must still get its input."""
+    uri, _ = mlflow_server
+    jobs = 8
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment(f"dataset-race-{secrets.token_hex(4)}")
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(jobs)]
+    checksums = {"train_images": secrets.token_hex(32)}  # a dataset version this server has not seen
+    start = threading.Barrier(jobs)
+    errors: list[BaseException] = []
+
+    def job(run_id: str) -> None:
+        start.wait()
+        try:
+            tracking.log_dataset(MlflowClient(uri), run_id, "mnist", "/data/mnist", checksums, {"train": 60000})
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=job, args=(run_id,)) for run_id in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, tracking.error_line(errors[0])
+    for run_id in run_ids:
+        (logged,) = client.get_run(run_id).inputs.dataset_inputs
+        assert json.loads(logged.dataset.profile)["sha256"] == checksums
 
 
 # Quick checks of the server's input handling: no database needed.
