@@ -278,6 +278,12 @@ def process_tags() -> dict[str, str]:
     }
 
 
+# How many ``log_metrics`` calls (one per epoch) may wait for the store. A store slower than training then
+# holds training back between epochs (outside their timing), and the end of a run waits for at most this
+# many calls, not for a backlog the length of the run.
+PENDING_METRIC_CALLS = 64
+
+
 @dataclass
 class TrackedRun:
     """An open MLflow run. Each ``log_metrics`` call is one ``log_batch``, stored by a background thread so
@@ -287,7 +293,7 @@ class TrackedRun:
 
     client: MlflowClient
     run_id: str
-    _pending: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    _pending: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=PENDING_METRIC_CALLS))
     _writer: threading.Thread | None = None
     _error: Exception | None = None
 

@@ -266,6 +266,27 @@ def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None
         assert sorted(p.step for p in client.get_metric_history(run.run_id, key)) == list(range(1, 201))
 
 
+def test_a_store_that_falls_behind_holds_training_back_instead_of_queueing_without_bound(store) -> None:
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    epochs = tracking.PENDING_METRIC_CALLS * 3
+    with tracking.tracked_run(client, experiment_id, "store-behind", {}, {}) as run:
+        released = lock_store(store.path, 5)  # the writer's first log_batch waits for the lock
+        training = threading.Thread(
+            target=lambda: [run.log_metrics({"train_loss": 1.0}, step=e) for e in range(epochs)]
+        )
+        training.start()
+        deadline = time.monotonic() + 4
+        while run._pending.qsize() < tracking.PENDING_METRIC_CALLS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert training.is_alive()  # held back at the bound
+        assert run._pending.qsize() == tracking.PENDING_METRIC_CALLS
+        released.join()
+        training.join(timeout=60)
+        assert not training.is_alive()
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert sorted(p.step for p in client.get_metric_history(run.run_id, "train_loss")) == list(range(epochs))
+
+
 def test_a_metric_the_store_refuses_fails_the_run_and_is_raised_at_the_end(store) -> None:
     from mlflow.exceptions import MlflowException
 
