@@ -154,6 +154,9 @@ class TimingConfig:
             _require(math.isfinite(value) and value >= 0, f"timing.{key}", value, "a number >= 0")
 
 
+SERVER_PATIENCE_S = 120.0
+
+
 @dataclass
 class TrackingConfig:
     """Where runs are logged."""
@@ -161,6 +164,17 @@ class TrackingConfig:
     # null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch directory.
     uri: str | None = None
     experiment: str = "mnist-bench"
+    # How long one call to a tracking server that does not answer is tried again before the run fails
+    # (it sets MLflow's MLFLOW_HTTP_REQUEST_* variables; MLflow's own default is about 4 minutes a call).
+    patience_s: float = SERVER_PATIENCE_S
+
+    def __post_init__(self) -> None:
+        _require(
+            math.isfinite(self.patience_s) and 1 <= self.patience_s <= 3600,
+            "tracking.patience_s",
+            self.patience_s,
+            "seconds from 1 to 3600",
+        )
 
 
 @dataclass

@@ -142,7 +142,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
-    client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment)
+    client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment, cfg.tracking.patience_s)
     if cfg.resume:
         done = tracking.find_finished(client, experiment_id, cell_hash)
         if done:

@@ -244,7 +244,7 @@ class ValidatingSweeper(Sweeper):
         cells = self.cells(arguments)
         first = cells[0][2]
         uri = tracking.resolve_uri(first.tracking.uri, Path(self.config.hydra.runtime.cwd))
-        client, experiment_id = tracking.open_store(uri, first.tracking.experiment)
+        client, experiment_id = tracking.open_store(uri, first.tracking.experiment, first.tracking.patience_s)
         # Probe the machine once here, not in every parallel job at the same moment (it is cached).
         roofline.cached(experiment.resolve_threads(first, parallel_jobs(self.config.hydra.launcher)))
         for run_id in tracking.reap(client, experiment_id):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import queue
 import re
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 from filelock import FileLock
 
 from mnist_bench import machine
+from mnist_bench.config import SERVER_PATIENCE_S
 from mnist_bench.errors import UserError
 from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, Tag, status_of
 
@@ -100,6 +103,59 @@ def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith(SQLITE):
         return None
     return Path(urllib.parse.unquote(uri.removeprefix(SQLITE).partition("?")[0]))
+
+
+SERVER_NOTICE_EVERY_S = 10.0  # while a tracking server does not answer, say so this often at most
+SERVER_ATTEMPT_S = 8  # one attempt of a call to a tracking server, at most: the first notice comes within 10 s
+
+
+def bound_server_waits(uri: str, patience_s: float = SERVER_PATIENCE_S) -> None:
+    """Keep each call to a tracking server within ``patience_s`` and say, in one line, when it does not answer.
+
+    MLflow retries a call for about 4 minutes (7 retries, pauses from 2 s doubling, 120 s an attempt), and
+    urllib3 logs every retry with its internals. Here the pauses (0, 2, 4, ... s) take at most half the
+    patience and the attempts the other half. Set through MLflow's variables, which it reads at every call,
+    so the workers this process starts inherit them."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    retries = int(math.log2(patience_s / 2 + 2))  # the pauses add up to 2**retries - 2 s
+    os.environ.update(
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=str(retries),
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+        MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, min(SERVER_ATTEMPT_S, int(patience_s / 2 / (retries + 1))))),
+    )
+    retrying = logging.getLogger("urllib3.connectionpool")
+    for old in [f for f in retrying.filters if isinstance(f, _ServerNotice)]:
+        retrying.removeFilter(old)
+    retrying.addFilter(_ServerNotice(redact(uri), patience_s))
+
+
+@dataclass
+class _ServerNotice(logging.Filter):
+    """urllib3's warning for each retry of a call, as one line of ours at most every SERVER_NOTICE_EVERY_S."""
+
+    uri: str
+    patience_s: float
+    said_at: float = -math.inf
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Retrying") or len(record.args or ()) != 3:
+            return True
+        if time.monotonic() - self.said_at < SERVER_NOTICE_EVERY_S:
+            return False
+        self.said_at = time.monotonic()
+        reason = str(record.args[1]).rsplit(": ", 1)[-1]  # "[Errno 111] Connection refused", "Read timed out."
+        record.msg = "tracking server %s is not answering (%s); each call is tried for up to %g s (tracking.patience_s)"
+        record.args = (self.uri, reason, self.patience_s)
+        return True
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether a call failed because the tracking server did not answer (MLflow wraps requests' error)."""
+    import requests
+
+    return isinstance(err.__cause__ or err.__context__, requests.RequestException)
 
 
 HEALTH_ATTEMPT_S = 10.0  # one request to a tracking server's /health
@@ -177,13 +233,15 @@ def _store_errors(uri: str) -> Iterator[None]:
         ) from err
 
 
-def open_store(uri: str, experiment: str) -> tuple[MlflowClient, str]:
+def open_store(uri: str, experiment: str, patience_s: float = SERVER_PATIENCE_S) -> tuple[MlflowClient, str]:
     """A client and the experiment's id, creating (and migrating) the store once, under a file lock.
 
     Parallel jobs that open a brand-new SQLite store at the same moment race in MLflow's schema
-    creation; the lock makes the first one create it while the others wait.
+    creation; the lock makes the first one create it while the others wait. A tracking server's calls
+    keep to ``patience_s`` each (bound_server_waits).
     """
     check_reachable(uri)
+    bound_server_waits(uri, patience_s)
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
@@ -300,6 +358,8 @@ class TrackedRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
+        if self._error is not None:  # the store refused earlier epochs: stop training now, not at the end
+            raise self._error
         stamp = int(time.time() * 1000)
         if self._writer is None:
             self._writer = threading.Thread(target=self._store_pending, name="mnist-bench-metrics", daemon=True)
@@ -389,7 +449,10 @@ def tracked_run(
         status = FINISHED if err.code in (0, None) else FAILED
         raise
     except BaseException as err:
-        client.set_tag(run_id, Tag.ERROR, error_text(err))
+        if _unreachable(err):  # the patience is spent: the error tag and the end status try once each
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        with contextlib.suppress(Exception):  # a store that fails here must not hide the run's own error
+            client.set_tag(run_id, Tag.ERROR, error_text(err))
         raise
     finally:
         with contextlib.suppress(Exception):  # what was queued lands before the end status, as far as it can
@@ -419,9 +482,12 @@ def close(client: MlflowClient, run_id: str, status: str) -> None:
     try:
         retried(lambda: client.set_terminated(run_id, status), CLOSE_RETRY_DELAYS_S)
     except Exception as err:
+        why = (
+            f"tracking server {redact(client.tracking_uri)} is not answering" if _unreachable(err) else error_line(err)
+        )
         raise TrackingError(
-            f"run {run_id} could not be ended as {status} ({error_line(err)}); "
-            "once this process has exited, mnist-bench reap marks it KILLED"
+            f"run {run_id} could not be ended as {status} ({why}); "
+            "once this process has exited and the store answers, mnist-bench reap marks it KILLED"
         ) from err
 
 

@@ -83,6 +83,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(uri: str) -> bool:
+    """Whether an MLflow server at ``uri`` says it is healthy."""
+    try:
+        with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
     """Poll ``check`` until it returns something truthy; fail with the log if the process dies first."""
     deadline = time.monotonic() + timeout
@@ -165,15 +174,7 @@ def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) 
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    return response.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, 120, "the MLflow server's /health", process, log)
+        wait_for(lambda: answers(uri), 120, "the MLflow server's /health", process, log)
         assert postgres.password not in " ".join(command)
         yield uri, artifacts
     finally:
@@ -381,6 +382,47 @@ def test_jobs_that_start_together_share_one_dataset_input(mlflow_server) -> None
     for run_id in run_ids:
         (logged,) = client.get_run(run_id).inputs.dataset_inputs
         assert json.loads(logged.dataset.profile)["sha256"] == checksums
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("mnist_dir")
+def test_a_server_killed_mid_run_is_named_within_10_s_and_the_run_gives_up_within_its_patience(tmp_path: Path) -> None:
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server_log, run_log = tmp_path / "server.log", tmp_path / "run.log"
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_log.open("w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    run = None
+    try:
+        wait_for(lambda: answers(uri), 120, "mlflow server's /health", server, server_log)
+        job = [sys.executable, "-m", "mnist_bench", f"tracking.uri={uri}", "tracking.patience_s=10", "epochs=100000"]
+        with run_log.open("w") as out:
+            run = subprocess.Popen([*job, *SMALL], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+
+        def training() -> bool:
+            from mlflow.tracking import MlflowClient
+
+            return any(r.data.metrics for r in MlflowClient(uri).search_runs(["1"], max_results=1))
+
+        wait_for(training, 120, "the run's first epochs", run, run_log)
+        os.killpg(server.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: "is not answering" in run_log.read_text(), 10, "a line naming the server", run, run_log)
+        run.wait(timeout=60)  # MLflow's own retries would take about 4 minutes a call
+        gave_up_s = time.monotonic() - killed
+    finally:
+        stop(server)
+        if run is not None and run.poll() is None:
+            run.kill()
+    output = run_log.read_text()
+    assert run.returncode == 2, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("mnist-bench: error: run ") and f"tracking server {uri} is not answering" in last, last
+    assert "reap marks it KILLED" in last
+    assert "Traceback" not in output and "Retrying (Retry(" not in output, output[-3000:]
+    assert output.count("is not answering") <= 2 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S, output[-3000:]
 
 
 # Quick checks of the server's input handling: no database needed.
