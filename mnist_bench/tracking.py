@@ -131,6 +131,10 @@ def bound_server_waits(uri: str, patience_s: float = SERVER_PATIENCE_S) -> None:
     retrying.addFilter(_ServerNotice(redact(uri), patience_s))
 
 
+# urllib3's line for each retry of a call; a sweep's record factory (hydra_app) has already formatted it.
+_RETRYING = re.compile(r"Retrying \(.*?\) after connection broken by '(?P<error>.*)': \S*", re.DOTALL)
+
+
 @dataclass
 class _ServerNotice(logging.Filter):
     """urllib3's warning for each retry of a call, as one line of ours at most every SERVER_NOTICE_EVERY_S."""
@@ -140,14 +144,20 @@ class _ServerNotice(logging.Filter):
     said_at: float = -math.inf
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Retrying") or len(record.args or ()) != 3:
+        retry = _RETRYING.fullmatch(record.getMessage())
+        if retry is None:
             return True
         if time.monotonic() - self.said_at < SERVER_NOTICE_EVERY_S:
             return False
         self.said_at = time.monotonic()
-        reason = str(record.args[1]).rsplit(": ", 1)[-1]  # "[Errno 111] Connection refused", "Read timed out."
-        record.msg = "tracking server %s is not answering (%s); each call is tried for up to %g s (tracking.patience_s)"
-        record.args = (self.uri, reason, self.patience_s)
+        # NewConnectionError("HTTPConnection(...): Failed to establish a new connection: [Errno 111] Connection
+        # refused") says "[Errno 111] Connection refused"; RemoteDisconnected('Remote end closed ...') its text.
+        reason = re.sub(r"^\w+\(['\"]?|['\"]?\)$", "", retry["error"]).rsplit(": ", 1)[-1]
+        record.msg = (
+            f"tracking server {self.uri} is not answering ({reason}); "
+            f"each call is tried for up to {self.patience_s:g} s (tracking.patience_s)"
+        )
+        record.args = ()
         return True
 
 

@@ -386,7 +386,9 @@ def test_jobs_that_start_together_share_one_dataset_input(mlflow_server) -> None
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("mnist_dir")
-def test_a_server_killed_mid_run_is_named_within_10_s_and_the_run_gives_up_within_its_patience(tmp_path: Path) -> None:
+def test_a_server_killed_mid_sweep_is_named_within_10_s_and_the_sweep_gives_up_within_its_patience(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server_log, run_log = tmp_path / "server.log", tmp_path / "run.log"
@@ -397,14 +399,16 @@ def test_a_server_killed_mid_run_is_named_within_10_s_and_the_run_gives_up_withi
     run = None
     try:
         wait_for(lambda: answers(uri), 120, "mlflow server's /health", server, server_log)
-        job = [sys.executable, "-m", "mnist_bench", f"tracking.uri={uri}", "tracking.patience_s=10", "epochs=100000"]
+        # A sweep: its jobs log through the record factory that redacts what they print (hydra_app).
+        job = [sys.executable, "-m", "mnist_bench", "-m", "lr=0.1,0.2", f"tracking.uri={uri}", "tracking.patience_s=10"]
+        job += ["epochs=100000"]
         with run_log.open("w") as out:
             run = subprocess.Popen([*job, *SMALL], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
 
         def training() -> bool:
             from mlflow.tracking import MlflowClient
 
-            return any(r.data.metrics for r in MlflowClient(uri).search_runs(["1"], max_results=1))
+            return any(r.data.metrics for r in MlflowClient(uri).search_runs(["1"], max_results=10))
 
         wait_for(training, 120, "the run's first epochs", run, run_log)
         os.killpg(server.pid, signal.SIGKILL)
@@ -422,7 +426,8 @@ def test_a_server_killed_mid_run_is_named_within_10_s_and_the_run_gives_up_withi
     assert last.startswith("mnist-bench: error: run ") and f"tracking server {uri} is not answering" in last, last
     assert "reap marks it KILLED" in last
     assert "Traceback" not in output and "Retrying (Retry(" not in output, output[-3000:]
-    assert output.count("is not answering") <= 2 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S, output[-3000:]
+    # notices, at most one per 10 s; the job's FAILED line; the last line
+    assert output.count("is not answering") <= 3 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S, output[-3000:]
 
 
 # Quick checks of the server's input handling: no database needed.
