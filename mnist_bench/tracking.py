@@ -290,6 +290,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
             f"no tracking store at {redact(uri)}: run a sweep first, or pass --tracking-uri or set MLFLOW_TRACKING_URI"
         )
     check_reachable(uri)  # also: writable, since the readers log their results back
+    bound_server_waits(uri)
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
