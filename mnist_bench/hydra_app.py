@@ -87,8 +87,7 @@ def job(cfg: DictConfig) -> str | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mnist_bench import experiment
-    from mnist_bench.tracking import Terminated
+    from mnist_bench import experiment, tracking
 
     hydra_cfg = HydraConfig.get()
     launch_dir = Path(hydra_cfg.runtime.cwd)
@@ -104,10 +103,11 @@ def job(cfg: DictConfig) -> str | None:
     try:
         parent = os.environ[PARENT_RUN_ENV]
         return experiment.run(job_config, launch_dir, parallel_jobs(hydra_cfg.launcher), parent)
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, tracking.Terminated):
         raise
-    except Exception as err:
-        log.error("%s: FAILED: %s", run_name(job_config), one_line(err))  # recorded in MLflow; the summary counts it
+    except Exception as err:  # recorded in MLflow (as far as the store allows); the summary counts it
+        store = tracking.resolve_uri(job_config.tracking.uri, launch_dir)
+        log.error("%s: FAILED: %s", run_name(job_config), tracking.store_failure(err, store) or one_line(err))
         return None
 
 

@@ -161,6 +161,20 @@ class _ServerNotice(logging.Filter):
         return True
 
 
+class _RaisedAnyway(logging.Filter):
+    """MLflow's SQL store logs every database error with its traceback (a disk that fills gave 1,400 lines)
+    and then raises it; the harness reports what was raised in one line, so the log record goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SQLAlchemy database error.")
+
+
+def _quiet_store_errors() -> None:
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _RaisedAnyway) for f in store_log.filters):
+        store_log.addFilter(_RaisedAnyway())
+
+
 def _unreachable(err: BaseException) -> bool:
     """Whether a call failed because the tracking server did not answer (MLflow wraps requests' error)."""
     import requests
@@ -252,6 +266,7 @@ def open_store(uri: str, experiment: str, patience_s: float = SERVER_PATIENCE_S)
     """
     check_reachable(uri)
     bound_server_waits(uri, patience_s)
+    _quiet_store_errors()
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
@@ -291,6 +306,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
         )
     check_reachable(uri)  # also: writable, since the readers log their results back
     bound_server_waits(uri)
+    _quiet_store_errors()
     from mlflow.tracking import MlflowClient
 
     with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
@@ -493,13 +509,20 @@ def close(client: MlflowClient, run_id: str, status: str) -> None:
     try:
         retried(lambda: client.set_terminated(run_id, status), CLOSE_RETRY_DELAYS_S)
     except Exception as err:
-        why = (
-            f"tracking server {redact(client.tracking_uri)} is not answering" if _unreachable(err) else error_line(err)
-        )
+        why = store_failure(err, client.tracking_uri) or error_line(err)
         raise TrackingError(
             f"run {run_id} could not be ended as {status} ({why}); "
-            "once this process has exited and the store answers, mnist-bench reap marks it KILLED"
+            "once this process has exited and the store can be written again, mnist-bench reap marks it KILLED"
         ) from err
+
+
+def store_failure(err: BaseException, uri: str) -> str | None:
+    """Why the store at ``uri`` refused a call, in words a user can act on; None where we do not know them."""
+    if _unreachable(err):
+        return f"tracking server {redact(uri)} is not answering"
+    if "database or disk is full" in str(err):
+        return f"the disk holding {redact(uri)} is full: free space on it"
+    return None
 
 
 def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) -> str | None:

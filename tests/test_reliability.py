@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import job_runs
 from mlflow.tracking import MlflowClient
+from needs import missing
 
 from mnist_bench.schema import Tag
 
@@ -109,3 +111,51 @@ def _children_after_one(tmp: Path) -> list:
     """Child runs, once at least one job has FINISHED (so the kill lands mid-sweep)."""
     runs = child_runs(tmp)  # safe while the sweep is still creating the store: see fetch_runs
     return runs if any(r.info.status == "FINISHED" for r in runs) else []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB filesystem (tmpfs) for the store, so that it can run out of space."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        missing(f"a small tmpfs cannot be mounted here ({mounted.stderr.strip() or 'mount failed'}); run as root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_a_store_whose_disk_fills_fails_each_job_in_one_line_and_leaves_nothing_running(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{small_disk}/mlflow.db"
+
+    def sweep(*overrides: str) -> subprocess.CompletedProcess:
+        args = [*sweep_args(tmp_path, *overrides), f"tracking.uri={store}"]
+        return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+    assert sweep("lr=0.1", "epochs=1").returncode == 0  # the store exists, with one run
+    free = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 90 * 1024))  # about 90 KiB left
+    done = sweep("lr=0.5,0.6,0.7", "epochs=3", "batch_size=256")
+    output = done.stdout + done.stderr
+    lines = output.strip().splitlines()
+    assert done.returncode != 0, output[-3000:]
+    assert "Traceback" not in output and len(lines) < 40, output[-3000:]
+    full = f"the disk holding {store} is full: free space on it"
+    assert f"FAILED: {full}" in output and "sweep summary: failed" in output, output[-3000:]
+    # Where the parent's own end found the disk full too (how much space is left decides), one line says so.
+    errors = done.stderr.strip().splitlines()
+    assert all(line.startswith("mnist-bench: error: ") and full in line for line in errors), errors
+
+    (small_disk / "filler").unlink()
+    reaped = subprocess.run(
+        [sys.executable, "-m", "mnist_bench", "reap", "--tracking-uri", store], capture_output=True, text=True
+    )
+    assert reaped.returncode == 0, reaped.stderr
+    statuses = [run.info.status for run in MlflowClient(store).search_runs(["1"], max_results=100)]
+    assert "RUNNING" not in statuses and statuses.count("FINISHED") == 2, statuses  # the first sweep and its job
