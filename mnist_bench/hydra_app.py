@@ -257,7 +257,11 @@ class ValidatingSweeper(Sweeper):
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
         sweep_dir = Path(self.config.hydra.runtime.cwd) / str(self.config.hydra.sweep.dir)
         tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name, Tag.SWEEP_DIR: str(sweep_dir), **tracking.process_tags()}
-        parent_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        tags[Tag.CELLS_DIGEST] = tracking.cells_digest(planned)
+        parent = client.create_run(experiment_id, run_name=name, tags=tags)
+        parent_id = parent.info.run_id
+        if first.resume and (running := tracking.earlier_sweep(client, experiment_id, parent)):
+            _give_way(client, parent_id, running, len(planned))
         status = tracking.FAILED
         try:
             with tracking.sigterm_raises():
@@ -284,6 +288,21 @@ class ValidatingSweeper(Sweeper):
             tracking.close(client, parent_id, status)
         if failures:
             raise SystemExit(EXIT_FAILED)
+
+
+def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
+    """Two sweeps of the same cells at once would train every cell twice (each job finds no FINISHED run yet):
+    the later one withdraws its parent run, which never ran, so that it shadows nothing, and says why."""
+    from mnist_bench import tracking
+
+    tracking.close(client, parent_id, tracking.KILLED)
+    client.delete_run(parent_id)
+    where = f"pid {running.data.tags.get(Tag.PID, '?')} on {running.data.tags.get(Tag.HOST, '?')}"
+    raise UserError(
+        f"sweep {tracking.sweep_name(running)!r} (parent run {running.info.run_id}, {where}) is already running"
+        f" these {cells} cells: wait for it to end and run this again (finished cells are skipped; if it died on"
+        " another host, run mnist-bench reap there), or pass resume=false to train them twice"
+    )
 
 
 def next_steps(name: str, uri: str, experiment: str, experiment_id: str) -> list[str]:

@@ -42,6 +42,7 @@ class Tag:
     CONFIG_HASH = PREFIX + "config_hash"  # what resume matches a job by (config.config_hash)
     ERROR = PREFIX + "error"  # why a run FAILED or was KILLED
     SWEEP_DIR = PREFIX + "sweep_dir"  # the sweep's output folder: a job finds its parent by it
+    CELLS_DIGEST = PREFIX + "cells_digest"  # on a sweep's parent: its cells' config hashes, hashed (any order)
     HOST = PREFIX + "host"  # host, pid and pid_start let the reaper tell a live run from a dead one
     PID = PREFIX + "pid"
     PID_START = PREFIX + "pid_start"

@@ -567,6 +567,27 @@ def reap(client: MlflowClient, experiment_id: str) -> list[str]:
     return reaped
 
 
+def cells_digest(cells: Sequence[Cell]) -> str:
+    """A sweep's cells as one short hash: two sweeps of the same cells, in any order, share it."""
+    return hashlib.sha256(" ".join(sorted(cell.config_hash for cell in cells)).encode()).hexdigest()[:16]
+
+
+def earlier_sweep(client: MlflowClient, experiment_id: str, parent: Run) -> Run | None:
+    """A RUNNING sweep of the same cells as ``parent`` that began before it (on a tie, the smaller run id).
+
+    Asked once ``parent`` exists and dead runs are reaped: two sweeps started at the same moment then each
+    find the other, and agree on which of them goes on."""
+    digest = parent.data.tags[Tag.CELLS_DIGEST]
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.CELLS_DIGEST}` = '{digest}' and attributes.status = '{RunStatus.RUNNING}'",
+        max_results=SEARCH_LIMIT,
+    )
+    key = lambda run: (run.info.start_time, run.info.run_id)  # noqa: E731
+    earlier = [run for run in running if key(run) < key(parent)]
+    return min(earlier, key=key, default=None)
+
+
 # ---------------------------------------------------------------- sweeps, as the readers find them
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import job_runs
+from conftest import fetch_runs, job_runs
 from mlflow.tracking import MlflowClient
 from needs import missing
 
@@ -111,6 +111,26 @@ def _children_after_one(tmp: Path) -> list:
     """Child runs, once at least one job has FINISHED (so the kill lands mid-sweep)."""
     runs = child_runs(tmp)  # safe while the sweep is still creating the store: see fetch_runs
     return runs if any(r.info.status == "FINISHED" for r in runs) else []
+
+
+def test_two_identical_sweeps_started_at_once_train_each_cell_once(tmp_path: Path) -> None:
+    """Each job looks for a FINISHED run of its cell before training: two sweeps started together both find
+    none. The later sweep must give way to the earlier, in one line, instead of training every cell again."""
+    args = sweep_args(tmp_path, "lr=0.1,0.2", "epochs=500")  # each cell trains for some seconds: they overlap
+    sweeps = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    sweeps.append(subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [sweep.communicate(timeout=600) for sweep in sweeps]
+    codes = sorted(sweep.returncode for sweep in sweeps)
+    assert codes == [0, 2], outputs
+    (refused,) = [err for sweep, (_, err) in zip(sweeps, outputs, strict=True) if sweep.returncode == 2]
+    line = refused.strip().splitlines()[-1]
+    assert line.startswith("mnist-bench: error: sweep ") and "is already running these 2 cells" in line, refused
+    assert "Traceback" not in refused
+    finished = sorted(run.data.params["lr"] for run in child_runs(tmp_path) if run.info.status == "FINISHED")
+    assert finished == ["0.1", "0.2"]  # once each
+    parents = [run for run in fetch_runs(f"sqlite:///{tmp_path}/mlflow.db") if run.data.tags.get(Tag.KIND) == "sweep"]
+    shown = sorted((run.info.lifecycle_stage, run.info.status) for run in parents)
+    assert shown == [("active", "FINISHED"), ("deleted", "KILLED")]  # the refused parent shadows nothing
 
 
 @pytest.fixture
