@@ -424,7 +424,7 @@ def _check_sweeps(thresholds: Thresholds, uri: str, experiment: str, wanted: lis
     client, experiment_id = tracking.open_existing(uri, experiment)
     where = f"experiment {experiment!r} of {tracking.redact(uri)}"
     parents = [tracking.find_sweep(client, experiment_id, name, where) for name in wanted]
-    runs = [run for parent in parents for run in tracking.sweep_runs(client, experiment_id, parent)]
+    runs = [run for parent in parents for run in tracking.read_sweep(client, experiment_id, parent).runs]
     scope = " ".join(f"{k}={_shown(v)}" for k, v in thresholds.scope.items())
     print(
         f"check: sweeps {', '.join(wanted)} in {where}" + (f"; every run threshold also needs {scope}" if scope else "")

@@ -70,7 +70,7 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
     client, experiment_id = tracking.open_existing(uri, experiment)
     parent = tracking.find_sweep(client, experiment_id, wanted, f"experiment {experiment!r} at {tracking.redact(uri)}")
     grouped: dict[tuple, list] = {}
-    for run in tracking.sweep_runs(client, experiment_id, parent):
+    for run in tracking.read_sweep(client, experiment_id, parent).runs:
         if run.info.status == RunStatus.FINISHED and run.data.tags.get(Tag.DIVERGED) != "true":
             grouped.setdefault(configuration(run.data.params), []).append(run)
     sides = {}

@@ -125,11 +125,10 @@ def _run_row(run: Run) -> dict[str, object]:
     }
 
 
-def load_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> tuple[pd.DataFrame, list[str]]:
-    """The sweep's child runs, one row each, and the names of their params (what --filter may name)."""
-    children = tracking.children(client, experiment_id, parent_id)
-    params = sorted({key for run in children for key in run.data.params})
-    runs = pd.DataFrame([_run_row(run) for run in children])
+def load_runs(sweep_runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
+    """A sweep's runs, one row each, and the names of their params (what --filter may name)."""
+    params = sorted({key for run in sweep_runs for key in run.data.params})
+    runs = pd.DataFrame([_run_row(run) for run in sweep_runs])
     text = list(dict.fromkeys([*params, *BASE_CONFIG]))
     runs = runs.reindex(columns=list(dict.fromkeys([*runs.columns, *text, *METRICS])))
     runs[text] = runs[text].fillna("")
@@ -297,17 +296,16 @@ def comparisons_table(headline: pd.DataFrame, columns: Sequence[str]) -> pd.Data
     ]
 
 
-def problem_cells(
-    client: MlflowClient, experiment_id: str, parent_id: str, runs: pd.DataFrame, cells: list[Cell] | None
-) -> pd.DataFrame:
-    """Every planned cell that did not finish cleanly (missing, skipped, failed, killed, diverged, running),
-    then every selected run that did not and is not listed yet, with the error tag where there is one."""
+def problem_cells(outcomes: Sequence[tracking.CellOutcome], runs: pd.DataFrame) -> pd.DataFrame:
+    """Every planned cell that did not finish cleanly (missing, failed, killed, diverged, running), then
+    every selected run that did not and is not listed yet, with the error tag where there is one. A skipped
+    cell is no problem: the FINISHED run it reused is one of the sweep's runs."""
     errors = runs.set_index("run_id")["error"]
     rows = []
-    for outcome in tracking.cell_outcomes(client, experiment_id, parent_id, cells) if cells else []:
+    for outcome in outcomes:
         cell, status, run_id = outcome.cell, outcome.status, outcome.run_id
-        # Missing and skipped cells have no run of this sweep to filter on: always listed.
-        if status is not Status.FINISHED and (run_id in errors.index or status in (Status.MISSING, Status.SKIPPED)):
+        # A missing cell has no run to filter on: always listed.
+        if status not in (Status.FINISHED, Status.SKIPPED) and (run_id in errors.index or status is Status.MISSING):
             rows.append((status.value, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
     listed = {row[2] for row in rows}
     unlisted = runs[runs["status"].ne("finished") & ~runs["run_id"].isin(listed)]
@@ -331,6 +329,7 @@ class Selection:
     confusion_matrices: dict[str, np.ndarray]  # each model's most accurate run's, by a label naming it
     problems: pd.DataFrame
     reaped: list[str]
+    reused: list[str]  # runs of earlier sweeps that this one's skipped cells reused
 
     @property
     def name(self) -> str:
@@ -344,18 +343,18 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     reaped = tracking.reap(client, experiment_id)
     where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
     parent = tracking.find_sweep(client, experiment_id, args.sweep, where)
-    parent_id = parent.info.run_id
-    runs, params = load_runs(client, experiment_id, parent_id)
+    sweep = tracking.read_sweep(client, experiment_id, parent)
+    runs, params = load_runs(sweep.runs)
     if runs.empty:
-        raise ReportError(f"sweep {tracking.sweep_name(parent)!r} (parent run {parent_id}) has no runs in {where}")
+        raise ReportError(
+            f"sweep {tracking.sweep_name(parent)!r} (parent run {parent.info.run_id}) has no runs in {where}"
+        )
     runs = apply_filters(runs, params, args.filters, tracking.sweep_name(parent))
     columns = config_columns(runs, params)
     runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=_sort_key)
     histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
     per_run = histories.groupby("run_id")["epoch_seconds"].agg(timing.seconds_per_epoch)
     runs["seconds_per_epoch"] = runs["run_id"].map(per_run)
-    cells = tracking.sweep_cells(client, parent_id)
-    problems = problem_cells(client, experiment_id, parent_id, runs, cells)
     selection = Selection(
         uri,
         args.experiment,
@@ -363,11 +362,12 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
         runs,
         columns,
         list(args.filters),
-        cells,
+        sweep.cells,
         histories,
         load_confusion_matrices(client, runs),
-        problems,
+        problem_cells(sweep.outcomes, runs),
         reaped,
+        [run_id for run_id in sweep.reused if run_id in set(runs["run_id"])],
     )
     return client, selection
 
@@ -416,6 +416,11 @@ def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
     ]
     if sel.filters:
         items.append("Filters: " + ", ".join(f"`{key}={value}`" for key, value in sel.filters))
+    if sel.reused:
+        items.append(
+            f"Reused: {len(sel.reused)} run(s) trained by an earlier sweep; resume skipped their cells "
+            "(`resume=false` trains them again)"
+        )
     if sel.reaped:
         items.append(f"Reaped before reading: {len(sel.reaped)} run(s) of the experiment whose process was gone")
     if not sel.problems.empty:
@@ -580,9 +585,8 @@ def problem_blocks(sel: Selection) -> list[Block]:
         (
             "p",
             "Not in the means and curves: failed, killed (including runs the reaper found dead), diverged and "
-            "still-running runs, and missing cells (planned, never started). Skipped cells already had a "
-            "FINISHED run (its id shown) in the experiment and were not re-run; that run is in no table here."
-            + (" Missing and skipped cells have no run to filter on: all are listed." if sel.filters else ""),
+            "still-running runs, and missing cells (planned, never started)."
+            + (" Missing cells have no run to filter on: all are listed." if sel.filters else ""),
         )
     )
     shown = problems.assign(error=problems["error"].map(lambda e: " ".join(e.split())[:300]))

@@ -682,12 +682,30 @@ def _outcomes(client: MlflowClient, experiment_id: str, jobs: list[Run], cells: 
     return outcomes
 
 
-def sweep_runs(client: MlflowClient, experiment_id: str, parent: Run) -> list[Run]:
-    """The runs a sweep's results come from: its own jobs, and for every cell that resume skipped, the
-    earlier FINISHED run it reused."""
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep as report, check and compare read it, in one pass over the store."""
+
+    parent: Run
+    cells: list[Cell] | None  # what it set out to run; None when the parent has no CELLS_ARTIFACT
+    runs: list[Run]  # its own job runs, then the earlier FINISHED run each skipped cell reused
+    outcomes: list[CellOutcome]  # one per planned cell
+
+    @property
+    def reused(self) -> list[str]:
+        """The ids of the runs that another sweep trained and this one reused (resume skipped their cells)."""
+        own = self.parent.info.run_id
+        return [run.info.run_id for run in self.runs if run.data.tags.get(Tag.PARENT) != own]
+
+
+def read_sweep(client: MlflowClient, experiment_id: str, parent: Run) -> SweepRecord:
+    """A sweep's cells, runs and cell outcomes. A sweep re-launched after it finished trains nothing: its
+    results are the runs its cells reused, so a report of it is the report of those."""
     jobs = children(client, experiment_id, parent.info.run_id)
+    cells = sweep_cells(client, parent.info.run_id)
+    outcomes = _outcomes(client, experiment_id, jobs, cells or [])
     runs = {run.info.run_id: run for run in jobs}
-    for outcome in _outcomes(client, experiment_id, jobs, sweep_cells(client, parent.info.run_id) or []):
+    for outcome in outcomes:
         if outcome.status is Status.SKIPPED and outcome.run_id not in runs:
             runs[outcome.run_id] = client.get_run(outcome.run_id)
-    return list(runs.values())
+    return SweepRecord(parent, cells, list(runs.values()), outcomes)

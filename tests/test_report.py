@@ -408,7 +408,7 @@ def test_keras_on_jax_is_a_model_of_its_own(tmp_path: Path, make_store: Callable
     for seed, (backend, activation, engine) in enumerate(engines):
         key = (backend, activation, "0.1", EPOCHS, seed)
         log_child(client, experiment_id, parent_id, key, fake_run(key, np.random.default_rng(seed)), start, engine)
-    runs, params = report.load_runs(client, experiment_id, parent_id)
+    runs, params = report.load_runs(tracking.children(client, experiment_id, parent_id))
     assert sorted(runs["backend"]) == ["keras", "keras[jax]", "numpy"]
     columns = report.config_columns(runs, params)
     assert "backend.keras_backend" in params and "backend.keras_backend" not in columns
@@ -467,6 +467,33 @@ def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSwee
     assert f"has no {CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
     assert not list(out.glob("*.png"))
     assert_self_contained(out)
+
+
+def test_a_relaunched_finished_sweep_reports_the_runs_its_cells_reused(tmp_path: Path, make_store: Callable) -> None:
+    """Launching a finished named sweep again trains nothing (resume skips every finished cell) and makes a
+    newer parent of the same name: its report is the earlier runs, said to be reused, not "has no runs"."""
+    uri = make_store(tmp_path).uri
+    client, experiment_id = tracking.open_store(uri, EXPERIMENT)
+    start = 1_700_000_000_000
+    keys = [(backend, "sigmoid", "0.1", EPOCHS, 0) for backend in ("numpy", "tf")]
+    cells = [Cell([f"backend={key[0]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
+    first = log_parent(client, experiment_id, SWEEP, start, cells)
+    for index, key in enumerate(keys):
+        log_child(client, experiment_id, first, key, fake_run(key, np.random.default_rng(index)), start + 1000)
+    client.set_terminated(first, tracking.FINISHED)
+    never_run = Cell(["backend=jax"], "hash-never-run", "jax-sigmoid")
+    relaunch = log_parent(client, experiment_id, SWEEP, start + 60_000, [*cells, never_run])
+    client.set_terminated(relaunch, tracking.FINISHED)
+
+    out = tmp_path / "report"
+    assert report.main(["--tracking-uri", uri, "--out", str(out), "--sweep", SWEEP]) == 0
+    header = (out / "report.md").read_text().split("\n## ", 1)[0]
+    assert relaunch in header and "Runs: 2 (2 finished) of 3 cells planned" in header
+    assert "Reused: 2 run(s) trained by an earlier sweep" in header
+    assert sorted(read_summary(out)["backend"]) == ["numpy", "tf"]
+    listed = section((out / "report.md").read_text(), report.PROBLEMS_TITLE)
+    problems = [line for line in listed.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(problems) == 1 and problems[0].startswith("| missing | jax-sigmoid"), listed
 
 
 def test_find_sweep_by_name_id_and_latest(sweep_store: LoggedSweep) -> None:
