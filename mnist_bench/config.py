@@ -170,6 +170,12 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _require(
+            bool(self.experiment.strip()) and self.experiment == self.experiment.strip(),
+            "tracking.experiment",
+            self.experiment,
+            "an MLflow experiment name, not empty and without leading or trailing spaces (default: mnist-bench)",
+        )
+        _require(
             math.isfinite(self.patience_s) and 1 <= self.patience_s <= 3600,
             "tracking.patience_s",
             self.patience_s,

@@ -87,6 +87,7 @@ CASES: dict[str, Case] = {
     "target-above-one": Case(["target_accuracy=1.5"], ["target_accuracy=1.5", "(0, 1]"]),
     "unknown-key": Case(["+unknown=1"], ["unknown key 'unknown'", "allowed at the top level", "lr", "epochs"]),
     "unknown-nested-key": Case(["+dataset.foo=1"], ["unknown key 'dataset.foo'", "allowed in dataset", "train_limit"]),
+    "experiment-empty": Case(["tracking.experiment=''"], ["tracking.experiment=''", "not empty"]),
     "patience-zero": Case(["tracking.patience_s=0"], ["tracking.patience_s=0.0", "seconds from 1 to 3600"]),
     "numpy-on-gpu": Case(["device=gpu", "backend=numpy"], ["device=gpu", "backend=numpy", "tf or keras"]),
     "unreachable-server": Case(
