@@ -14,6 +14,7 @@ exception raised in a callback into a warning.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -43,6 +44,7 @@ from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag
 
 log = logging.getLogger("mnist_bench")
 
+WORKERS_STOP_S = 10.0  # how long a stopped sweep waits for its parallel workers to go before closing their runs
 PARENT_RUN_ENV = "MNIST_BENCH_PARENT_RUN_ID"  # the sweep's parent run, set in each job's process by Hydra
 # Hydra's own long flags (as its argument parser, hydra._internal.utils.get_args_parser, defines them).
 HYDRA_FLAGS = {
@@ -283,6 +285,9 @@ class ValidatingSweeper(Sweeper):
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
             status = tracking.KILLED
+            # Parallel workers are shut down without closing their runs: close the ones whose process went.
+            with contextlib.suppress(Exception):
+                tracking.reap(client, experiment_id, parent_id, wait_s=WORKERS_STOP_S)
             raise
         finally:
             tracking.close(client, parent_id, status)

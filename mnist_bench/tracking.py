@@ -545,22 +545,34 @@ def has_failed_child(client: MlflowClient, experiment_id: str, parent_run_id: st
     return bool(runs)
 
 
-def reap(client: MlflowClient, experiment_id: str) -> list[str]:
-    """Mark KILLED every RUNNING run of this host whose process is gone; returns their ids.
+def reap(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None, wait_s: float = 0.0) -> list[str]:
+    """Mark KILLED every RUNNING run of this host whose process is gone (of one sweep, given its parent run);
+    returns their ids. ``wait_s``: how long processes still alive get to go first (a stopped sweep's
+    parallel workers are being shut down, and a worker killed outright cannot close its own run).
 
     A pid alone can be reused, so the process's start time (tagged at creation) must match too.
     """
     host = machine.hostname()
-    reaped = []
-    running = client.search_runs(
-        [experiment_id], filter_string=f"attributes.status = '{RunStatus.RUNNING}'", max_results=SEARCH_LIMIT
-    )
-    for run in running:
+    wanted = f"attributes.status = '{RunStatus.RUNNING}'"
+    if parent_run_id is not None:
+        wanted += f" and tags.`{Tag.PARENT}` = '{parent_run_id}'"
+    running = [
+        run
+        for run in client.search_runs([experiment_id], filter_string=wanted, max_results=SEARCH_LIMIT)
+        if run.data.tags.get(Tag.HOST) == host and run.data.tags.get(Tag.PID, "").isdigit()
+    ]
+
+    def alive(run: Run) -> bool:
         tags = run.data.tags
-        if tags.get(Tag.HOST) != host or not tags.get(Tag.PID, "").isdigit():
+        return machine.process_start_ticks(int(tags[Tag.PID])) == tags.get(Tag.PID_START)
+
+    deadline = time.monotonic() + wait_s
+    while any(alive(run) for run in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reaped = []
+    for run in running:
+        if alive(run):
             continue
-        if machine.process_start_ticks(int(tags[Tag.PID])) == tags.get(Tag.PID_START):
-            continue  # still alive
         client.set_tag(run.info.run_id, Tag.ERROR, "process gone (killed or crashed); marked by the reaper")
         client.set_terminated(run.info.run_id, KILLED)
         reaped.append(run.info.run_id)

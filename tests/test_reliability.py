@@ -107,6 +107,37 @@ def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: 
     assert any(r.info.status == "KILLED" for r in runs)
 
 
+def test_sigterm_to_a_joblib_sweeps_main_process_leaves_no_run_running(tmp_path: Path) -> None:
+    """A scheduler or a user's kill signals the sweep's main process only. Its parallel workers are then shut
+    down without closing their runs: the sweep must close them (KILLED) before it exits 130."""
+    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "epochs=200", "batch_size=50")
+    sweep = subprocess.Popen(
+        sweep_args(tmp_path, *overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.info.status == "RUNNING" for r in child_runs(tmp_path)) < 2:  # both workers training
+            assert time.monotonic() < deadline and sweep.poll() is None, "the two jobs never ran at once"
+            time.sleep(0.5)
+        workers = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+        sweep.send_signal(signal.SIGTERM)
+        _, err = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "mnist-bench: terminated by signal 15", err[-2000:]
+    runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    statuses = sorted(run.info.status for run in runs)
+    assert statuses == ["KILLED"] * 3, statuses  # the parent and the two jobs it had started
+    killed = [run for run in runs if run.data.tags.get(Tag.KIND) != "sweep"]
+    assert all("process gone" in run.data.tags[Tag.ERROR] for run in killed)
+    deadline = time.monotonic() + 15  # loky's resource trackers go once they see their pipe closed
+    while (left := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert workers and not left, "a worker process outlived its sweep"
+
+
 def _children_after_one(tmp: Path) -> list:
     """Child runs, once at least one job has FINISHED (so the kill lands mid-sweep)."""
     runs = child_runs(tmp)  # safe while the sweep is still creating the store: see fetch_runs
