@@ -38,7 +38,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline, timing
@@ -63,27 +62,11 @@ class BenchError(UserError):
 
 
 @dataclass(frozen=True)
-class Spread:
-    """min, median and max of a list of seconds."""
-
-    min: float
-    median: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        return cls(float(np.min(values)), float(np.median(values)), float(np.max(values)))
-
-    def __str__(self) -> str:
-        return f"{self.median:.3f} ({self.min:.3f}-{self.max:.3f})"
-
-
-@dataclass(frozen=True)
 class EpochFigure:
     backend: str
     batch: str
     threads: int
-    seconds: Spread
+    seconds: timing.Spread
     floor_ratio: float
 
 
@@ -104,7 +87,7 @@ class PairFigure:
 @dataclass(frozen=True)
 class TargetFigure:
     contender: str
-    seconds: Spread | None  # None when some repeat never reached the target
+    seconds: timing.Spread | None  # None when some repeat never reached the target
     epochs: list[int]
     final_test_accuracy: list[float]
 
@@ -231,7 +214,7 @@ def keras_adam_time_to_target(train: base.TrainData, threads: int | None, seed: 
 def _target_figure(contender: str, measure: Callable[[int], Attempt], repeats: int) -> TargetFigure:
     results = [measure(seed) for seed in range(repeats)]
     seconds = [s for s, _, _ in results]
-    spread = Spread.of(seconds) if all(s is not None for s in seconds) else None
+    spread = timing.Spread.of(seconds) if all(s is not None for s in seconds) else None
     return TargetFigure(contender, spread, [e for _, e, _ in results], [a for _, _, a in results])
 
 
@@ -316,7 +299,7 @@ def _main(argv: Sequence[str]) -> int:
         for name in args.backends:
             conditions = probe.finish(times[name])
             unstable[name] = "; ".join(timing.unstable_reasons(conditions, TimingConfig()))
-            seconds = Spread.of(times[name])
+            seconds = timing.Spread.of(times[name])
             figure = EpochFigure(name, batch, threads[name], seconds, seconds.median / floor(threads[name]))
             epochs.append(figure)
             note = f"  unstable: {unstable[name]}" if unstable[name] else ""

@@ -43,6 +43,22 @@ def epoch_spread(epoch_seconds: Sequence[float]) -> float:
 
 
 @dataclass(frozen=True)
+class Spread:
+    """Repeated timings as bench prints them: the median (seconds_per_epoch's statistic), min and max."""
+
+    min: float
+    median: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(float(np.min(values)), seconds_per_epoch(values), float(np.max(values)))
+
+    def __str__(self) -> str:
+        return f"{self.median:.3f} ({self.min:.3f}-{self.max:.3f})"
+
+
+@dataclass(frozen=True)
 class _CpuTimes:
     """Machine-wide CPU seconds from /proc/stat (all cores) and this process's own, at one instant."""
 
