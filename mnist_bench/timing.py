@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 2000
+RESAMPLE_CHUNK_VALUES = 1_000_000  # about 8 MB of float64 per array
 CONFIDENCE = 0.95
 FASTER, SLOWER, WITHIN_NOISE, UNRELIABLE = "faster", "slower", "within noise", "unreliable"
 
@@ -160,8 +161,7 @@ def compare(
     """
     rng = np.random.default_rng(seed)
     ratio = seconds_per_epoch(np.concatenate(reference)) / seconds_per_epoch(np.concatenate(candidate))
-    ratios = [_resampled_median(reference, rng) / _resampled_median(candidate, rng) for _ in range(BOOTSTRAP_RESAMPLES)]
-    return _judged(ratio, ratios, unstable)
+    return _judged(ratio, _resampled_medians(reference, rng) / _resampled_medians(candidate, rng), unstable)
 
 
 def compare_paired(
@@ -196,6 +196,22 @@ def _judged(ratio: float, resampled: Sequence[float], unstable: str) -> Comparis
     return Comparison(float(ratio), low, high, verdict)
 
 
-def _resampled_median(runs: Sequence[Sequence[float]], rng: np.random.Generator) -> float:
-    picked = [np.asarray(runs[i]) for i in rng.integers(len(runs), size=len(runs))]
-    return float(np.median(np.concatenate([run[rng.integers(len(run), size=len(run))] for run in picked])))
+def _resampled_medians(runs: Sequence[Sequence[float]], rng: np.random.Generator) -> np.ndarray:
+    """BOOTSTRAP_RESAMPLES medians, each of runs drawn with replacement and then, within each drawn run, as
+    many epochs as it has drawn with replacement. Vectorised: runs are padded with NaN to one length, and
+    resamples are drawn in chunks of about RESAMPLE_CHUNK_VALUES epochs to bound memory."""
+    lengths = np.array([len(run) for run in runs])
+    padded = np.full((len(runs), lengths.max()), np.nan)
+    for row, run in zip(padded, runs, strict=True):
+        row[: len(run)] = run
+    position = np.arange(lengths.max())
+    per_chunk = max(1, RESAMPLE_CHUNK_VALUES // padded.size)
+    medians = []
+    for start in range(0, BOOTSTRAP_RESAMPLES, per_chunk):
+        count = min(per_chunk, BOOTSTRAP_RESAMPLES - start)
+        picked = rng.integers(len(runs), size=(count, len(runs)))  # which runs
+        length = lengths[picked][..., None]  # each drawn run's own length
+        epochs = np.minimum((rng.random((*picked.shape, len(position))) * length).astype(int), length - 1)
+        drawn = np.where(position < length, padded[picked[..., None], epochs], np.nan)
+        medians.append(np.nanmedian(drawn.reshape(count, -1), axis=1))
+    return np.concatenate(medians)

@@ -59,6 +59,17 @@ def test_a_real_difference_is_faster_or_slower_with_an_interval_that_excludes_1(
     assert timing.compare(fast, slow).verdict == timing.SLOWER
 
 
+def test_the_bootstrap_draws_runs_then_each_drawn_runs_own_epochs_even_when_lengths_differ() -> None:
+    """One run of 60 epochs at 1.0 s and three of 5 epochs at 1.6 s. A resample draws 4 runs, then each drawn
+    run's own number of epochs: its median is 1.6 s only when no long run is drawn, with probability
+    (3/4)^4 = 0.316. Drawing every run as often as the longest (a padding mistake) would make it 0.74."""
+    rng = np.random.default_rng(3)
+    runs = [list(rng.normal(1.0, 0.01, 60)), *[list(rng.normal(1.6, 0.01, 5)) for _ in range(3)]]
+    medians = timing._resampled_medians(runs, np.random.default_rng(0))
+    assert len(medians) == timing.BOOTSTRAP_RESAMPLES
+    assert np.mean(medians > 1.3) == pytest.approx((3 / 4) ** 4, abs=0.04)
+
+
 def test_an_unstable_side_makes_any_verdict_unreliable() -> None:
     rng = np.random.default_rng(2)
     result = timing.compare(runs(rng, 0.5, 0.1), runs(rng, 0.1, 0.1), unstable="numpy-sigmoid s0: other processes")
