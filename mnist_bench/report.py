@@ -221,26 +221,32 @@ def pooled_std(std_a: pd.Series, n_a: pd.Series, std_b: pd.Series, n_b: pd.Serie
     return pooled.where((n_a >= 2) & (n_b >= 2))
 
 
-def _verdict(row: Mapping[str, object]) -> str:
-    """Whether the accuracy difference to numpy-sigmoid exceeds the seed spread: |diff| > 2 * pooled std."""
-    if row["model"] == REFERENCE:
+def _verdict(row: Mapping[str, object], reference: str) -> str:
+    """Whether the accuracy difference to the reference exceeds the seed spread: |diff| > 2 * pooled std."""
+    if row["model"] == reference:
         return "reference"
     if pd.isna(row["final_test_accuracy_mean_ref"]):
-        return f"n/a: no {REFERENCE} at these settings"
+        return f"n/a: no {reference} at these settings"
     if pd.isna(row["pooled_std"]):
         return "unknown (n=1: spread unknown)"
     return "yes" if abs(row["accuracy_diff"]) > 2 * row["pooled_std"] else "no"
 
 
-def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Each backend-activation pair beside numpy-sigmoid on the same device with otherwise-equal settings:
-    the accuracy difference and whether it exceeds the seed spread (speed: see speed_table)."""
+def _model_rank(model: str) -> int:
+    """Where a backend-activation model sits in tables: the tutorial's pair first, unknown models last."""
+    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
+
+
+def headline_table(summary: pd.DataFrame, columns: Sequence[str], reference: str = REFERENCE) -> pd.DataFrame:
+    """Each backend-activation pair beside the reference (numpy-sigmoid) on the same device with otherwise-
+    equal settings: the accuracy difference and whether it exceeds the seed spread (speed: see speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     done = summary[summary["n"] > 0]
     done = done.assign(model=done["backend"] + "-" + done["activation"])
     kept = ["final_test_accuracy_mean", "final_test_accuracy_std", "final_test_accuracy_n"]
-    reference = done.loc[done["model"] == REFERENCE, [*settings, *kept]]
-    table = done.merge(reference, on=settings, how="left", suffixes=("", "_ref"))
+    table = done.merge(
+        done.loc[done["model"] == reference, [*settings, *kept]], on=settings, how="left", suffixes=("", "_ref")
+    )
     table["accuracy_diff"] = table["final_test_accuracy_mean"] - table["final_test_accuracy_mean_ref"]
     table["pooled_std"] = pooled_std(
         table["final_test_accuracy_std"],
@@ -248,17 +254,19 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFram
         table["final_test_accuracy_std_ref"],
         table["final_test_accuracy_n_ref"],
     )
-    table["beyond_spread"] = [_verdict(row) for row in table.to_dict("records")]
-    table["rank"] = [MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER) for m in table["model"]]
+    table["beyond_spread"] = [_verdict(row, reference) for row in table.to_dict("records")]
+    table["rank"] = table["model"].map(_model_rank)
     return table.sort_values([*settings, "rank", "model"], key=_sort_key).reset_index(drop=True)
 
 
 SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict"]
 
 
-def speed_table(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Each configuration's speed beside numpy-sigmoid's with the same other settings (timing.compare over
-    their finished runs' timed epochs): numpy-sigmoid's seconds per epoch over this one's (> 1: faster),
+def speed_table(
+    runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str], reference: str = REFERENCE
+) -> pd.DataFrame:
+    """Each configuration's speed beside the reference's with the same other settings (timing.compare over
+    their finished runs' timed epochs): the reference's seconds per epoch over this one's (> 1: faster),
     its 95% interval, and the verdict, which is "unreliable" when a run on either side was not stable."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     finished = runs[runs["status"].eq(Status.FINISHED.value)]
@@ -267,16 +275,16 @@ def speed_table(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[s
     rows = []
     for key, group in finished.groupby(settings, sort=False):
         sides = {model: side for model, side in group.groupby("model") if side["run_id"].isin(epochs.index).any()}
-        if REFERENCE not in sides:
+        if reference not in sides:
             continue
         for model, side in sides.items():
-            if model == REFERENCE:
+            if model == reference:
                 continue
-            both = pd.concat([sides[REFERENCE], side])
+            both = pd.concat([sides[reference], side])
             shaky = [f"{r.model} {r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable]
             unstable = f"{shaky[0]}" + (f" (and {len(shaky) - 1} more runs)" if len(shaky) > 1 else "") if shaky else ""
             result = timing.compare(
-                [epochs[i] for i in sides[REFERENCE]["run_id"] if i in epochs.index],
+                [epochs[i] for i in sides[reference]["run_id"] if i in epochs.index],
                 [epochs[i] for i in side["run_id"] if i in epochs.index],
                 unstable,
             )
@@ -287,13 +295,31 @@ def speed_table(runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[s
     return pd.DataFrame(rows, columns=[*settings, "model", *SPEED_COLUMNS])
 
 
-def comparisons_table(headline: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """comparisons.csv: every candidate against the reference, accuracy and speed side by side."""
+def compared_with(
+    reference: str, summary: pd.DataFrame, runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]
+) -> pd.DataFrame:
+    """Every model beside ``reference`` at equal settings: accuracy (headline_table) and speed (speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
-    table = headline[headline["model"].ne(REFERENCE) & headline["final_test_accuracy_mean_ref"].notna()]
-    return table.assign(reference=REFERENCE, candidate=table["model"])[
-        ["reference", "candidate", *settings, "accuracy_diff", "beyond_spread", *SPEED_COLUMNS]
-    ]
+    speed = speed_table(runs, histories, columns, reference)
+    return headline_table(summary, columns, reference).merge(speed, on=[*settings, "model"], how="left")
+
+
+def comparisons_table(
+    summary: pd.DataFrame, runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]
+) -> pd.DataFrame:
+    """comparisons.csv: every pair of models at equal settings, accuracy and speed side by side. Each pair is
+    listed once, with the model that comes first in the headline's order as the reference (numpy-sigmoid
+    first of all), so the tutorial's pair reads as in the headline."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    done = summary[summary["n"] > 0]
+    models = sorted(set(done["backend"] + "-" + done["activation"]), key=lambda m: (_model_rank(m), m))
+    tables = []
+    for index, reference in enumerate(models[:-1]):
+        table = compared_with(reference, summary, runs, histories, columns)
+        later = table["model"].isin(models[index + 1 :]) & table["final_test_accuracy_mean_ref"].notna()
+        tables.append(table[later].assign(reference=reference, candidate=table["model"]))
+    names = ["reference", "candidate", *settings, "accuracy_diff", "beyond_spread", *SPEED_COLUMNS]
+    return pd.concat(tables, ignore_index=True)[names] if tables else pd.DataFrame(columns=names)
 
 
 def problem_cells(outcomes: Sequence[tracking.CellOutcome], runs: pd.DataFrame) -> pd.DataFrame:
@@ -721,9 +747,7 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
 def render(sel: Selection) -> dict[str, bytes]:
     """Every file of the report, in memory: nothing touches the disk until all of it exists."""
     summary = summary_table(sel.runs, sel.columns)
-    speed = speed_table(sel.runs, sel.histories, sel.columns)
-    settings = [c for c in sel.columns if c not in ("backend", "activation")]
-    headline = headline_table(summary, sel.columns).merge(speed, on=[*settings, "model"], how="left")
+    headline = compared_with(REFERENCE, summary, sel.runs, sel.histories, sel.columns)
     plots, notes = make_plots(sel, summary)
     blocks = [
         *header_blocks(sel, summary),
@@ -740,7 +764,7 @@ def render(sel: Selection) -> dict[str, bytes]:
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
         "summary.csv": to_csv(summary),
-        "comparisons.csv": to_csv(comparisons_table(headline, sel.columns)),
+        "comparisons.csv": to_csv(comparisons_table(summary, sel.runs, sel.histories, sel.columns)),
     }
     return files | {plot.name: plot.png for plot in plots}
 

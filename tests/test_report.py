@@ -339,16 +339,27 @@ def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
     sweep_store: LoggedSweep, full_report: Path
 ) -> None:
     comparisons = pd.read_csv(full_report / "comparisons.csv", dtype=CONFIG_DTYPES, keep_default_na=False)
-    assert set(comparisons["reference"]) == {"numpy-sigmoid"}
-    row = comparisons.set_index(["candidate", "lr"]).loc[("tf-softmax", "0.1")]
+    order = ["numpy-sigmoid", "tf-softmax", "numpy-softmax", "tf-sigmoid"]  # the headline's
+    at_01 = comparisons[comparisons["lr"] == "0.1"]
+    pairs = list(zip(at_01["reference"], at_01["candidate"], strict=True))
+    assert sorted(pairs) == sorted((a, b) for i, a in enumerate(order) for b in order[i + 1 :])  # each pair once
+    by_pair = comparisons.set_index(["reference", "candidate", "lr"])
+    row = by_pair.loc[("numpy-sigmoid", "tf-softmax", "0.1")]
 
     def epochs(config: tuple) -> np.ndarray:
         return np.concatenate([run["history"]["epoch_seconds"] for run in ok_runs(sweep_store, config)])
+
+    def accuracy(config: tuple) -> float:
+        return np.mean([run["summary"]["final_test_accuracy"] for run in ok_runs(sweep_store, config)])
 
     expected = np.median(epochs(("numpy", "sigmoid", "0.1", EPOCHS))) / np.median(
         epochs(("tf", "softmax", "0.1", EPOCHS))
     )
     assert row["speed_ratio"] == pytest.approx(expected)  # the medians of the timed epochs, pooled per side
+    tf_sigmoid, numpy_softmax = ("tf", "sigmoid", "0.1", EPOCHS), ("numpy", "softmax", "0.1", EPOCHS)
+    other = by_pair.loc[("numpy-softmax", "tf-sigmoid", "0.1")]  # a pair without numpy-sigmoid in it
+    assert other["speed_ratio"] == pytest.approx(np.median(epochs(numpy_softmax)) / np.median(epochs(tf_sigmoid)))
+    assert float(other["accuracy_diff"]) == pytest.approx(accuracy(tf_sigmoid) - accuracy(numpy_softmax))
     assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"]
     verdict = "faster" if row["speed_ratio_low"] > 1 else "slower" if row["speed_ratio_high"] < 1 else "within noise"
     assert row["speed_verdict"] == verdict  # the logged runs carry no timing_unstable tag
