@@ -28,6 +28,8 @@ Exit status: 0 when every figure was measured, 2 on bad input (one line).
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import functools
 import itertools
 import json
@@ -38,9 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from mnist_bench import atomic, backends, data, experiment, machine, paths, roofline, timing
+from mnist_bench import atomic, backends, data, experiment, hydra_app, machine, roofline, timing
 from mnist_bench.backends import base
 from mnist_bench.config import KERAS_BACKENDS, BackendConfig, Config, DatasetConfig, TimingConfig
 from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
@@ -96,13 +96,14 @@ def _floor(roof: roofline.Roofline, train: base.TrainData) -> float:
     return roof.epoch_floor_seconds(*train.x_train.shape, train.x_train.itemsize)
 
 
-def _packaged(relative: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(paths.conf_dir() / relative))
+@functools.cache
+def _composed(*overrides: str) -> Config:
+    return hydra_app.compose(*overrides)
 
 
 def mnist_spec() -> DatasetConfig:
     """conf/dataset/mnist.yaml as the harness composes it."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DatasetConfig), _packaged("dataset/mnist.yaml")))
+    return copy.deepcopy(_composed().dataset)
 
 
 def load_mnist() -> base.TrainData:
@@ -120,8 +121,9 @@ def backend_config(label: str, threads: int | None) -> BackendConfig:
 
 
 def fast_preset(label: str, threads: int | None, seed: int) -> Config:
-    """conf/experiment/fast.yaml on the backend ``label`` names."""
-    return Config(**_packaged("experiment/fast.yaml"), backend=backend_config(label, threads), seed=seed)
+    """conf/experiment/fast.yaml, composed as a run composes it, on the backend ``label`` names."""
+    preset = copy.deepcopy(_composed("+experiment=fast"))  # a run's setup writes into its config
+    return dataclasses.replace(preset, backend=backend_config(label, threads), seed=seed)
 
 
 def _ready(cfg: Config) -> base.Backend:

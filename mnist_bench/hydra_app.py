@@ -68,6 +68,19 @@ def register() -> None:
     warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 
+def compose(*overrides: str) -> Config:
+    """One job's config exactly as ``python -m mnist_bench OVERRIDES`` composes and validates it from conf/:
+    the one way a preset (``+experiment=fast``) is read, by runs and by bench alike. Outside a Hydra app."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from mnist_bench.paths import conf_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        return validate(hydra_compose("config", overrides=list(overrides)))
+
+
 def parallel_jobs(launcher: Mapping) -> int:
     """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # mlflow is imported lazily: tests that never touch a store s
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from mnist_bench.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist-bench"
@@ -47,18 +46,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                 text = output.decode(errors="replace") if isinstance(output, bytes) else output
                 report.sections.append((f"{name} of {error.cmd!r}", text[-5000:]))
     return report
-
-
-def compose_config(*overrides: str) -> Config:
-    """The job config exactly as ``python -m mnist_bench`` composes it from conf/."""
-    from hydra import compose, initialize_config_dir
-
-    from mnist_bench import config, hydra_app
-    from mnist_bench.paths import conf_dir
-
-    hydra_app.register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
-        return config.validate(compose("config", overrides=list(overrides)))
 
 
 @dataclass

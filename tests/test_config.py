@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
 from omegaconf import OmegaConf
 
 from mnist_bench.config import (
@@ -22,6 +21,7 @@ from mnist_bench.config import (
     run_name,
     validate,
 )
+from mnist_bench.hydra_app import compose
 
 MNIST_YAML = Path(__file__).resolve().parents[1] / "conf" / "dataset" / "mnist.yaml"
 
@@ -214,7 +214,7 @@ BACKENDS = sorted(p.stem for p in (MNIST_YAML.parents[1] / "backend").glob("*.ya
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_each_backend_yaml_declares_its_default_activation(backend: str) -> None:
-    cfg = compose_config(f"backend={backend}")
+    cfg = compose(f"backend={backend}")
     assert cfg.backend.default_activation is not None, f"conf/backend/{backend}.yaml declares no default_activation"
     assert cfg.activation == cfg.backend.default_activation == TUTORIAL_ACTIVATION.get(backend, cfg.activation)
 
@@ -226,7 +226,7 @@ def test_the_missions_sweep_compares_numpy_sigmoid_with_tf_softmax() -> None:
     from mnist_bench.hydra_app import grid
 
     cells = grid(OverridesParser.create().parse_overrides(["backend=numpy,tf", "lr=0.01,0.1"]))
-    configs = [compose_config(*cell) for cell in cells]
+    configs = [compose(*cell) for cell in cells]
     assert sorted(run_name(c) for c in configs) == [
         "numpy-sigmoid-lr0.01-e10-s0",
         "numpy-sigmoid-lr0.1-e10-s0",
@@ -249,14 +249,14 @@ def test_the_missions_sweep_compares_numpy_sigmoid_with_tf_softmax() -> None:
     ],
 )
 def test_a_given_activation_beats_the_backends_default(overrides: list[str], expected: str) -> None:
-    assert compose_config(*overrides).activation == expected
+    assert compose(*overrides).activation == expected
 
 
 def test_the_backends_default_activation_hashes_as_if_it_had_been_given() -> None:
     """So that resume takes a FINISHED ``backend=tf activation=softmax`` run for ``backend=tf``, and back."""
-    assert config_hash(compose_config("backend=tf")) == config_hash(compose_config("backend=tf", "activation=softmax"))
-    assert config_hash(compose_config("backend=tf")) != config_hash(compose_config("backend=tf", "activation=sigmoid"))
-    assert config_hash(compose_config()) == config_hash(compose_config("activation=sigmoid"))
+    assert config_hash(compose("backend=tf")) == config_hash(compose("backend=tf", "activation=softmax"))
+    assert config_hash(compose("backend=tf")) != config_hash(compose("backend=tf", "activation=sigmoid"))
+    assert config_hash(compose()) == config_hash(compose("activation=sigmoid"))
 
 
 # --- run_name and as_flat_dict -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO
 
 from mnist_bench import artifacts, data
 from mnist_bench.backends import base
@@ -25,6 +25,7 @@ from mnist_bench.backends.numpy_backend import (
     summed_gradients,
 )
 from mnist_bench.config import BackendConfig, Config
+from mnist_bench.hydra_app import compose
 
 N_CLASSES = 10
 
@@ -144,7 +145,7 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
     have several sigmoid outputs at exactly 1.0. The rules disagree only on tied rows, where the
     probabilities rule takes the lowest tied class; it scores lower; and the run's train accuracy, tied
     fraction, test accuracy and confusion matrix all follow it."""
-    cfg = compose_config(
+    cfg = compose(
         "+experiment=seed_numpy",
         "predict_from=probabilities",
         "stop_at_target=false",
@@ -338,7 +339,7 @@ def test_a_diverging_config_ends_with_a_huge_or_non_finite_loss_without_raising(
 
 @pytest.mark.slow
 def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_overrides: list[str]) -> None:
-    cfg = compose_config(
+    cfg = compose(
         "activation=softmax",
         "normalize=true",
         "batch_size=128",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, compose_config
+from conftest import REPO
 from needs import import_extra
 from omegaconf import OmegaConf
 from parity import assert_learns, config, fit
@@ -16,6 +16,7 @@ from parity import assert_learns, config, fit
 from mnist_bench import data
 from mnist_bench.backends import base
 from mnist_bench.config import Config, DatasetConfig
+from mnist_bench.hydra_app import compose
 
 FRAMEWORKS = {"tf": ("tensorflow", "tf"), "keras": ("tensorflow", "tf"), "jax": ("jax", "jax")}
 
@@ -39,7 +40,7 @@ def test_seed_numpy_under_the_probabilities_rule_stops_at_the_same_epoch(
     epoch, to the image, so it stops at the same epoch."""
     runs = {}
     for name in ("numpy", backend):
-        cfg = compose_config(
+        cfg = compose(
             "+experiment=seed_numpy",
             "predict_from=probabilities",
             "seed=2",
