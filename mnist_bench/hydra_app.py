@@ -345,14 +345,15 @@ UI_PORT = 5000  # mlflow ui's own default
 def runs_link(server: str, experiment_id: str, name: str) -> str:
     """The address in MLflow's UI (3.x) of a sweep's runs: the experiment's runs table in its "Model training"
     view (``workflowType``; a fresh browser otherwise gets the GenAI overview), searched for the sweep's tag,
-    which the parent run and each job carry (``searchFilter``), sorted by run name (``orderByKey``): sorted by
+    which the parent run and each job carry, less the parent (``searchFilter``: it has no metrics, and in the
+    charts it would take a place and head every legend), sorted by run name (``orderByKey``): sorted by
     anything but creation time the table lists the jobs flat instead of folded under their parent. The UI
     routes after ``#``; these are the query parameters its runs page reads from there."""
     quote = "'" if "'" not in name else '"'
     query = urllib.parse.urlencode(
         {
             "workflowType": "machine_learning",
-            "searchFilter": f"tags.{Tag.SWEEP_NAME} = {quote}{name}{quote}",
+            "searchFilter": f"tags.{Tag.SWEEP_NAME} = {quote}{name}{quote} and tags.`{Tag.PARENT}` IS NOT NULL",
             "orderByKey": "tags.`mlflow.runName`",
             "orderByAsc": "true",
         },

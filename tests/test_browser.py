@@ -39,7 +39,7 @@ class Sweep:
     folder: Path
     uri: str
     stdout: str
-    run_names: list[str]  # the parent's and each job's
+    job_names: list[str]  # each job's run name (the parent's is SWEEP_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def sweep(mnist_dir, tmp_path_factory, run_cli, make_store, hydra_args, runs_of)
     assert proc.returncode == 0, proc.stderr[-4000:]
     names = sorted(run.info.run_name for run in runs_of(store.uri))
     assert len(names) == 3 and SWEEP_NAME in names
-    return Sweep(folder, store.uri, proc.stdout, names)
+    return Sweep(folder, store.uri, proc.stdout, [name for name in names if name != SWEEP_NAME])
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_
     assert route == "/experiments/7/runs"
     assert query == {
         "workflowType": ["machine_learning"],
-        "searchFilter": ["tags.sweep_name = 'my sweep'"],
+        "searchFilter": ["tags.sweep_name = 'my sweep' and tags.`mlflow.parentRunId` IS NOT NULL"],
         "orderByKey": ["tags.`mlflow.runName`"],
         "orderByAsc": ["true"],
     }
@@ -146,7 +146,9 @@ def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_
     _, runs = next_steps("it's", "https://user:secret@mlflow.example:8443/ui/?token=abc", "e", "3")
     link = runs.removeprefix("runs: ")
     assert link.startswith("https://mlflow.example:8443/ui/#/experiments/3/runs?") and "secret" not in link
-    assert link_query(link)[1]["searchFilter"] == ['tags.sweep_name = "it\'s"']
+    assert link_query(link)[1]["searchFilter"] == [
+        'tags.sweep_name = "it\'s" and tags.`mlflow.parentRunId` IS NOT NULL'
+    ]
 
 
 def free_port() -> int:
@@ -202,7 +204,8 @@ def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     [line] = [line for line in sweep.stdout.splitlines() if line.startswith("runs: ")]
     link = line.rpartition(", then open ")[2]
     assert link.startswith("http://127.0.0.1:5000/#/experiments/"), line
-    assert link_query(link)[1]["searchFilter"] == [f"tags.sweep_name = '{SWEEP_NAME}'"]
+    (search,) = link_query(link)[1]["searchFilter"]
+    assert search == f"tags.sweep_name = '{SWEEP_NAME}' and tags.`mlflow.parentRunId` IS NOT NULL"
     browser.get(link.replace(":5000/", f":{port}/", 1))
 
     def body(driver: Any) -> str:
@@ -210,13 +213,14 @@ def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
 
     try:
         WebDriverWait(browser, PAGE_S, poll_frequency=0.5).until(
-            lambda driver: all(name in body(driver) for name in sweep.run_names)
+            lambda driver: all(name in body(driver) for name in sweep.job_names)
         )
     except TimeoutException:
         pass  # the assertion below says what the page showed
     finally:
         browser.save_screenshot(str(tmp_path / "mlflow-runs.png"))
     text = body(browser)
-    assert all(name in text for name in sweep.run_names), f"{sweep.run_names} not all in the page:\n{text[:2000]}"
+    assert all(name in text for name in sweep.job_names), f"{sweep.job_names} not all in the page:\n{text[:2000]}"
+    assert SWEEP_NAME not in text, "the parent run (no metrics) is left out of the runs and their charts"
     searches = browser.execute_script("return Array.from(document.querySelectorAll('input'), i => i.value)")
-    assert "Run Name" in text and f"tags.sweep_name = '{SWEEP_NAME}'" in searches, searches
+    assert "Run Name" in text and search in searches, searches
