@@ -296,3 +296,11 @@ def test_as_flat_dict_has_one_dotted_key_per_setting() -> None:
     assert {"lr", "backend.name", "device.name", "tracking.uri", "dataset.train_images.sha256"} <= set(flat)
     assert not any(isinstance(v, dict) for v in flat.values())
     assert (flat["lr"], flat["batch_size"], flat["dataset.train_limit"], flat["backend.name"]) == (0.25, 64, 7, "numpy")
+
+
+@pytest.mark.parametrize("overrides", [[], ["+experiment=fast"], ["backend=keras", "backend.keras_backend=jax"]])
+def test_a_runs_config_yaml_is_omegaconfs_text_of_it(overrides: list[str]) -> None:
+    from mnist_bench import artifacts
+
+    cfg = compose(*overrides)
+    assert artifacts.config_yaml(cfg) == OmegaConf.to_yaml(OmegaConf.structured(cfg))
