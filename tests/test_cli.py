@@ -69,6 +69,18 @@ def no_missing_folder_created(folder: Path) -> None:
     assert not (folder / "no-such-folder").exists()
 
 
+NOT_A_DATABASE = b"not an SQLite database: " + bytes(range(256)) * 8
+
+
+def store_that_is_not_a_database(folder: Path) -> tuple[list[str], dict[str, str | None]]:
+    (folder / "broken.db").write_bytes(NOT_A_DATABASE)
+    return [f"tracking.uri=sqlite:///{folder}/broken.db"], {}
+
+
+def broken_store_left_as_it_was(folder: Path) -> None:
+    assert (folder / "broken.db").read_bytes() == NOT_A_DATABASE
+
+
 CASES: dict[str, Case] = {
     "unknown-backend": Case(["backend=mxnet"], ["backend/mxnet", *options_in("backend")]),
     "unknown-activation": Case(["activation=relu"], ["activation='relu'", "sigmoid", "softmax"]),
@@ -89,6 +101,13 @@ CASES: dict[str, Case] = {
     "unknown-nested-key": Case(["+dataset.foo=1"], ["unknown key 'dataset.foo'", "allowed in dataset", "train_limit"]),
     "experiment-empty": Case(["tracking.experiment=''"], ["tracking.experiment=''", "not empty"]),
     "patience-zero": Case(["tracking.patience_s=0"], ["tracking.patience_s=0.0", "seconds from 1 to 3600"]),
+    "store-not-a-database": Case(
+        [],
+        ["tracking store sqlite:///{folder}/broken.db cannot be opened", "file is not a database", "tracking.uri="],
+        setup=store_that_is_not_a_database,
+        after=broken_store_left_as_it_was,
+    ),
+    "store-unknown-scheme": Case(["tracking.uri=garbage://x"], ["tracking store garbage://x cannot be opened"]),
     "numpy-on-gpu": Case(["device=gpu", "backend=numpy"], ["device=gpu", "backend=numpy", "tf or keras"]),
     "unreachable-server": Case(
         ["tracking.uri=http://127.0.0.1:9"], ["http://127.0.0.1:9", "unreachable", "tracking.uri"]
