@@ -252,7 +252,8 @@ def _store_errors(uri: str) -> Iterator[None]:
         raise
     except Exception as err:
         raise TrackingError(
-            f"tracking store {redact(uri)} cannot be opened ({error_line(err)}); "
+            store_failure(err, uri)
+            or f"tracking store {redact(uri)} cannot be opened ({error_line(err)}); "
             "fix or move it, or choose another with tracking.uri= (or --tracking-uri)"
         ) from err
 
@@ -522,6 +523,11 @@ def store_failure(err: BaseException, uri: str) -> str | None:
         return f"tracking server {redact(uri)} is not answering"
     if "database or disk is full" in str(err):
         return f"the disk holding {redact(uri)} is full: free space on it"
+    if "database is locked" in str(err):
+        return (
+            f"tracking store {redact(uri)} is locked by another process (SQLite waited its timeout): wait for that "
+            "process to let go, or choose another store with tracking.uri= (or --tracking-uri)"
+        )
     return None
 
 

@@ -256,6 +256,23 @@ def test_a_deleted_experiment_is_one_line_naming_how_to_restore_it(store) -> Non
         assert "\n" not in message
 
 
+def test_a_store_locked_by_another_process_is_one_line_saying_so(store) -> None:
+    """A store held by another writer used to be "cannot be opened (... database is locked [SQL: ...]); fix or
+    move it": the wrong advice for a store that is fine. SQLite's timeout is cut to 1 s here (its URI's)."""
+    tracking.open_store(store.uri, EXPERIMENT)
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for opening in (tracking.open_store, tracking.open_existing):
+            with pytest.raises(tracking.TrackingError) as info:
+                opening(f"{store.uri}?timeout=1", EXPERIMENT)
+            message = str(info.value)
+            assert f"{store.uri}?timeout=1 is locked by another process" in message, message
+            assert "wait for that process" in message and "\n" not in message
+    finally:
+        holder.close()
+
+
 def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
