@@ -393,7 +393,7 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
         load_confusion_matrices(client, runs),
         problem_cells(sweep.outcomes, runs),
         reaped,
-        [run_id for run_id in sweep.reused if run_id in set(runs["run_id"])],
+        runs.loc[runs["run_id"].isin(sweep.reused), "run_id"].tolist(),  # those the filters kept
     )
     return client, selection
 
