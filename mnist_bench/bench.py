@@ -92,10 +92,6 @@ class TargetFigure:
     final_test_accuracy: list[float]
 
 
-def _floor(roof: roofline.Roofline, train: base.TrainData) -> float:
-    return roof.epoch_floor_seconds(*train.x_train.shape, train.x_train.itemsize)
-
-
 @functools.cache
 def _composed(*overrides: str) -> Config:
     return hydra_app.compose(*overrides)
@@ -286,11 +282,11 @@ def _main(argv: Sequence[str]) -> int:
     for threads, roof in roofs.items():
         print(
             f"roofline, {threads} threads: read {roof.read_gb_per_s:.1f} GB/s, sgemm {roof.sgemm_gflop_per_s:.0f}"
-            f" GFLOP/s -> epoch floor {_floor(roof, train) * 1000:.1f} ms"
+            f" GFLOP/s -> epoch floor {roof.epoch_floor_for(train.x_train) * 1000:.1f} ms"
         )
 
     def floor(threads: int) -> float:
-        return _floor(roofs[threads], train)
+        return roofs[threads].epoch_floor_for(train.x_train)
 
     epochs: list[EpochFigure] = []
     pairs: list[PairFigure] = []
@@ -345,7 +341,9 @@ def _main(argv: Sequence[str]) -> int:
             "cpu_count": machine.cpu_count(),
             "repeats": args.repeats,
             "load_average": {"before": load_before, "after": load_after},
-            "rooflines": [asdict(roof) | {"epoch_floor_seconds": _floor(roof, train)} for roof in roofs.values()],
+            "rooflines": [
+                asdict(roof) | {"epoch_floor_seconds": roof.epoch_floor_for(train.x_train)} for roof in roofs.values()
+            ],
             "epochs": [asdict(e) for e in epochs],
             "pairs": [asdict(p) for p in pairs],
             "time_to_target": {"target": TARGET, "figures": [asdict(t) for t in targets]},

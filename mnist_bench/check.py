@@ -1,10 +1,10 @@
 """``mnist-bench check``: holds MLflow sweeps or a pytest-benchmark file to ``conf/thresholds.yaml`` and
 turns the verdict into an exit status for CI.
 
-Accuracy floors are for fixed seeds, so they are tight. Time ceilings are ratios to a calibration
-measured in the same run on the same machine (the roofline every CPU run logs, or the bare matrix
-products the benchmark suite times beside each epoch), so one file holds on a laptop, on CI and on a
-GPU box. A threshold that matches nothing fails as "no data": a gate never passes by checking nothing.
+Accuracy floors are for fixed seeds, so they are tight. Time ceilings are ratios to one normaliser, the
+epoch floor of ``mnist_bench.roofline`` measured on the same machine (the floor every CPU run logs, or the
+one the benchmark suite probes beside each epoch), so one file holds on a laptop, on CI and on a GPU box.
+A threshold that matches nothing fails as "no data": a gate never passes by checking nothing.
 
     python -m mnist_bench.check --quick              # CI: run the thresholds' gate sweeps, then check them
     python -m mnist_bench.check [--sweep latest|NAME|RUN_ID ...] [--tracking-uri URI] [--experiment NAME]
@@ -38,7 +38,7 @@ from mnist_bench.schema import RunStatus, flatten, normalise
 
 PROG = "mnist-bench check"
 PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
-CALIBRATION = "calibration"  # a ratio's denominator: extra_info.calibration_seconds of the numerator itself
+ROOFLINE = "roofline"  # a ratio's denominator: extra_info.roofline_floor_seconds of the numerator itself
 _TOP_KEYS = {"scope", "gate", "runs", "benchmarks"}
 _RUN_KEYS = {"metric", "preset", "where", "min", "max", "requires", "reason"}
 _BENCHMARK_KEYS = {"ratio", "min", "max", "requires", "reason"}
@@ -53,7 +53,7 @@ class CheckError(UserError):
 class Threshold:
     """One bound: on an MLflow metric of the runs that match ``where``, or on the ratio of the fastest
     rounds of two benchmarks (``ratio``: numerator and denominator name patterns, ``*`` = any text; the
-    denominator ``calibration`` is the numerator's own calibration, timed before each of its rounds)."""
+    denominator ``roofline`` is the numerator's own epoch floor, probed before each of its rounds)."""
 
     metric: str
     selection: str
@@ -265,10 +265,10 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class Timing:
-    """A benchmark's fastest round, and the fastest of the calibrations timed beside its rounds (if any)."""
+    """A benchmark's fastest round, and the lowest of the roofline floors probed beside its rounds (if any)."""
 
     fastest: float
-    calibration: float | None
+    floor: float | None
 
 
 def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> list[Row]:
@@ -280,8 +280,8 @@ def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> l
             continue
         top, bottom = t.ratio
         numerators = [timing for name, timing in timings.items() if _pattern(top).fullmatch(name)]
-        if bottom == CALIBRATION:
-            ratios = [n.fastest / n.calibration for n in numerators if n.calibration]
+        if bottom == ROOFLINE:
+            ratios = [n.fastest / n.floor for n in numerators if n.floor]
         else:
             denominators = [timing.fastest for name, timing in timings.items() if _pattern(bottom).fullmatch(name)]
             ratios = [n.fastest / min(denominators) for n in numerators] if denominators else []
@@ -301,9 +301,9 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
         report = json.loads(path.read_text())
         timings = {}
         for bench in report["benchmarks"]:
-            calibration = bench.get("extra_info", {}).get("calibration_seconds")
-            timing = Timing(float(bench["stats"]["min"]), float(min(calibration)) if calibration else None)
-            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, timing.calibration) if t is not None):
+            floors = bench.get("extra_info", {}).get("roofline_floor_seconds")
+            timing = Timing(float(bench["stats"]["min"]), float(min(floors)) if floors else None)
+            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, timing.floor) if t is not None):
                 raise ValueError(f"benchmark {bench['name']!r} has a timing that is not a number > 0")
             timings[bench["name"]] = timing
         return timings

@@ -43,6 +43,10 @@ class Roofline:
         compute = 4 * n_samples * n_features * n_classes / (self.sgemm_gflop_per_s * 1e9)
         return max(read, compute)
 
+    def epoch_floor_for(self, x_train: np.ndarray) -> float:
+        """The floor of one epoch over these training images."""
+        return self.epoch_floor_seconds(*x_train.shape, x_train.itemsize)
+
 
 def _best_seconds(work, repeats: int) -> float:
     work()  # warm up: page faults, BLAS thread start-up

@@ -116,14 +116,14 @@ def test_slowed_epoch_breaches_its_ratio_ceiling(tmp_path: Path, capsys: pytest.
     good = write(tmp_path, report, "good.json")
     assert run_check(capsys, "--thresholds", thresholds, "--benchmark-json", good)[0] == check.EXIT_OK
 
-    [ceiling] = [t for t in numpy_only if t["ratio"] == ["test_epoch[numpy-*-b128]", check.CALIBRATION]]
+    [ceiling] = [t for t in numpy_only if t["ratio"] == ["test_epoch[numpy-*-b128]", check.ROOFLINE]]
     [epoch] = [b for b in report["benchmarks"] if b["name"] == "test_epoch[numpy-softmax-b128]"]
-    measured = epoch["stats"]["min"] / min(epoch["extra_info"]["calibration_seconds"])
+    measured = epoch["stats"]["min"] / min(epoch["extra_info"]["roofline_floor_seconds"])
     slow = write(tmp_path, scaled(report, epoch["name"], 2 * ceiling["max"] / measured), "slow.json")
     status, _, err = run_check(capsys, "--thresholds", thresholds, "--benchmark-json", slow)
     assert status == check.EXIT_BREACH
     [line] = breaches(err)
-    assert "test_epoch[numpy-*-b128] / calibration" in line and f"allowed <= {ceiling['max']:g}" in line
+    assert "test_epoch[numpy-*-b128] / roofline" in line and f"allowed <= {ceiling['max']:g}" in line
 
 
 MALFORMED = {

@@ -29,7 +29,7 @@ from mnist_bench.config import DatasetConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINES = REPO / "results" / "benchmarks"
-# One thread everywhere: on a shared machine a single-threaded epoch and its single-threaded calibration
+# One thread everywhere: on a shared machine a single-threaded epoch and its single-threaded roofline probe
 # slow down together, while BLAS threads waiting on each other make multi-threaded ratios erratic.
 THREADS = 1
 
