@@ -43,7 +43,7 @@ def _startup_seconds() -> float | None:
 
 
 @dataclass
-class _Observer:
+class Observer:
     """The epoch callback: logs each epoch, watches the target and divergence, shows progress."""
 
     cfg: Config
@@ -103,7 +103,21 @@ def _progress_bar(cfg: Config, name: str, in_sweep: bool):
     return tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=True)
 
 
-def _tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name: str | None) -> dict[str, str]:
+def run_params(cfg: Config) -> dict[str, str]:
+    """A run's params: the config as given, without where it is logged or where its data came from (the
+    dataset input holds that). backend.threads stays null ("as many as fit"), so that runs of backends that
+    resolve it differently still compare as one setting; the resolved count is the THREADS tag."""
+    params = {
+        k: tracking.redact(str(v))
+        for k, v in as_flat_dict(cfg).items()
+        if not k.startswith("tracking.") and not is_data_provenance(k)
+    }
+    params["tracking.experiment"] = cfg.tracking.experiment
+    return params
+
+
+def run_tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_name: str | None) -> dict[str, str]:
+    """A run's tags as it opens: what it is, where it ran, and which sweep and cell it belongs to."""
     tags = {
         Tag.BACKEND: cfg.backend.name,
         Tag.ACTIVATION: cfg.activation,
@@ -131,14 +145,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
     cell_hash = config_hash(cfg)
-    # Params are the config as given (backend.threads null: "as many as fit"), so that runs of backends
-    # that resolve it differently still compare as one setting; the resolved count is the THREADS tag.
-    params = {
-        k: tracking.redact(str(v))
-        for k, v in as_flat_dict(cfg).items()
-        if not k.startswith("tracking.") and not is_data_provenance(k)
-    }
-    params["tracking.experiment"] = cfg.tracking.experiment
+    params = run_params(cfg)
     cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
@@ -158,14 +165,16 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     _check_batch_size(cfg, len(train.x_train))
 
     sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
-    tags = _tags(cfg, cell_hash, device, device_name, sweep_name) | {Tag.DESCRIPTION: _description(cfg, train, device)}
+    tags = run_tags(cfg, cell_hash, device, device_name, sweep_name) | {
+        Tag.DESCRIPTION: _description(cfg, train, device)
+    }
     with tracking.tracked_run(client, experiment_id, name, params, tags, parent_run_id) as active:
         files = ("train_images", "train_labels", "test_images", "test_labels")
         checksums = {file: getattr(cfg.dataset, file).sha256 for file in files}
         rows = {"train": len(train.x_train), "test": len(train.x_test)}
         tracking.log_dataset(client, active.run_id, cfg.dataset.name, data_source, checksums, rows)
         bar = _progress_bar(cfg, name, in_sweep)
-        observer = _Observer(cfg, active, bar)
+        observer = Observer(cfg, active, bar)
         probe = timing.ConditionsProbe()
         try:
             fit = backend.fit(train, cfg, observer)
@@ -174,7 +183,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
                 bar.close()
         conditions = probe.finish([m.epoch_seconds for m in observer.history])
         unstable = timing.unstable_reasons(conditions, cfg.timing)
-        _log_summary(active, cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
+        log_summary(active, cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
@@ -234,16 +243,17 @@ def _check_batch_size(cfg: Config, n_train: int) -> None:
         )
 
 
-def _log_summary(
+def log_summary(
     active: tracking.TrackedRun,
     cfg: Config,
-    observer: _Observer,
+    observer: Observer,
     fit: base.FitResult,
     device: str,
     train_shape: tuple[int, int],
     conditions: timing.Conditions,
     unstable: list[str],
 ) -> None:
+    """The run's summary metrics and closing tags, derived from the epochs the observer saw."""
     n_train, n_features = train_shape
     history = observer.history
     epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in history])

@@ -26,7 +26,6 @@ import urllib.parse
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnist_bench import config, machine
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
 from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError, one_line
-from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag
+from mnist_bench.schema import Cell, Tag
 
 log = logging.getLogger("mnist_bench")
 
@@ -271,18 +270,14 @@ class ValidatingSweeper(Sweeper):
         ]
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
         sweep_dir = Path(self.config.hydra.runtime.cwd) / str(self.config.hydra.sweep.dir)
-        tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name, Tag.SWEEP_DIR: str(sweep_dir), **tracking.process_tags()}
-        tags[Tag.CELLS_DIGEST] = tracking.cells_digest(planned)
-        parent = client.create_run(experiment_id, run_name=name, tags=tags)
+        parent = tracking.open_sweep(client, experiment_id, name, sweep_dir, planned)
         parent_id = parent.info.run_id
         if first.resume and (running := tracking.earlier_sweep(client, experiment_id, parent)):
             _give_way(client, parent_id, running, len(planned))
         status = tracking.FAILED
         try:
             with tracking.sigterm_raises():
-                client.log_param(parent_id, SweepParam.SWEEP_OVERRIDES, tracking.redact(" ".join(arguments))[:6000])
-                client.log_param(parent_id, SweepParam.SWEEP_CELLS, len(planned))
-                client.log_dict(parent_id, [asdict(cell) for cell in planned], CELLS_ARTIFACT)
+                tracking.log_sweep_plan(client, parent_id, arguments, planned)
                 print(f"sweep {name}: {len(planned)} jobs, parent run {parent_id}, store {tracking.redact(uri)}")
                 sweep_dir.mkdir(parents=True, exist_ok=True)
                 (sweep_dir / "multirun.yaml").write_text(tracking.redact(OmegaConf.to_yaml(self.config)))

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,7 +33,7 @@ from filelock import FileLock
 from mnist_bench import machine
 from mnist_bench.config import SERVER_PATIENCE_S
 from mnist_bench.errors import UserError
-from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, Tag, status_of
+from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, SweepParam, Tag, status_of
 
 if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
     from mlflow.entities import Experiment, Run
@@ -583,6 +583,20 @@ def reap(client: MlflowClient, experiment_id: str, parent_run_id: str | None = N
         client.set_terminated(run.info.run_id, KILLED)
         reaped.append(run.info.run_id)
     return reaped
+
+
+def open_sweep(client: MlflowClient, experiment_id: str, name: str, sweep_dir: Path, planned: Sequence[Cell]) -> Run:
+    """A sweep's parent run, tagged so that find_sweep, earlier_sweep and the reaper know it."""
+    tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name, Tag.SWEEP_DIR: str(sweep_dir), **process_tags()}
+    tags[Tag.CELLS_DIGEST] = cells_digest(planned)
+    return client.create_run(experiment_id, run_name=name, tags=tags)
+
+
+def log_sweep_plan(client: MlflowClient, parent_id: str, arguments: Sequence[str], planned: Sequence[Cell]) -> None:
+    """The sweep's command line and its planned cells (sweep_cells.json), which read_sweep holds its runs to."""
+    client.log_param(parent_id, SweepParam.SWEEP_OVERRIDES, redact(" ".join(arguments))[:6000])
+    client.log_param(parent_id, SweepParam.SWEEP_CELLS, len(planned))
+    client.log_dict(parent_id, [asdict(cell) for cell in planned], CELLS_ARTIFACT)
 
 
 def cells_digest(cells: Sequence[Cell]) -> str:

@@ -1,16 +1,20 @@
-"""Tests for mnist_bench.report on a sweep logged by hand into a temporary SQLite store (no training),
-and one slow end-to-end test that runs a tiny real sweep and the report through the CLI."""
+"""Tests for mnist_bench.report on a sweep recorded through the harness's own writers (tracking's parent and
+run, experiment's params, tags, epoch observer and summary) with scripted epochs instead of training, into a
+temporary SQLite store; and one slow end-to-end test that runs a tiny real sweep and the report through the CLI."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import html
 import io
+import json
 import re
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,17 +22,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import artifacts, machine, report, report_plots, tracking
-from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, KIND_SWEEP, Cell, SweepParam, Tag, normalise
+from mnist_bench import artifacts, experiment, hydra_app, machine, report, report_plots, timing, tracking
+from mnist_bench.backends.base import EpochMetrics, FitResult
+from mnist_bench.config import Config, config_hash, run_name
+from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, normalise
 
 EXPERIMENT = "mnist-bench"
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "sweep-test"
 N_TRAIN = 2000
 EPOCHS = 3
+TARGET = 0.86  # target_accuracy: most runs reach it, so time_to_target_seconds is logged
 CONFIGS = [
     (backend, activation, lr, EPOCHS)
     for backend in ("numpy", "tf")
@@ -42,16 +48,42 @@ DIVERGED = ("tf", "sigmoid", "0.5", EPOCHS, 0)  # FINISHED, but its losses went 
 DEAD = ("numpy", "softmax", "0.1", EPOCHS, 1)  # left RUNNING by a process that is gone: the reaper kills it
 ERROR = "ValueError: boom | in epoch 2"  # the pipe must survive Markdown
 CONFIG_DTYPES = dict.fromkeys(report.BASE_CONFIG, str)
+SWEEP_ARGUMENTS = ["backend=numpy,tf", "activation=sigmoid,softmax", "lr=0.1,0.5", f"epochs={EPOCHS}"]
+QUIET = timing.Conditions(0.1, 0.1, 0.0, 0.0, 0.0)  # the machine as the runs' conditions say it was
+
+
+def overrides(key: tuple, keras_backend: str | None = None) -> list[str]:
+    """The command-line overrides of a cell, as a sweep of this key's settings would give them."""
+    backend, activation, lr, epochs, seed = key
+    engine = [f"backend.keras_backend={keras_backend}"] if keras_backend else []
+    settings = [f"backend={backend}", f"activation={activation}", f"lr={lr}", f"epochs={epochs}", f"seed={seed}"]
+    return [*settings, *engine, "batch_size=256", f"target_accuracy={TARGET}"]
+
+
+@functools.cache
+def _composed(*cell: str) -> Config:
+    return hydra_app.compose(*cell)
+
+
+def config_of(key: tuple, keras_backend: str | None = None) -> Config:
+    """The config ``python -m mnist_bench`` composes for the key (composed once per setting, seeds replaced)."""
+    without_seed = [o for o in overrides(key, keras_backend) if not o.startswith("seed=")]
+    return dataclasses.replace(_composed(*without_seed), seed=key[4])
 
 
 def cell_name(key: tuple) -> str:
-    backend, activation, lr, epochs, seed = key
-    return f"{backend}-{activation}-lr{lr}-e{epochs}-b256-s{seed}"
+    return run_name(config_of(key))
+
+
+def cell_of(key: tuple) -> Cell:
+    """The key's cell as the sweeper plans it."""
+    cfg = config_of(key)
+    return Cell(overrides(key), config_hash(cfg), run_name(cfg))
 
 
 @dataclass
 class LoggedSweep:
-    """The hand-made sweep: where it is, and every number logged, to check the report against."""
+    """The recorded sweep: where it is, and every number logged, to check the report against."""
 
     uri: str
     client: MlflowClient
@@ -61,12 +93,13 @@ class LoggedSweep:
     logged: dict[tuple, dict] = field(default_factory=dict)  # (backend, activation, lr, epochs, seed) -> run
 
 
-def fake_run(key: tuple, rng: np.random.Generator) -> dict:
-    """Plausible per-epoch curves and the summary metrics experiment.py derives from them."""
+def scripted_run(key: tuple, rng: np.random.Generator) -> dict:
+    """Plausible per-epoch curves (epochs a few percent apart, so that timings are stable), the summary the
+    harness derives from them, and a confusion matrix."""
     backend, activation, lr, epochs, _ = key
     base = 0.80 + 0.03 * (activation == "softmax") + 0.02 * (lr == "0.5") + rng.normal(0, 0.004)
     test_acc = base + 0.01 * np.arange(1, epochs + 1) + rng.normal(0, 0.002, epochs)
-    seconds = (0.4 if backend == "numpy" else 0.15) * (1 + rng.uniform(0, 0.3, epochs))
+    seconds = (0.4 if backend == "numpy" else 0.15) * (1 + rng.uniform(0, 0.1, epochs))
     history = {
         "train_loss": 1.0 / np.arange(2, epochs + 2) + rng.uniform(0, 0.01, epochs),
         "test_loss": 1.1 / np.arange(2, epochs + 2) + rng.uniform(0, 0.01, epochs),
@@ -81,17 +114,37 @@ def fake_run(key: tuple, rng: np.random.Generator) -> dict:
         "final_test_accuracy": history["test_accuracy"][-1],
         "final_train_accuracy": history["train_accuracy"][-1],
         "best_test_accuracy": np.nanmax(history["test_accuracy"]),
-        "epochs_run": epochs,
-        "train_seconds": seconds.sum(),
-        "warmup_seconds": seconds[0],
         "samples_per_second": N_TRAIN * epochs / seconds.sum(),
-        "wall_seconds": seconds.sum() + 2.0,
     }
-    reached = np.flatnonzero(test_acc >= 0.86)
+    reached = np.flatnonzero(test_acc >= TARGET)
     if reached.size:
         summary["time_to_target_seconds"] = seconds[: reached[0] + 1].sum()
     confusion = rng.integers(0, 6, (10, 10)) + np.diag(rng.integers(80, 120, 10))
     return {"history": history, "summary": summary, "confusion": confusion}
+
+
+def epoch_metrics(history: dict, epoch: int) -> EpochMetrics:
+    """Epoch ``epoch`` (1-based) of a scripted history, as a backend hands it to the run's observer."""
+    values = {name: float(history[name][epoch - 1]) for name in report.HISTORY}
+    return EpochMetrics(epoch=epoch, tied_prediction_fraction=0.0, **values)
+
+
+# Run in a process of its own, which is SIGKILLed mid-run: the run stays RUNNING with its process gone.
+_DIES_MID_RUN = """
+import json, os, signal, sys
+from mnist_bench import experiment, hydra_app, machine, tracking
+from mnist_bench.backends.base import EpochMetrics
+from mnist_bench.config import config_hash, run_name
+
+uri, experiment_name, parent_id, sweep_name, epoch, *overrides = sys.argv[1:]
+cfg = hydra_app.compose(*overrides)
+client, experiment_id = tracking.open_existing(uri, experiment_name)
+tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
+with tracking.tracked_run(client, experiment_id, run_name(cfg), experiment.run_params(cfg), tags, parent_id) as run:
+    experiment.Observer(cfg, run, None)(EpochMetrics(**json.loads(epoch)))
+    run.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def log_child(
@@ -100,80 +153,53 @@ def log_child(
     parent_id: str,
     key: tuple,
     run: dict,
-    start: int,
     keras_backend: str | None = None,
 ) -> None:
-    """One child run as experiment.run and tracking.tracked_run log it, with the status the key calls for
-    (and ``keras_backend``, when given, as its param, and on a keras run as its tag)."""
-    backend, activation, lr, epochs, seed = key
-    params = {
-        "backend.name": backend,
-        "activation": activation,
-        "lr": lr,
-        "epochs": epochs,
-        "batch_size": 256,
-        "seed": seed,
-        "device.name": "cpu",
-        "dataset.name": "mnist",
-        "momentum": 0.0,
-    }
-    tags = {
-        Tag.PARENT: parent_id,
-        Tag.CONFIG_HASH: f"hash-{cell_name(key)}",
-        Tag.SWEEP_NAME: SWEEP,
-        Tag.BACKEND: backend,
-        Tag.ACTIVATION: activation,
-        Tag.DEVICE: "cpu",
-        Tag.DEVICE_NAME: "Test CPU 9000",
-        Tag.CPU_MODEL: "Test CPU 9000",
-        Tag.CPU_COUNT: "2",
-        Tag.DIVERGED: str(key == DIVERGED).lower(),
-    }
-    if keras_backend:
-        params["backend.keras_backend"] = keras_backend
-        if backend == "keras":
-            tags[Tag.KERAS_BACKEND] = keras_backend
+    """One child run as experiment.run records it, with the scripted epochs in place of training and the
+    ending the key calls for: FAILED raises in its second epoch, DEAD's process is killed after its first."""
+    cfg = config_of(key, keras_backend)
+    sweep_name = tracking.sweep_name(client.get_run(parent_id))
     if key == DEAD:
-        tags |= {
-            Tag.HOST: machine.hostname(),
-            Tag.PID: str(2**22 + 7),  # above Linux's pid_max: no such process
-            Tag.PID_START: "12345",
-        }
-    if key == FAILED:
-        tags[Tag.ERROR] = ERROR
-    epochs_logged = 1 if key in (FAILED, DEAD) else epochs
-    metrics = [
-        Metric(name, float(values[step - 1]), start, step)
-        for name, values in run["history"].items()
-        for step in range(1, epochs_logged + 1)
-    ]
-    if key not in (FAILED, DEAD):
-        metrics += [Metric(name, float(value), start, 0) for name, value in run["summary"].items()]
-    run_id = client.create_run(experiment_id, start_time=start, run_name=cell_name(key)).info.run_id
-    client.log_batch(
-        run_id,
-        metrics=metrics,
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
-    if key not in (FAILED, DEAD):
-        with tempfile.TemporaryDirectory() as folder:
-            artifacts.write_confusion_matrix(Path(folder) / CONFUSION_ARTIFACT, run["confusion"])
-            client.log_artifact(run_id, str(Path(folder) / CONFUSION_ARTIFACT))
-    if key != DEAD:
-        client.set_terminated(run_id, tracking.FAILED if key == FAILED else tracking.FINISHED)
+        epoch = json.dumps(dataclasses.asdict(epoch_metrics(run["history"], 1)))
+        args = [client.tracking_uri, EXPERIMENT, parent_id, sweep_name, epoch, *overrides(key, keras_backend)]
+        subprocess.run([sys.executable, "-c", _DIES_MID_RUN, *args], cwd=REPO, check=False, timeout=120)
+        return
+    tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
+    try:
+        with tracking.tracked_run(
+            client, experiment_id, run_name(cfg), experiment.run_params(cfg), tags, parent_id
+        ) as active:
+            observer = experiment.Observer(cfg, active, None)
+            for epoch in range(1, cfg.epochs + 1):
+                if key == FAILED and epoch == 2:
+                    raise ValueError(ERROR.removeprefix("ValueError: "))
+                observer(epoch_metrics(run["history"], epoch))
+            fit = FitResult(np.zeros((784, 10)), np.zeros(10), epochs_run=cfg.epochs, warmup_seconds=0.5)
+            conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(run["history"]["epoch_seconds"]))
+            unstable = timing.unstable_reasons(conditions, cfg.timing)
+            experiment.log_summary(active, cfg, observer, fit, "cpu", (N_TRAIN, 784), conditions, unstable)
+            with tempfile.TemporaryDirectory() as folder:
+                artifacts.write_confusion_matrix(Path(folder) / CONFUSION_ARTIFACT, run["confusion"])
+                active.log_artifacts(Path(folder))
+    except ValueError as err:
+        assert key == FAILED and tracking.error_text(err) == ERROR
 
 
-def log_parent(client: MlflowClient, experiment_id: str, name: str, start: int, cells: list[Cell] | None) -> str:
-    """A sweep's parent run as hydra_app.ValidatingSweeper opens it, with its sweep_cells.json unless cells is None."""
-    tags = {Tag.KIND: KIND_SWEEP, Tag.SWEEP_NAME: name}
-    parent_id = client.create_run(experiment_id, start_time=start, run_name=name, tags=tags).info.run_id
-    client.log_param(
-        parent_id, SweepParam.SWEEP_OVERRIDES, f"backend=numpy,tf activation=sigmoid,softmax lr=0.1,0.5 epochs={EPOCHS}"
-    )
+def log_parent(client: MlflowClient, experiment_id: str, name: str, cells: list[Cell] | None) -> str:
+    """A sweep's parent run as the sweeper opens it, with its planned cells unless cells is None (a sweep
+    logged by a harness older than sweep_cells.json)."""
+    parent_id = tracking.open_sweep(client, experiment_id, name, Path("multirun") / name, cells or []).info.run_id
     if cells is not None:
-        client.log_dict(parent_id, [dataclasses.asdict(cell) for cell in cells], CELLS_ARTIFACT)
+        tracking.log_sweep_plan(client, parent_id, SWEEP_ARGUMENTS, cells)
     return parent_id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _session_cache(cache_dir: Path) -> Iterator[None]:
+    """The roofline probe that a run's summary reads comes from the session's cache, not the user's."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MNIST_BENCH_CACHE_DIR", str(cache_dir))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -182,19 +208,17 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory, make_store: Callable) 
     8 configurations, one run failed, one diverged, one left RUNNING by a dead process, and one cell missing."""
     uri = make_store(tmp_path_factory.mktemp("store")).uri  # conftest's copy of a migrated empty store
     client, experiment_id = tracking.open_store(uri, EXPERIMENT)
-    start = 1_700_000_000_000
-    old_parent = log_parent(client, experiment_id, "sweep-old", start, None)
-    log_child(client, experiment_id, old_parent, FAILED, fake_run(FAILED, np.random.default_rng(99)), start)
+    old_parent = log_parent(client, experiment_id, "sweep-old", None)
+    log_child(client, experiment_id, old_parent, FAILED, scripted_run(FAILED, np.random.default_rng(99)))
     client.set_terminated(old_parent, tracking.FINISHED)
 
     keys = [(*config, seed) for config in CONFIGS for seed in SEEDS]
-    cells = [Cell([f"lr={key[2]}", f"seed={key[4]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
-    parent_id = log_parent(client, experiment_id, SWEEP, start + 60_000, cells)
+    parent_id = log_parent(client, experiment_id, SWEEP, [cell_of(key) for key in keys])
     result = LoggedSweep(uri, client, experiment_id, parent_id, old_parent)
     for index, key in enumerate(keys):
         if key != MISSING:
-            result.logged[key] = fake_run(key, np.random.default_rng(index))
-            log_child(client, experiment_id, parent_id, key, result.logged[key], start + 61_000 + index)
+            result.logged[key] = scripted_run(key, np.random.default_rng(index))
+            log_child(client, experiment_id, parent_id, key, result.logged[key])
     client.set_terminated(parent_id, tracking.FAILED)
     return result
 
@@ -285,7 +309,7 @@ def test_incomplete_and_failed_cells_are_listed(sweep_store: LoggedSweep, full_r
 def test_header_names_sweep_store_machine_and_command(sweep_store: LoggedSweep, full_report: Path) -> None:
     header = (full_report / "report.md").read_text().split("\n## ", 1)[0]
     assert f"`{SWEEP}`" in header and sweep_store.parent_id in header
-    assert sweep_store.uri in header and "Test CPU 9000" in header and "(2 cores)" in header
+    assert sweep_store.uri in header and machine.cpu_model() in header and f"({machine.cpu_count()} cores)" in header
     assert "Runs: 15 (1 diverged, 1 failed, 12 finished, 1 killed) of 16 cells planned" in header
     assert "`python -m mnist_bench -m backend=numpy,tf activation=sigmoid,softmax" in header
 
@@ -413,12 +437,11 @@ def test_keras_on_jax_is_a_model_of_its_own(tmp_path: Path, make_store: Callable
     """Keras on JAX and Keras on TensorFlow, at otherwise equal settings, are two rows beside numpy-sigmoid:
     backend.keras_backend shows in the model's name, not as a setting that would part them from NumPy's."""
     client, experiment_id = tracking.open_store(make_store(tmp_path).uri, EXPERIMENT)
-    start = 1_700_000_000_000
-    parent_id = log_parent(client, experiment_id, "sweep-keras", start, None)
+    parent_id = log_parent(client, experiment_id, "sweep-keras", None)
     engines = [("numpy", "sigmoid", "tensorflow"), ("keras", "softmax", "tensorflow"), ("keras", "softmax", "jax")]
     for seed, (backend, activation, engine) in enumerate(engines):
         key = (backend, activation, "0.1", EPOCHS, seed)
-        log_child(client, experiment_id, parent_id, key, fake_run(key, np.random.default_rng(seed)), start, engine)
+        log_child(client, experiment_id, parent_id, key, scripted_run(key, np.random.default_rng(seed)), engine)
     runs, params = report.load_runs(tracking.children(client, experiment_id, parent_id))
     assert sorted(runs["backend"]) == ["keras", "keras[jax]", "numpy"]
     columns = report.config_columns(runs, params)
@@ -485,15 +508,14 @@ def test_a_relaunched_finished_sweep_reports_the_runs_its_cells_reused(tmp_path:
     newer parent of the same name: its report is the earlier runs, said to be reused, not "has no runs"."""
     uri = make_store(tmp_path).uri
     client, experiment_id = tracking.open_store(uri, EXPERIMENT)
-    start = 1_700_000_000_000
     keys = [(backend, "sigmoid", "0.1", EPOCHS, 0) for backend in ("numpy", "tf")]
-    cells = [Cell([f"backend={key[0]}"], f"hash-{cell_name(key)}", cell_name(key)) for key in keys]
-    first = log_parent(client, experiment_id, SWEEP, start, cells)
+    cells = [cell_of(key) for key in keys]
+    first = log_parent(client, experiment_id, SWEEP, cells)
     for index, key in enumerate(keys):
-        log_child(client, experiment_id, first, key, fake_run(key, np.random.default_rng(index)), start + 1000)
+        log_child(client, experiment_id, first, key, scripted_run(key, np.random.default_rng(index)))
     client.set_terminated(first, tracking.FINISHED)
     never_run = Cell(["backend=jax"], "hash-never-run", "jax-sigmoid")
-    relaunch = log_parent(client, experiment_id, SWEEP, start + 60_000, [*cells, never_run])
+    relaunch = log_parent(client, experiment_id, SWEEP, [*cells, never_run])
     client.set_terminated(relaunch, tracking.FINISHED)
 
     out = tmp_path / "report"
@@ -666,7 +688,7 @@ def test_coinciding_backends_are_named_and_drawn_apart() -> None:
 
 
 def test_the_full_report_names_no_coincidence_where_there_is_none(full_report: Path) -> None:
-    markdown = (full_report / "report.md").read_text()  # fake_run draws every run's curves apart
+    markdown = (full_report / "report.md").read_text()  # scripted_run draws every run's curves apart
     assert "curves.png" in markdown and "Coinciding series" not in markdown
 
 
