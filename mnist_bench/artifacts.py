@@ -10,7 +10,6 @@ import numpy as np
 import yaml
 
 from mnist_bench.backends.base import NUM_CLASSES, FitResult
-from mnist_bench.backends.numpy_backend import losses_and_predictions
 from mnist_bench.config import Config
 from mnist_bench.schema import CONFUSION_ARTIFACT
 from mnist_bench.tracking import redact
@@ -35,6 +34,8 @@ def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
     No figures: drawing them here cost every job about a second (matplotlib). MLflow's UI draws the
     per-epoch curves from the logged metrics, and the report draws curves and confusion matrices.
     """
+    from mnist_bench.backends.numpy_backend import losses_and_predictions  # here: the report reads this module
+
     (folder / "config.yaml").write_text(config_yaml(cfg))
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 

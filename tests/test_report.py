@@ -24,9 +24,10 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow.tracking import MlflowClient
 
-from mnist_bench import artifacts, experiment, hydra_app, machine, report, report_plots, timing, tracking
+from mnist_bench import artifacts, experiment, hydra_app, machine, timing, tracking
 from mnist_bench.backends.base import EpochMetrics, FitResult
 from mnist_bench.config import Config, config_hash, run_name
+from mnist_bench.report import cli, document, plots, reading, render, tables
 from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, normalise
 
 EXPERIMENT = "mnist-bench"
@@ -47,7 +48,7 @@ MISSING = ("numpy", "softmax", "0.5", EPOCHS, 1)  # planned, never started: no r
 DIVERGED = ("tf", "sigmoid", "0.5", EPOCHS, 0)  # FINISHED, but its losses went to NaN
 DEAD = ("numpy", "softmax", "0.1", EPOCHS, 1)  # left RUNNING by a process that is gone: the reaper kills it
 ERROR = "ValueError: boom | in epoch 2"  # the pipe must survive Markdown
-CONFIG_DTYPES = dict.fromkeys(report.BASE_CONFIG, str)
+CONFIG_DTYPES = dict.fromkeys(reading.BASE_CONFIG, str)
 SWEEP_ARGUMENTS = ["backend=numpy,tf", "activation=sigmoid,softmax", "lr=0.1,0.5", f"epochs={EPOCHS}"]
 QUIET = timing.Conditions(0.1, 0.1, 0.0, 0.0, 0.0)  # the machine as the runs' conditions say it was
 
@@ -125,7 +126,7 @@ def scripted_run(key: tuple, rng: np.random.Generator) -> dict:
 
 def epoch_metrics(history: dict, epoch: int) -> EpochMetrics:
     """Epoch ``epoch`` (1-based) of a scripted history, as a backend hands it to the run's observer."""
-    values = {name: float(history[name][epoch - 1]) for name in report.HISTORY}
+    values = {name: float(history[name][epoch - 1]) for name in reading.HISTORY}
     return EpochMetrics(epoch=epoch, tied_prediction_fraction=0.0, **values)
 
 
@@ -224,7 +225,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory, make_store: Callable) 
 
 
 def run_report(sweep_store: LoggedSweep, out: Path, *args: str) -> int:
-    return report.main(["--tracking-uri", sweep_store.uri, "--out", str(out), *args])
+    return cli.main(["--tracking-uri", sweep_store.uri, "--out", str(out), *args])
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +270,7 @@ def test_summary_numbers_equal_the_logged_metrics(sweep_store: LoggedSweep, full
         assert row["n"] == len(runs)
         assert row["device"] == "cpu" and row["batch_size"] == "256"
         values = {
-            name: [run["summary"].get(name) for run in runs] for name in report.METRICS if name != "seconds_per_epoch"
+            name: [run["summary"].get(name) for run in runs] for name in reading.METRICS if name != "seconds_per_epoch"
         }
         values["seconds_per_epoch"] = [np.median(run["history"]["epoch_seconds"]) for run in runs]
         for name, logged in values.items():
@@ -294,7 +295,7 @@ def test_failed_killed_and_diverged_runs_are_excluded_but_counted(full_report: P
 
 def test_incomplete_and_failed_cells_are_listed(sweep_store: LoggedSweep, full_report: Path) -> None:
     markdown = (full_report / "report.md").read_text()
-    listed = section(markdown, report.PROBLEMS_TITLE)
+    listed = section(markdown, document.PROBLEMS_TITLE)
     rows = {line.split(" | ")[1]: line for line in listed.splitlines() if line.startswith("| ") and " | " in line}
     assert set(rows) - {"cell"} == {cell_name(key) for key in (FAILED, MISSING, DIVERGED, DEAD)}
     assert rows[cell_name(FAILED)].startswith("| failed") and ERROR.replace("|", "\\|") in rows[cell_name(FAILED)]
@@ -333,7 +334,7 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
 
 
 def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep, full_report: Path) -> None:
-    headline = report.headline_table(read_summary(full_report), report.BASE_CONFIG).set_index(["model", "lr"])
+    headline = tables.headline_table(read_summary(full_report), reading.BASE_CONFIG).set_index(["model", "lr"])
 
     def per_run(config: tuple, value) -> list[float]:
         return [value(run) for run in ok_runs(sweep_store, config)]
@@ -414,13 +415,13 @@ def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_
     row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": diff}
     row |= {"beyond_spread": spread, "speed_verdict": verdict, "speed_ratio": 1.5}
     row |= {"speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
-    (sentence,) = report._answers(pd.DataFrame([row]), ["backend", "activation"])
+    (sentence,) = document._answers(pd.DataFrame([row]), ["backend", "activation"])
     assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(".")
     assert expected in sentence
 
 
 def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:
-    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
     expected = {}
     for model in dict.fromkeys(config[:2] for config in CONFIGS):
         finished = [(k, run) for k, run in sweep_store.logged.items() if k[:2] == model and k not in (FAILED, DEAD)]
@@ -442,11 +443,11 @@ def test_keras_on_jax_is_a_model_of_its_own(tmp_path: Path, make_store: Callable
     for seed, (backend, activation, engine) in enumerate(engines):
         key = (backend, activation, "0.1", EPOCHS, seed)
         log_child(client, experiment_id, parent_id, key, scripted_run(key, np.random.default_rng(seed)), engine)
-    runs, params = report.load_runs(tracking.children(client, experiment_id, parent_id))
+    runs, params = reading.load_runs(tracking.children(client, experiment_id, parent_id))
     assert sorted(runs["backend"]) == ["keras", "keras[jax]", "numpy"]
-    columns = report.config_columns(runs, params)
+    columns = reading.config_columns(runs, params)
     assert "backend.keras_backend" in params and "backend.keras_backend" not in columns
-    headline = report.headline_table(report.summary_table(runs, columns), columns)
+    headline = tables.headline_table(tables.summary_table(runs, columns), columns)
     assert headline["model"].tolist() == ["numpy-sigmoid", "keras-softmax", "keras[jax]-softmax"]
     assert headline["final_test_accuracy_mean_ref"].notna().all()
 
@@ -480,7 +481,7 @@ def test_the_default_folder_is_reports_sweep_which_git_ignores(
     sweep_store: LoggedSweep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert report.main(["--tracking-uri", sweep_store.uri, "--sweep", "sweep-old"]) == 0
+    assert cli.main(["--tracking-uri", sweep_store.uri, "--sweep", "sweep-old"]) == 0
     assert (tmp_path / "reports" / "sweep-old" / "report.md").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["reports"]
     if not (REPO / ".git").exists():
@@ -497,7 +498,7 @@ def test_a_sweep_whose_runs_all_failed_is_still_reported(sweep_store: LoggedSwee
     assert (list(summary["n"]), list(summary["excluded"])) == ([0], [1])
     markdown = (out / "report.md").read_text()
     assert "No configuration has a finished run" in markdown and "No plots: no run" in markdown
-    listed = section(markdown, report.PROBLEMS_TITLE)
+    listed = section(markdown, document.PROBLEMS_TITLE)
     assert f"has no {CELLS_ARTIFACT}" in listed and ERROR.replace("|", "\\|") in listed
     assert not list(out.glob("*.png"))
     assert_self_contained(out)
@@ -519,12 +520,12 @@ def test_a_relaunched_finished_sweep_reports_the_runs_its_cells_reused(tmp_path:
     client.set_terminated(relaunch, tracking.FINISHED)
 
     out = tmp_path / "report"
-    assert report.main(["--tracking-uri", uri, "--out", str(out), "--sweep", SWEEP]) == 0
+    assert cli.main(["--tracking-uri", uri, "--out", str(out), "--sweep", SWEEP]) == 0
     header = (out / "report.md").read_text().split("\n## ", 1)[0]
     assert relaunch in header and "Runs: 2 (2 finished) of 3 cells planned" in header
     assert "Reused: 2 run(s) trained by an earlier sweep" in header
     assert sorted(read_summary(out)["backend"]) == ["numpy", "tf"]
-    listed = section((out / "report.md").read_text(), report.PROBLEMS_TITLE)
+    listed = section((out / "report.md").read_text(), document.PROBLEMS_TITLE)
     problems = [line for line in listed.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(problems) == 1 and problems[0].startswith("| missing | jax-sigmoid"), listed
 
@@ -562,7 +563,7 @@ def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
         return [(item.path, item.file_size) for item in sweep_store.client.list_artifacts(sweep_store.parent_id)]
 
     before = artifacts()
-    assert report.main(["--tracking-uri", sweep_store.uri, *args]) == 2
+    assert cli.main(["--tracking-uri", sweep_store.uri, *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnist-bench report: error: ") and err.count("\n") == 1
     assert all(text in err for text in expected), err
@@ -573,7 +574,7 @@ def test_nothing_selected_is_one_line_exit_2_and_writes_nothing(
 def test_out_naming_a_file_is_one_line_exit_2(sweep_store: LoggedSweep, tmp_path: Path, capsys) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("mine")
-    assert report.main(["--tracking-uri", sweep_store.uri, "--out", str(taken)]) == 2
+    assert cli.main(["--tracking-uri", sweep_store.uri, "--out", str(taken)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"mnist-bench report: error: cannot write the report to {taken}") and err.count("\n") == 1
     assert taken.read_text() == "mine"
@@ -581,14 +582,14 @@ def test_out_naming_a_file_is_one_line_exit_2(sweep_store: LoggedSweep, tmp_path
 
 def test_a_long_sweep_name_makes_a_bounded_folder_name_that_stays_its_own() -> None:
     """File systems allow 255 bytes a name: a 300-character sweep name broke the report ("File name too long")."""
-    first, second = report._slug("x" * 300), report._slug("x" * 299 + "y")
-    assert len(first) == len(second) == report.SLUG_MAX and first != second
-    assert report._slug("sweep-20261202") == "sweep-20261202"
+    first, second = cli._slug("x" * 300), cli._slug("x" * 299 + "y")
+    assert len(first) == len(second) == cli.SLUG_MAX and first != second
+    assert cli._slug("sweep-20261202") == "sweep-20261202"
 
 
 def test_missing_store_is_reported_and_not_created(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     db = tmp_path / "nowhere.db"
-    assert report.main(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "out")]) == 2
     assert "no tracking store at" in capsys.readouterr().err
     assert not db.exists() and not (tmp_path / "out").exists()
 
@@ -611,13 +612,13 @@ def test_heatmap_when_lr_and_epochs_both_vary() -> None:
     runs = pd.DataFrame(grid, columns=["backend", "activation", "lr", "epochs", "seed"]).assign(
         device="cpu", batch_size="None", status="finished", seconds_per_epoch=0.5
     )
-    runs = runs.assign(**{metric: 0.9 for metric in report.METRICS if metric != "seconds_per_epoch"})
-    summary = report.summary_table(runs, report.BASE_CONFIG)
+    runs = runs.assign(**{metric: 0.9 for metric in reading.METRICS if metric != "seconds_per_epoch"})
+    summary = tables.summary_table(runs, reading.BASE_CONFIG)
     assert list(summary["lr"]) == ["0.01", "0.01", "0.1", "0.1", "1", "1"]  # numeric order
     assert list(summary["epochs"])[:2] == ["5", "10"] and set(summary["n"]) == {2}
-    plot = report_plots.heatmap(summary, report.BASE_CONFIG)
+    plot = plots.heatmap(summary, reading.BASE_CONFIG)
     assert plot.name == "heatmap_lr_epochs.png" and plot.png.startswith(b"\x89PNG")
-    assert "skipped" in report_plots.heatmap(summary[summary["lr"] == "0.1"], report.BASE_CONFIG)
+    assert "skipped" in plots.heatmap(summary[summary["lr"] == "0.1"], reading.BASE_CONFIG)
 
 
 # --- plots ------------------------------------------------------------------------------------------
@@ -635,8 +636,8 @@ def hand_made(backends: dict[str, float], activations: tuple[str, ...] = ("sigmo
                 loss = (3.0 if activation == "sigmoid" else 1.0) / epoch + offset
                 accuracy = 0.8 + 0.02 * epoch + offset
                 epochs.append((run_id, epoch, loss, accuracy, loss * 1.1, accuracy - 0.01, 0.1 * (index + 1)))
-    runs = pd.DataFrame(runs, columns=["run_id", *report.BASE_CONFIG])
-    histories = pd.DataFrame(epochs, columns=["run_id", "epoch", *report.HISTORY])
+    runs = pd.DataFrame(runs, columns=["run_id", *reading.BASE_CONFIG])
+    histories = pd.DataFrame(epochs, columns=["run_id", "epoch", *reading.HISTORY])
     return runs, histories
 
 
@@ -671,7 +672,7 @@ def overlapping_texts(figure) -> list[tuple[str, str]]:
 
 def test_coinciding_backends_are_named_and_drawn_apart() -> None:
     runs, histories = hand_made({"numpy": 0.0, "tf": 0.0, "jax": 0.03})
-    (plot,) = report_plots.curves(runs, histories, report.BASE_CONFIG)
+    (plot,) = plots.curves(runs, histories, reading.BASE_CONFIG)
     assert "Coinciding series" in plot.caption and "numpy and tf (at every setting drawn)" in plot.caption
     assert "jax" not in plot.caption.split("Coinciding series", 1)[1]
     assert all("coincide: numpy = tf" in ax.get_title() for ax in plot.figure.axes)
@@ -683,7 +684,7 @@ def test_coinciding_backends_are_named_and_drawn_apart() -> None:
     assert len(set(styles.values())) == len(styles) == 3, styles  # numpy, tf and jax each look different
 
     runs, histories = hand_made({"numpy": 0.0, "tf": 0.001})  # 0.001 apart: not drawn on top of each other
-    (plot,) = report_plots.curves(runs, histories, report.BASE_CONFIG)
+    (plot,) = plots.curves(runs, histories, reading.BASE_CONFIG)
     assert "Coinciding" not in plot.caption and not any("coincide" in ax.get_title() for ax in plot.figure.axes)
 
 
@@ -693,9 +694,9 @@ def test_the_full_report_names_no_coincidence_where_there_is_none(full_report: P
 
 
 def test_loss_curves_of_different_activations_never_share_an_axis(sweep_store: LoggedSweep) -> None:
-    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
-    plots, _ = report.make_plots(selection, report.summary_table(selection.runs, selection.columns))
-    (curves,) = [plot for plot in plots if plot.name.startswith("curves")]
+    _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
+    drawn, _ = document.make_plots(selection, tables.summary_table(selection.runs, selection.columns))
+    (curves,) = [plot for plot in drawn if plot.name.startswith("curves")]
     loss_axes = [ax for ax in curves.figure.axes if ": loss" in ax.get_title()]
     assert [ax.get_title().split(":")[0] for ax in loss_axes] == ["sigmoid", "softmax"]
     assert "BCE summed" in loss_axes[0].get_ylabel() and "cross-entropy" in loss_axes[1].get_ylabel()
@@ -713,9 +714,9 @@ def test_accuracy_against_cumulative_seconds(sweep_store: LoggedSweep, full_repo
     markdown = (full_report / "report.md").read_text()
     assert "![accuracy_vs_time.png](accuracy_vs_time.png)" in markdown
     assert "Test accuracy against the training seconds spent so far" in markdown
-    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
+    _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
     finished = selection.runs[selection.runs["status"].eq("finished")]
-    (plot,) = report_plots.accuracy_vs_time(finished, selection.histories, selection.columns)
+    (plot,) = plots.accuracy_vs_time(finished, selection.histories, selection.columns)
     (ax,) = [ax for ax in plot.figure.axes if ax.get_title().startswith("softmax")]
     (line,) = [line for line in ax.get_lines() if line.get_label() == "tf lr=0.1"]
     runs = ok_runs(sweep_store, ("tf", "softmax", "0.1", EPOCHS))
@@ -723,12 +724,12 @@ def test_accuracy_against_cumulative_seconds(sweep_store: LoggedSweep, full_repo
     np.testing.assert_allclose(line.get_xdata(), np.mean([np.cumsum(r["history"]["epoch_seconds"]) for r in runs], 0))
     np.testing.assert_allclose(line.get_ydata(), np.mean([r["history"]["test_accuracy"] for r in runs], 0))
     runs, histories = hand_made({"numpy": 0.0})
-    assert "skipped" in report_plots.accuracy_vs_time(runs, histories.assign(epoch_seconds=np.nan), report.BASE_CONFIG)
+    assert "skipped" in plots.accuracy_vs_time(runs, histories.assign(epoch_seconds=np.nan), reading.BASE_CONFIG)
 
 
 def test_accuracy_vs_lr_is_one_panel_with_a_line_per_model(full_report: Path, sweep_store: LoggedSweep) -> None:
-    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
-    plot = report_plots.accuracy_vs_lr(report.summary_table(selection.runs, selection.columns), selection.columns)
+    _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
+    plot = plots.accuracy_vs_lr(tables.summary_table(selection.runs, selection.columns), selection.columns)
     assert len([ax for ax in plot.figure.axes if ax.get_visible()]) == 1
     labels = [text.get_text() for legend in plot.figure.legends for text in legend.get_texts()]
     assert sorted(labels) == ["numpy-sigmoid", "numpy-softmax", "tf-sigmoid", "tf-softmax"]
@@ -736,22 +737,22 @@ def test_accuracy_vs_lr_is_one_panel_with_a_line_per_model(full_report: Path, sw
 
 @pytest.mark.parametrize(("count", "grid"), [(1, (1, 1)), (3, (1, 3)), (4, (2, 2)), (6, (2, 3)), (8, (4, 2))])
 def test_panel_grids_leave_no_orphan(count: int, grid: tuple[int, int]) -> None:
-    assert report_plots._grid(count) == grid
+    assert plots._grid(count) == grid
 
 
 def test_no_label_is_drawn_over_another(sweep_store: LoggedSweep) -> None:
-    _, selection = report.select(report.parse_args(["--tracking-uri", sweep_store.uri]))
-    plots, _ = report.make_plots(selection, report.summary_table(selection.runs, selection.columns))
+    _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
+    drawn, _ = document.make_plots(selection, tables.summary_table(selection.runs, selection.columns))
     runs = pd.DataFrame(
         {"run_id": ["a", "b", "c"], "backend": ["numpy", "tf", "keras"], "seconds_per_epoch": [1.0, 0.004, 0.3]}
     ).assign(activation="sigmoid", device="cpu", lr="0.1", epochs="3", batch_size="256")
-    short_bar = report_plots.seconds_per_epoch(runs, report.BASE_CONFIG)  # tf's bar is too short for its label
-    for plot in [*plots, short_bar]:
+    short_bar = plots.seconds_per_epoch(runs, reading.BASE_CONFIG)  # tf's bar is too short for its label
+    for plot in [*drawn, short_bar]:
         assert overlapping_texts(plot.figure) == [], plot.name
 
 
 def test_markdown_points_mlflow_readers_to_the_html(full_report: Path) -> None:
-    assert report.MLFLOW_NOTE in (full_report / "report.md").read_text()
+    assert render.MLFLOW_NOTE in (full_report / "report.md").read_text()
     assert "Markdown preview" not in (full_report / "report.html").read_text()
 
 
@@ -793,7 +794,7 @@ def test_real_sweep_then_report_through_the_cli(
 def test_names_with_newlines_and_pipes_keep_report_md_structure() -> None:
     """A sweep or run name is user text: a newline in it must not start a heading, an item or a table row."""
     table = pd.DataFrame({"run": ["a\n# injected", "b|c"], "accuracy": [0.9, 0.8]})
-    text = report.to_markdown("sweep\n## x", [("p", "name\n- item"), ("ul", ["one\ntwo"]), ("table", table)])
+    text = render.to_markdown("sweep\n## x", [("p", "name\n- item"), ("ul", ["one\ntwo"]), ("table", table)])
     lines = text.splitlines()
     assert [line for line in lines if line.startswith("#")] == ["# sweep ## x"]
     assert "- one two" in lines and "name - item" in lines
@@ -807,7 +808,7 @@ def test_csv_cells_that_start_like_formulas_are_text_and_figures_stay_figures() 
             "diff": ["-0.3%", "+1.2x", "0.5", "-1"],
         }
     )
-    rows = list(csv.reader(io.StringIO(report.to_csv(table).decode())))
+    rows = list(csv.reader(io.StringIO(render.to_csv(table).decode())))
     assert rows[1:] == [
         ['\'=HYPERLINK("http://x")', "-0.3%"],
         ["'@SUM(A1)", "+1.2x"],
