@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_bench import tracking
-from mnist_bench.errors import ArgumentParser, run_tool
+from mnist_bench.errors import EXIT_OK, ArgumentParser, run_tool
 
 PROG = "mnist-bench reap"
 
@@ -29,7 +29,7 @@ def _main(argv: list[str] | None) -> int:
     for run_id in reaped:
         print(f"marked KILLED: {run_id}")
     print(f"{len(reaped)} run(s) reaped in {tracking.redact(uri)}, experiment {args.experiment}")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from mnist_bench import atomic, machine
-from mnist_bench.errors import ArgumentParser, run_tool
+from mnist_bench.errors import EXIT_OK, ArgumentParser, run_tool
 from mnist_bench.paths import cache_dir
 
 PROG = "mnist-bench roofline"
@@ -111,7 +111,7 @@ def _main(argv: list[str] | None) -> int:
     print(f"read bandwidth: {roof.read_gb_per_s:.1f} GB/s")
     print(f"sgemm peak:     {roof.sgemm_gflop_per_s:.0f} GFLOP/s")
     print(f"epoch floor (60000 x 784 {args.dtype}): {floor * 1000:.1f} ms")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
