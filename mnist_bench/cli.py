@@ -16,7 +16,7 @@ PROG = "mnist-bench"
 SUBCOMMANDS = {
     "run": ("mnist_bench.hydra_app", "train one job, or a sweep with -m (the default: key=value overrides)"),
     "report": ("mnist_bench.report.cli", "a sweep's report: headline, speed verdicts, tables and plots"),
-    "check": ("mnist_bench.check", "hold runs and benchmarks to conf/thresholds.yaml: a CI verdict"),
+    "check": ("mnist_bench.check.cli", "hold runs and benchmarks to conf/thresholds.yaml: a CI verdict"),
     "compare": ("mnist_bench.compare", "two sweeps, configuration by configuration: a regression gate"),
     "reap": ("mnist_bench.reaper", "mark runs whose process is gone KILLED"),
     "roofline": ("mnist_bench.roofline", "what this machine can do: the floor under an epoch"),

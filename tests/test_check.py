@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnist_bench import check, cli
+from mnist_bench import cli
+from mnist_bench.check import cli as check
+from mnist_bench.check.thresholds import ROOFLINE, load_thresholds
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_OK
+from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["dataset.train_limit=2000", "dataset.test_limit=500", "backend.threads=1", "progress=none"]
@@ -63,14 +67,14 @@ def test_good_run_passes_through_the_cli(sweep_uri: str, tmp_path: Path, capsys:
     with pytest.raises(SystemExit) as exited:  # mnist-bench check ...: the CLI's own dispatch, in this process
         cli.main(["check", "--thresholds", str(thresholds), "--tracking-uri", sweep_uri, "--sweep", "small"])
     out, err = capsys.readouterr()
-    assert exited.value.code == check.EXIT_OK, out + err
+    assert exited.value.code == EXIT_OK, out + err
     assert "final_test_accuracy" in out and "check: all 1 thresholds pass" in out
 
 
 def test_degraded_run_breaches_its_floor(sweep_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     thresholds = write(tmp_path, {"scope": SMALL_SCOPE, "runs": [floor(GOOD), floor(DEGRADED)]})
     status, out, err = run_check(capsys, "--thresholds", thresholds, "--tracking-uri", sweep_uri, "--sweep", "latest")
-    assert status == check.EXIT_BREACH
+    assert status == EXIT_BREACH
     [line] = breaches(err)
     assert "final_test_accuracy" in line and "lr=1e-05" in line and f"allowed >= {FLOOR:g}" in line
     assert out.count(" pass") == 1 and out.count("FAIL") == 1
@@ -79,7 +83,7 @@ def test_degraded_run_breaches_its_floor(sweep_uri: str, tmp_path: Path, capsys:
 def test_threshold_matching_no_run_fails(sweep_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     thresholds = write(tmp_path, {"scope": SMALL_SCOPE, "runs": [floor(GOOD), floor(GOOD | {"lr": 0.3})]})
     status, _, err = run_check(capsys, "--thresholds", thresholds, "--tracking-uri", sweep_uri, "--sweep", "small")
-    assert status == check.EXIT_BREACH
+    assert status == EXIT_BREACH
     [line] = breaches(err)
     assert "lr=0.3" in line and "no data (no run matches)" in line
 
@@ -88,7 +92,7 @@ def test_only_skipped_thresholds_fail(sweep_uri: str, tmp_path: Path, capsys: py
     skipped = floor(GOOD) | {"requires": "no_such_backend"}
     thresholds = write(tmp_path, {"scope": SMALL_SCOPE, "runs": [skipped]})
     status, out, err = run_check(capsys, "--thresholds", thresholds, "--tracking-uri", sweep_uri)
-    assert status == check.EXIT_BREACH and "skip" in out and "nothing was checked" in err
+    assert status == EXIT_BREACH and "skip" in out and "nothing was checked" in err
 
 
 def committed_baseline() -> dict:
@@ -114,14 +118,14 @@ def test_slowed_epoch_breaches_its_ratio_ceiling(tmp_path: Path, capsys: pytest.
     numpy_only = [t for t in repository["benchmarks"] if "requires" not in t]  # no TensorFlow import needed
     thresholds = write(tmp_path, {"benchmarks": numpy_only})
     good = write(tmp_path, report, "good.json")
-    assert run_check(capsys, "--thresholds", thresholds, "--benchmark-json", good)[0] == check.EXIT_OK
+    assert run_check(capsys, "--thresholds", thresholds, "--benchmark-json", good)[0] == EXIT_OK
 
-    [ceiling] = [t for t in numpy_only if t["ratio"] == ["test_epoch[numpy-*-b128]", check.ROOFLINE]]
+    [ceiling] = [t for t in numpy_only if t["ratio"] == ["test_epoch[numpy-*-b128]", ROOFLINE]]
     [epoch] = [b for b in report["benchmarks"] if b["name"] == "test_epoch[numpy-softmax-b128]"]
     measured = epoch["stats"]["min"] / min(epoch["extra_info"]["roofline_floor_seconds"])
     slow = write(tmp_path, scaled(report, epoch["name"], 2 * ceiling["max"] / measured), "slow.json")
     status, _, err = run_check(capsys, "--thresholds", thresholds, "--benchmark-json", slow)
-    assert status == check.EXIT_BREACH
+    assert status == EXIT_BREACH
     [line] = breaches(err)
     assert "test_epoch[numpy-*-b128] / roofline" in line and f"allowed <= {ceiling['max']:g}" in line
 
@@ -147,12 +151,12 @@ MALFORMED = {
 def test_malformed_thresholds_exit_2(content: dict | str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     thresholds = write(tmp_path, content)
     status, out, err = run_check(capsys, "--thresholds", thresholds, "--benchmark-json", tmp_path / "unused.json")
-    assert status == check.EXIT_BAD_INPUT
+    assert status == EXIT_BAD_INPUT
     assert out == "" and len(err.splitlines()) == 1 and str(thresholds) in err
 
 
 def test_repository_thresholds_are_well_formed() -> None:
-    thresholds = check.load_thresholds(REPO / "conf" / "thresholds.yaml")
+    thresholds = load_thresholds(REPO / "conf" / "thresholds.yaml")
     assert thresholds.gate and thresholds.runs and thresholds.benchmarks
     assert all(t.reason for t in thresholds.runs + thresholds.benchmarks)
 
@@ -177,5 +181,5 @@ def test_bad_input_exits_2(sweep_uri: str, tmp_path: Path, capsys: pytest.Captur
     }
     for message, args in cases.items():
         status, out, err = run_check(capsys, *args)
-        assert (status, len(err.splitlines())) == (check.EXIT_BAD_INPUT, 1), (message, out, err)
+        assert (status, len(err.splitlines())) == (EXIT_BAD_INPUT, 1), (message, out, err)
         assert message in err

@@ -18,7 +18,7 @@ from conftest import REPO
 from mnist_bench.config import Config, changes_numbers
 
 PACKAGES = [REPO / "mnist_bench", REPO / "hydra_plugins"]
-READ_SIDE = ["mnist_bench.report.cli", "mnist_bench.check", "mnist_bench.compare", "mnist_bench.reaper"]
+READ_SIDE = ["mnist_bench.report.cli", "mnist_bench.check.cli", "mnist_bench.compare", "mnist_bench.reaper"]
 # What the read side must not load: Hydra, the job and its runner, the CLI, and any backend's implementation.
 JOB_SIDE = ("hydra", "mnist_bench.experiment", "mnist_bench.hydra_app", "mnist_bench.cli", "mnist_bench.stepper")
 BACKEND_IMPLEMENTATIONS = "mnist_bench.backends._", "mnist_bench.backends.numpy", "mnist_bench.backends.tf"

@@ -1,0 +1,113 @@
+"""Thresholds against what was measured: run thresholds on a sweep's FINISHED runs (the worst value must pass),
+benchmark thresholds on a pytest-benchmark JSON file (ratios of fastest rounds, or to each one's roofline floor)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_bench import backends
+from mnist_bench.check.thresholds import ROOFLINE, CheckError, Threshold, Thresholds
+from mnist_bench.schema import RunStatus, normalise
+
+PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
+
+
+@dataclass(frozen=True)
+class Row:
+    threshold: Threshold
+    result: str
+    value: float | None = None
+    count: int = 0
+    note: str = ""
+
+
+@functools.cache
+def _same(param: str | None, wanted: object) -> bool:
+    """Whether a run's param (absent: None) is the wanted config value."""
+    return param is not None and normalise(param) == normalise(wanted)
+
+
+def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
+    """Each run threshold on the FINISHED runs it selects: the worst value among them must pass."""
+    rows = []
+    for t in thresholds.runs:
+        if t.requires and (why := backends.unavailable(t.requires)):
+            rows.append(Row(t, SKIP, note=why))
+            continue
+        wanted = thresholds.scope | t.where
+        matched = [r for r in runs if all(_same(r.data.params.get(k), v) for k, v in wanted.items())]
+        values = [
+            r.data.metrics[t.metric]
+            for r in matched
+            if r.info.status == RunStatus.FINISHED and t.metric in r.data.metrics
+        ]
+        if not values:
+            note = f"{len(matched)} matching runs, none FINISHED with {t.metric}" if matched else "no run matches"
+            rows.append(Row(t, NO_DATA, count=len(matched), note=note))
+            continue
+        worst = _worst(values, t.bound)
+        rows.append(Row(t, PASS if t.passes(worst) else FAIL, worst, len(values)))
+    return rows
+
+
+def _worst(values: Sequence[float], bound: str) -> float:
+    if any(math.isnan(v) for v in values):
+        return math.nan
+    return min(values) if bound == "min" else max(values)
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in text.split("*")))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A benchmark's fastest round, and the lowest of the roofline floors probed beside its rounds (if any)."""
+
+    fastest: float
+    floor: float | None
+
+
+def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> list[Row]:
+    """Each ratio threshold on the fastest rounds; with several numerators, the worst ratio must pass."""
+    rows = []
+    for t in thresholds.benchmarks:
+        if t.requires and (why := backends.unavailable(t.requires)):
+            rows.append(Row(t, SKIP, note=why))
+            continue
+        top, bottom = t.ratio
+        numerators = [timing for name, timing in timings.items() if _pattern(top).fullmatch(name)]
+        if bottom == ROOFLINE:
+            ratios = [n.fastest / n.floor for n in numerators if n.floor]
+        else:
+            denominators = [timing.fastest for name, timing in timings.items() if _pattern(bottom).fullmatch(name)]
+            ratios = [n.fastest / min(denominators) for n in numerators] if denominators else []
+        if not ratios:
+            rows.append(Row(t, NO_DATA, note=f"no benchmarks for {top} / {bottom}"))
+            continue
+        rows.append(Row(t, PASS if t.passes(max(ratios)) else FAIL, max(ratios), len(ratios)))
+    return rows
+
+
+def read_benchmarks(path: Path) -> dict[str, Timing]:
+    """Benchmark name -> its timings, from a pytest-benchmark ``--benchmark-json`` file."""
+    try:
+        report = json.loads(path.read_text())
+        timings = {}
+        for bench in report["benchmarks"]:
+            floors = bench.get("extra_info", {}).get("roofline_floor_seconds")
+            timing = Timing(float(bench["stats"]["min"]), float(min(floors)) if floors else None)
+            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, timing.floor) if t is not None):
+                raise ValueError(f"benchmark {bench['name']!r} has a timing that is not a number > 0")
+            timings[bench["name"]] = timing
+        return timings
+    except OSError as err:
+        raise CheckError(f"cannot read benchmark file {path}: {err.strerror or err}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckError(f"{path} is not a pytest-benchmark JSON file ({type(err).__name__}: {err})") from None
