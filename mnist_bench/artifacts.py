@@ -40,7 +40,7 @@ def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 
     labels = np.asarray(y_test, dtype=np.int64)
-    _, predicted = losses_and_predictions(x_test, np.eye(NUM_CLASSES)[labels], fit.weights, fit.bias, cfg)
+    _, predicted = losses_and_predictions(x_test, np.eye(NUM_CLASSES)[labels], fit.weights, fit.bias, cfg.spec())
     write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion_matrix(labels, predicted))
 
 

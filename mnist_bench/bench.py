@@ -42,7 +42,7 @@ from pathlib import Path
 
 from mnist_bench import atomic, backends, data, experiment, hydra_app, machine, roofline, timing
 from mnist_bench.backends import base
-from mnist_bench.config import KERAS_BACKENDS, BackendConfig, Config, DatasetConfig, TimingConfig
+from mnist_bench.config import KERAS_BACKENDS, BackendConfig, Config, DatasetConfig, TimingConfig, TrainingSpec
 from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.stepper import EpochStepper
 
@@ -105,7 +105,7 @@ def mnist_spec() -> DatasetConfig:
 def load_mnist() -> base.TrainData:
     """Full MNIST as runs find it (dataset.dir, $MNIST_BENCH_DATA_DIR, the cache, a mirror), normalized float32."""
     dataset = data.load(mnist_spec())
-    return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, Config(normalize=True))
+    return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, Config(normalize=True).spec())
 
 
 def backend_config(label: str, threads: int | None) -> BackendConfig:
@@ -118,17 +118,16 @@ def backend_config(label: str, threads: int | None) -> BackendConfig:
 
 def fast_preset(label: str, threads: int | None, seed: int) -> Config:
     """conf/experiment/fast.yaml, composed as a run composes it, on the backend ``label`` names."""
-    preset = copy.deepcopy(_composed("+experiment=fast"))  # a run's setup writes into its config
-    return dataclasses.replace(preset, backend=backend_config(label, threads), seed=seed)
+    return dataclasses.replace(_composed("+experiment=fast"), backend=backend_config(label, threads), seed=seed)
 
 
-def _ready(cfg: Config) -> base.Backend:
-    """The backend, set up as a run sets it up: threads chosen as a run chooses them (written into ``cfg``),
+def _ready(cfg: Config) -> tuple[base.Backend, TrainingSpec]:
+    """The backend and what it is given, set up as a run sets them up: threads chosen as a run chooses them,
     then the device, which also sets TF's thread pools before its runtime starts."""
-    cfg.backend.threads = experiment.resolve_threads(cfg, jobs_at_once=1)
-    backend = backends.get(cfg.backend.name)
-    backend.resolve_device(cfg)
-    return backend
+    spec = experiment.with_threads(cfg, jobs_at_once=1).spec()
+    backend = backends.get(spec.backend.name)
+    backend.resolve_device(spec)
+    return backend, spec
 
 
 def epoch_rounds(
@@ -144,8 +143,9 @@ def epoch_rounds(
             cfg = Config(
                 backend=backend_config(label, threads), activation="softmax", batch_size=batch_size, epochs=rounds + 1
             )
-            steppers[label] = EpochStepper(_ready(cfg), train, cfg)
-            used[label] = cfg.backend.threads
+            backend, spec = _ready(cfg)
+            steppers[label] = EpochStepper(backend, train, spec)
+            used[label] = spec.backend.threads
         probe = timing.ConditionsProbe()
         seconds = {label: [] for label in labels}
         for _ in range(rounds):
@@ -160,8 +160,8 @@ def epoch_rounds(
 def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
     """(training seconds until test accuracy >= TARGET or None, epochs run, final test accuracy) of the fast preset."""
     history: list[base.EpochMetrics] = []
-    cfg = fast_preset(label, threads, seed)
-    _ready(cfg).fit(train, cfg, lambda m: history.append(m) or m.test_accuracy >= TARGET)
+    backend, spec = _ready(fast_preset(label, threads, seed))
+    backend.fit(train, spec, lambda m: history.append(m) or m.test_accuracy >= TARGET)
     reached = history[-1].test_accuracy >= TARGET
     return (sum(m.epoch_seconds for m in history) if reached else None), len(history), history[-1].test_accuracy
 
@@ -172,7 +172,7 @@ def keras_adam_time_to_target(train: base.TrainData, threads: int | None, seed: 
     One training step on a throwaway batch first traces and compiles fit's step function (as the
     backends' warm-up epochs do); weights and Adam's state are then reset to where they started.
     """
-    backends.get("keras").resolve_device(Config(backend=BackendConfig(name="keras", threads=threads)))
+    backends.get("keras").resolve_device(Config(backend=BackendConfig(name="keras", threads=threads)).spec())
     from mnist_bench.backends import keras_backend
 
     # Keras on its default engine, TensorFlow, whichever engine the backends measured before loaded last

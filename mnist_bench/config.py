@@ -11,7 +11,7 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
@@ -252,6 +252,34 @@ class Config:
         _choice("progress", self.progress, PROGRESS)
         if self.backend.name == "numpy" and self.device.name == "gpu":
             raise ConfigError("device=gpu is not allowed with backend=numpy: NumPy runs on the CPU (use tf or keras)")
+
+    def spec(self) -> TrainingSpec:
+        """What a backend sees of this job: its numbers and its device, as copies (nothing a backend does
+        reaches the config), and nothing of how the run is logged, shown, resumed or timed."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainingSpec)}
+        return TrainingSpec(**values | {"backend": replace(self.backend), "device": replace(self.device)})
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """All a backend is given: what to compute and where. Made by ``Config.spec`` once the config is valid."""
+
+    backend: BackendConfig
+    device: DeviceConfig
+    activation: str
+    predict_from: str
+    lr: float
+    epochs: int
+    batch_size: int | None
+    shuffle: bool
+    momentum: float
+    lr_schedule: str
+    grad_reduction: str
+    init: str
+    init_scale: float
+    normalize: bool
+    dtype: str
+    seed: int
 
 
 # Keys that change where or how a run is logged or shown, never what it computes.

@@ -94,6 +94,11 @@ def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
     return max(1, machine.cpu_count() // max(1, jobs_at_once))
 
 
+def with_threads(cfg: Config, jobs_at_once: int) -> Config:
+    """The config with backend.threads resolved (resolve_threads): what a job trains with."""
+    return replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
+
+
 def _progress_bar(cfg: Config, name: str, in_sweep: bool):
     show = cfg.progress == "bar" or (cfg.progress == "auto" and not in_sweep and sys.stderr.isatty())
     if not show:
@@ -146,7 +151,8 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     in_sweep = parent_run_id is not None
     cell_hash = config_hash(cfg)
     params = run_params(cfg)
-    cfg = replace(cfg, backend=replace(cfg.backend, threads=resolve_threads(cfg, jobs_at_once)))
+    cfg = with_threads(cfg, jobs_at_once)
+    spec = cfg.spec()
 
     uri = tracking.resolve_uri(cfg.tracking.uri, launch_dir)
     client, experiment_id = tracking.open_store(uri, cfg.tracking.experiment, cfg.tracking.patience_s)
@@ -160,7 +166,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         return None
 
     backend = get(cfg.backend.name)
-    device, device_name = backend.resolve_device(cfg)
+    device, device_name = backend.resolve_device(spec)
     train, data_source = _prepared(cfg)
     _check_batch_size(cfg, len(train.x_train))
 
@@ -177,7 +183,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         observer = Observer(cfg, active, bar)
         probe = timing.ConditionsProbe()
         try:
-            fit = backend.fit(train, cfg, observer)
+            fit = backend.fit(train, spec, observer)
         finally:
             if bar is not None:
                 bar.close()
@@ -216,7 +222,7 @@ def _prepared(cfg: Config) -> tuple[base.TrainData, str]:
     if _last_prepared is None or _last_prepared[0] != key:
         _last_prepared = None  # the old arrays can go before the new ones are made
         dataset = data.load(cfg.dataset)
-        train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
+        train = base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg.spec())
         for array in (train.x_train, train.y_train, train.x_test, train.y_test):
             array.flags.writeable = False
         _last_prepared = (key, train, dataset.source)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from mnist_bench.backends import base
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 
 class EpochStepper:
@@ -16,7 +16,7 @@ class EpochStepper:
     the backend timed it at. The first epoch runs on creation, untimed: tracing, compiling, first touch of
     the data. ``cfg.epochs`` must cover the steps asked for."""
 
-    def __init__(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
+    def __init__(self, backend: base.Backend, train: base.TrainData, cfg: TrainingSpec) -> None:
         self.epoch_seconds: list[float] = []  # as the backend itself measured them
         self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
         self._stop, self._ended, self._error = False, False, None
@@ -24,7 +24,7 @@ class EpochStepper:
         self._thread.start()
         self._wait()
 
-    def _fit(self, backend: base.Backend, train: base.TrainData, cfg: Config) -> None:
+    def _fit(self, backend: base.Backend, train: base.TrainData, cfg: TrainingSpec) -> None:
         try:
             backend.fit(train, cfg, self._on_epoch)
         except BaseException as err:  # handed to the stepping thread by _wait

@@ -67,14 +67,14 @@ class Run:
 
 def fit(cfg: Config, stop: base.EpochCallback = lambda m: False, train: base.TrainData | None = None) -> Run:
     """Train with ``cfg``; ``on_epoch`` asks to stop when ``stop`` says so."""
-    train = train or base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg)
+    train = train or base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg.spec())
     history: list[base.EpochMetrics] = []
 
     def on_epoch(metrics: base.EpochMetrics) -> bool:
         history.append(metrics)
         return stop(metrics)
 
-    result = get(cfg.backend.name).fit(train, cfg, on_epoch)
+    result = get(cfg.backend.name).fit(train, cfg.spec(), on_epoch)
     assert [m.epoch for m in history] == list(range(1, result.epochs_run + 1))
     assert all(m.epoch_seconds > 0 for m in history)
     return Run({c: np.array([getattr(m, c) for m in history]) for c in COLUMNS}, result)

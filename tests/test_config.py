@@ -304,3 +304,14 @@ def test_a_runs_config_yaml_is_omegaconfs_text_of_it(overrides: list[str]) -> No
 
     cfg = compose(*overrides)
     assert artifacts.config_yaml(cfg) == OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def test_a_backend_is_given_a_frozen_spec_of_what_to_compute_and_nothing_of_how_the_run_is_kept() -> None:
+    cfg = compose("backend=tf", "lr=0.5", "batch_size=128", "tracking.experiment=elsewhere", "resume=false")
+    spec = cfg.spec()
+    assert (spec.backend.name, spec.lr, spec.batch_size, spec.device.name) == ("tf", 0.5, 128, "cpu")
+    assert not any(hasattr(spec, key) for key in ("tracking", "timing", "resume", "progress", "dataset"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.lr = 1.0  # type: ignore[misc]
+    spec.backend.threads = 7  # a copy: what a backend does to it never reaches the config
+    assert cfg.backend.threads is None

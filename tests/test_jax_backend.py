@@ -130,15 +130,15 @@ def _has_gpu() -> bool:
 def test_cpu_and_auto_devices(model: str) -> None:
     expected_auto = "gpu" if _has_gpu() else "cpu"
     backend = get(jax_config(model).backend.name)
-    assert backend.resolve_device(jax_config(model, device="auto"))[0] == expected_auto
-    assert backend.resolve_device(jax_config(model, device="cpu")) == ("cpu", machine.cpu_model())
+    assert backend.resolve_device(jax_config(model, device="auto").spec())[0] == expected_auto
+    assert backend.resolve_device(jax_config(model, device="cpu").spec()) == ("cpu", machine.cpu_model())
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.skipif(_has_gpu(), reason="JAX sees a GPU on this machine")
 def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
     with pytest.raises(ConfigError) as info:
-        get(jax_config(model).backend.name).resolve_device(jax_config(model, device="gpu"))
+        get(jax_config(model).backend.name).resolve_device(jax_config(model, device="gpu").spec())
     message = str(info.value)
     assert message.startswith("device=gpu but JAX sees no GPU") and "device=cpu" in message
     assert "\n" not in message

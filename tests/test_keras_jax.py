@@ -66,7 +66,7 @@ def test_missing_jax_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delitem(sys.modules, "mnist_bench.backends._jax_common", raising=False)  # imported again
     monkeypatch.delattr(backends, "_jax_common", raising=False)
     with pytest.raises(base.BackendUnavailable) as info:
-        get("keras").resolve_device(keras_jax())
+        get("keras").resolve_device(keras_jax().spec())
     message = str(info.value)
     assert message.startswith("backend=keras backend.keras_backend=jax needs JAX")
     assert "pip install 'mnist-bench[jax]'" in message and "\n" not in message

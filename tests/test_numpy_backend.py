@@ -112,7 +112,7 @@ def test_evaluate_is_mean_loss_and_accuracy() -> None:
     x = rng.normal(size=(40, 8))
     labels = rng.integers(0, N_CLASSES, 40)
     w, b = rng.normal(size=(8, N_CLASSES)), rng.normal(size=N_CLASSES)
-    loss, accuracy = evaluate(x, labels, one_hot(labels), w, b, Config(activation="softmax"))
+    loss, accuracy = evaluate(x, labels, one_hot(labels), w, b, Config(activation="softmax").spec())
     z = x @ w + b
     assert loss == pytest.approx(naive_loss(z, one_hot(labels), "softmax").mean(), rel=1e-10)
     assert accuracy == pytest.approx(np.mean([row.argmax() == k for row, k in zip(z, labels, strict=True)]))
@@ -157,7 +157,7 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
     mnist = data.load(cfg.dataset)
     raw = (mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test)
     history, fit = train(cfg, raw)
-    split = base.prepare(*raw, cfg)
+    split = base.prepare(*raw, cfg.spec())
 
     def rules(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> dict:
         z = x @ weights + bias
@@ -166,7 +166,7 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
         return {"p": p, **by, **{f"{rule} accuracy": float((by[rule] == labels).mean()) for rule in by}}
 
     # Epoch 1's train numbers are those of the starting weights (up to a near tie that summation order flips).
-    start = rules(split.x_train, split.y_train, *initial_parameters(cfg, split.n_features))
+    start = rules(split.x_train, split.y_train, *initial_parameters(cfg.spec(), split.n_features))
     rows = len(split.x_train)
     assert history[0].train_accuracy == pytest.approx(start["probabilities accuracy"], abs=2 / rows)
     assert history[0].tied_prediction_fraction == pytest.approx(base.tied_rows(start["p"]).mean(), abs=2 / rows)
@@ -211,14 +211,15 @@ def make_cfg(**overrides: object) -> Config:
 
 
 def train(cfg: Config, raw: tuple[np.ndarray, ...] = RAW, stop=None) -> tuple[list[EpochMetrics], FitResult]:
-    train_data = base.prepare(*raw, cfg)
+    spec = cfg.spec()
+    train_data = base.prepare(*raw, spec)
     history: list[EpochMetrics] = []
 
     def on_epoch(m: EpochMetrics) -> bool:
         history.append(m)
         return bool(stop and stop(m))
 
-    return history, NumpyBackend().fit(train_data, cfg, on_epoch)
+    return history, NumpyBackend().fit(train_data, spec, on_epoch)
 
 
 def curves(history: list[EpochMetrics]) -> list[tuple]:
@@ -227,9 +228,10 @@ def curves(history: list[EpochMetrics]) -> list[tuple]:
 
 
 def initial_loss(cfg: Config, raw: tuple[np.ndarray, ...] = RAW) -> float:
-    train_data: TrainData = base.prepare(*raw, cfg)
-    w, b = initial_parameters(cfg, train_data.n_features)
-    loss, _ = evaluate(train_data.x_train, train_data.y_train, train_data.one_hot(train_data.y_train), w, b, cfg)
+    spec = cfg.spec()
+    train_data: TrainData = base.prepare(*raw, spec)
+    w, b = initial_parameters(spec, train_data.n_features)
+    loss, _ = evaluate(train_data.x_train, train_data.y_train, train_data.one_hot(train_data.y_train), w, b, spec)
     return loss
 
 
@@ -265,9 +267,9 @@ def test_blocked_full_batch_is_textbook_gradient_descent(activation: str) -> Non
     cfg = make_cfg(activation=activation, epochs=3, lr=0.3)
     history, fit = train(cfg, raw)
 
-    data = base.prepare(*raw, cfg)
+    data = base.prepare(*raw, cfg.spec())
     x, y = data.x_train, data.one_hot(data.y_train)
-    w, b = initial_parameters(cfg, data.n_features)
+    w, b = initial_parameters(cfg.spec(), data.n_features)
     for _ in range(cfg.epochs):
         z = x @ w + b
         p = naive_sigmoid(z) if activation == "sigmoid" else naive_softmax(z)
@@ -359,7 +361,7 @@ def test_softmax_minibatch_reaches_92_percent_on_mnist_within_10_epochs(mnist_ov
     assert fit.epochs_run <= 10
     # The accuracy the backend reports is the fraction of test images whose argmax is right.
     predicted = (
-        base.prepare(mnist.x_test, mnist.y_test, mnist.x_test, mnist.y_test, cfg).x_test @ fit.weights + fit.bias
+        base.prepare(mnist.x_test, mnist.y_test, mnist.x_test, mnist.y_test, cfg.spec()).x_test @ fit.weights + fit.bias
     )
     assert np.mean(predicted.argmax(axis=1) == mnist.y_test) == pytest.approx(history[-1].test_accuracy, abs=1e-12)
 
@@ -372,7 +374,7 @@ import numpy as np
 import mnist_bench.backends.numpy_backend, mnist_bench.experiment, mnist_bench.cli
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config
-cfg = Config(epochs=2, batch_size=4)
+cfg = Config(epochs=2, batch_size=4).spec()
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 256, (8, 784)), rng.integers(0, 10, 8)
 get("numpy").fit(base.prepare(x, y, x, y, cfg), cfg, lambda m: False)

@@ -29,7 +29,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 def _train_data(dataset: data.Dataset, cfg: Config) -> base.TrainData:
-    return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg)
+    return base.prepare(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, cfg.spec())
 
 
 def test_seed_numpy_under_the_probabilities_rule_stops_at_the_same_epoch(

@@ -137,8 +137,8 @@ def test_warmup_changes_nothing(backend: str) -> None:
 @pytest.mark.parametrize("backend", ["tf", "keras"])
 def test_cpu_and_auto_devices(backend: str) -> None:
     expected_auto = "gpu" if tf.config.get_visible_devices("GPU") else "cpu"
-    assert get(backend).resolve_device(config(backend, device="auto"))[0] == expected_auto
-    assert get(backend).resolve_device(config(backend, device="cpu")) == ("cpu", machine.cpu_model())
+    assert get(backend).resolve_device(config(backend, device="auto").spec())[0] == expected_auto
+    assert get(backend).resolve_device(config(backend, device="cpu").spec()) == ("cpu", machine.cpu_model())
 
 
 @pytest.mark.parametrize("backend", ["tf", "keras"])
@@ -146,7 +146,7 @@ def test_gpu_without_one_is_a_one_line_config_error(backend: str, monkeypatch: p
     monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind=None: [])
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
     with pytest.raises(ConfigError) as info:
-        get(backend).resolve_device(config(backend, device="gpu"))
+        get(backend).resolve_device(config(backend, device="gpu").spec())
     message = str(info.value)
     assert message.startswith("device=gpu but TensorFlow sees no GPU") and "device=cpu" in message
     assert "\n" not in message
@@ -158,7 +158,7 @@ import numpy as np
 sys.path.insert(0, {tests!r})
 import parity as t
 
-out = {{"auto": [t.get(b).resolve_device(t.config(b, device="auto"))[0] for b in ("tf", "keras")]}}
+out = {{"auto": [t.get(b).resolve_device(t.config(b, device="auto").spec())[0] for b in ("tf", "keras")]}}
 for backend in ("tf", "keras"):  # the GPU first: a device=cpu run would hide it from this process
     for device in ("gpu", "cpu"):
         run = t.fit(t.config(backend, device=device, batch_size=64, momentum=0.9, epochs=3))
@@ -242,7 +242,7 @@ def test_missing_tensorflow_is_backend_unavailable(backend: str, monkeypatch: py
         monkeypatch.delitem(sys.modules, f"mnist_bench.backends.{module}", raising=False)
         monkeypatch.delattr(backends, module, raising=False)
     with pytest.raises(base.BackendUnavailable) as info:  # keras: once the job's engine is known
-        get(backend).resolve_device(config(backend))
+        get(backend).resolve_device(config(backend).spec())
     message = str(info.value)
     assert message.startswith(f"backend={backend} needs TensorFlow") and "pip install 'mnist-bench[tf]'" in message
     assert "\n" not in message

@@ -12,7 +12,7 @@ import jax
 from jax._src import xla_bridge
 
 from mnist_bench import machine
-from mnist_bench.config import Config, ConfigError
+from mnist_bench.config import ConfigError, TrainingSpec
 
 log = logging.getLogger(__name__)
 # JAX logs at INFO each platform it cannot start ("Unable to initialize backend 'tpu'"): not news on a CPU run.
@@ -39,7 +39,7 @@ def set_threads(threads: int | None) -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {_ONE_THREAD_FLAGS}".strip()
 
 
-def resolve_device(cfg: Config) -> tuple[jax.Device, str, str]:
+def resolve_device(cfg: TrainingSpec) -> tuple[jax.Device, str, str]:
     """The JAX device for ``cfg.device``, "cpu" or "gpu", and its name; raises ConfigError for gpu without one."""
     set_threads(cfg.backend.threads)
     if cfg.device.name != "cpu":

@@ -38,7 +38,7 @@ from mnist_bench.backends.base import (
     initial_parameters,
     learning_rates,
 )
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 ops = keras.ops
 
@@ -123,7 +123,7 @@ class _SummedKernelGradientDense(keras.layers.Dense):
         return ops.matmul(inputs, frozen + rows * (self.kernel - frozen)) + self.bias
 
 
-def build_model(cfg: Config, n_features: int, steps_per_epoch: int) -> keras.Sequential:
+def build_model(cfg: TrainingSpec, n_features: int, steps_per_epoch: int) -> keras.Sequential:
     """The compiled model, holding the run's initial parameters.
 
     Every part gets ``cfg.dtype`` explicitly: Keras fixes its default dtype policy at its first use in
@@ -143,7 +143,7 @@ def build_model(cfg: Config, n_features: int, steps_per_epoch: int) -> keras.Seq
     return model
 
 
-def _row_metrics(cfg: Config) -> list[keras.metrics.Metric]:
+def _row_metrics(cfg: TrainingSpec) -> list[keras.metrics.Metric]:
     """``accuracy`` and ``tied``: the shares of rows whose predicted class is the label, and whose top output
     is tied (fit's epoch logs average them over the epoch's rows). Kept in float64 whatever the run's dtype,
     so that a share of n rows is k / n exactly, as the other backends report it."""
@@ -183,7 +183,7 @@ class _EpochReporter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit(data: TrainData, cfg: Config, on_epoch: EpochCallback, placement: AbstractContextManager) -> FitResult:
+def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: AbstractContextManager) -> FitResult:
     """Train as backend=keras does, with the run's tensors and variables made under ``placement``."""
     n_samples = len(data.x_train)
     batch_size, steps = batch_plan(cfg, n_samples)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from mnist_bench import machine
-from mnist_bench.config import Config, ConfigError
+from mnist_bench.config import ConfigError, TrainingSpec
 
 # What TensorFlow's CUDA build (the `tensorflow` wheel) writes to fd 2 on a machine where CUDA does not start,
 # whatever TF_CPP_MIN_LOG_LEVEL says: at import, absl's notice and cudart_stub's "Could not find cuda drivers"
@@ -75,7 +75,7 @@ absl_logging.set_verbosity(absl_logging.ERROR)
 log = logging.getLogger(__name__)
 
 
-def resolve_device(cfg: Config) -> tuple[str, str]:
+def resolve_device(cfg: TrainingSpec) -> tuple[str, str]:
     """("gpu", its name) or ("cpu", the CPU model) for ``cfg.device``; raises ConfigError for gpu without one.
 
     Sets TensorFlow's thread pools first: they can only be set before TF starts its runtime.
@@ -165,7 +165,9 @@ def count(rows: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(rows, tf.int32))
 
 
-def evaluate(x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, cfg: Config) -> tuple[float, float]:
+def evaluate(
+    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, cfg: TrainingSpec
+) -> tuple[float, float]:
     """Mean loss and accuracy of the given parameters on one split, in one pass."""
     loss_sum, correct = _loss_sum_and_correct(x, y, weights, bias, cfg.activation, cfg.predict_from)
     rows = int(x.shape[0])

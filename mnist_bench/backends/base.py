@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mnist_bench.config import Config, ConfigError
+from mnist_bench.config import ConfigError, TrainingSpec
 from mnist_bench.errors import UserError
 
 NUM_CLASSES = 10
@@ -76,11 +76,11 @@ class TrainData:
 class Backend(Protocol):
     """A training implementation: ``fit`` runs ``cfg.epochs`` epochs and reports each one."""
 
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+    def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
         """The device ("cpu" or "gpu") and its name; raises ConfigError when it is not available."""
         ...
 
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+    def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:
         """Train for ``cfg.epochs`` epochs (fewer when ``on_epoch`` returns True)."""
         ...
 
@@ -103,7 +103,7 @@ def tied_rows(probabilities: np.ndarray) -> np.ndarray:
     return (probabilities == probabilities.max(axis=1, keepdims=True)).sum(axis=1) > 1
 
 
-def initial_parameters(cfg: Config, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+def initial_parameters(cfg: TrainingSpec, n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """W (n_features x 10) and b (10,) drawn from the run's seed, the same for every backend."""
     rng = np.random.default_rng([cfg.seed, 0])
     shape = (n_features + 1, NUM_CLASSES)
@@ -117,13 +117,13 @@ def initial_parameters(cfg: Config, n_features: int) -> tuple[np.ndarray, np.nda
     return wb[:-1].copy(), wb[-1].copy()
 
 
-def batch_plan(cfg: Config, n_samples: int) -> tuple[int, int]:
+def batch_plan(cfg: TrainingSpec, n_samples: int) -> tuple[int, int]:
     """(batch size, batches per epoch); full-batch GD is one batch of every sample."""
     size = n_samples if cfg.batch_size is None else min(cfg.batch_size, n_samples)
     return size, -(-n_samples // size)
 
 
-def epoch_order(cfg: Config, n_samples: int, epoch: int) -> np.ndarray | None:
+def epoch_order(cfg: TrainingSpec, n_samples: int, epoch: int) -> np.ndarray | None:
     """The sample order of an epoch (0-based), or None to keep the stored order.
 
     Seeded by (seed, epoch) so every backend sees the same batches.
@@ -133,7 +133,7 @@ def epoch_order(cfg: Config, n_samples: int, epoch: int) -> np.ndarray | None:
     return np.random.default_rng([cfg.seed, 1, epoch]).permutation(n_samples)
 
 
-def learning_rates(cfg: Config, steps_per_epoch: int) -> np.ndarray:
+def learning_rates(cfg: TrainingSpec, steps_per_epoch: int) -> np.ndarray:
     """The learning rate of every update, shape (epochs, steps_per_epoch)."""
     total = cfg.epochs * steps_per_epoch
     if total > MAX_UPDATES:
@@ -151,12 +151,14 @@ def learning_rates(cfg: Config, steps_per_epoch: int) -> np.ndarray:
     return (cfg.lr * factor).reshape(cfg.epochs, steps_per_epoch)
 
 
-def weight_grad_scale(cfg: Config, batch_rows: int) -> float:
+def weight_grad_scale(cfg: TrainingSpec, batch_rows: int) -> float:
     """Factor on the mean-reduced weight gradient: 1, or the batch size for a summed gradient."""
     return float(batch_rows) if cfg.grad_reduction == "sum" else 1.0
 
 
-def prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config) -> TrainData:
+def prepare(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: TrainingSpec
+) -> TrainData:
     """Cast the uint8 images once to the run's dtype (scaled to [0, 1] when ``normalize``)."""
 
     def inputs(images: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from mnist_bench.backends.base import (
     learning_rates,
     weight_grad_scale,
 )
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 try:
     from mnist_bench.backends import _jax_common as common
@@ -72,7 +72,7 @@ def probabilities(z: jax.Array, activation: str) -> jax.Array:
     return jnp.where(p < jnp.finfo(p.dtype).tiny, jnp.zeros_like(p), p)
 
 
-def row_counts(z: jax.Array, y: jax.Array, cfg: Config) -> tuple[jax.Array, jax.Array]:
+def row_counts(z: jax.Array, y: jax.Array, cfg: TrainingSpec) -> tuple[jax.Array, jax.Array]:
     """How many rows are predicted right (base.predicted_class's rule) and how many have a tied top output."""
     p = probabilities(z, cfg.activation)
     predicted = (p if cfg.predict_from == "probabilities" else z).argmax(axis=1)  # the lowest class wins a tie
@@ -80,7 +80,7 @@ def row_counts(z: jax.Array, y: jax.Array, cfg: Config) -> tuple[jax.Array, jax.
     return (predicted == y.argmax(axis=1)).sum(), tied.sum()
 
 
-def epoch_function(cfg: Config, n_samples: int, batch_size: int) -> Callable[..., tuple[State, Totals]]:
+def epoch_function(cfg: TrainingSpec, n_samples: int, batch_size: int) -> Callable[..., tuple[State, Totals]]:
     """One training epoch, jitted: ``(state, x, y, order, lrs) -> (state after it, its Totals)``.
 
     ``order`` is the epoch's sample order (None: stored order) and ``lrs`` the rate of each step. Each
@@ -136,7 +136,7 @@ def epoch_function(cfg: Config, n_samples: int, batch_size: int) -> Callable[...
     return train_epoch
 
 
-def evaluation_function(cfg: Config) -> Callable[[Params, jax.Array, jax.Array], tuple[float, float]]:
+def evaluation_function(cfg: TrainingSpec) -> Callable[[Params, jax.Array, jax.Array], tuple[float, float]]:
     """Mean loss and accuracy of the given parameters on one split, in one jitted pass."""
 
     @jax.jit
@@ -154,11 +154,11 @@ def evaluation_function(cfg: Config) -> Callable[[Params, jax.Array, jax.Array],
 class JaxBackend:
     """Full-batch gradient descent or minibatch SGD, with optional momentum, one jitted call per epoch."""
 
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+    def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
         _, kind, name = common.resolve_device(cfg)
         return kind, name
 
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+    def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:
         device, _, _ = common.resolve_device(cfg)
         n_samples = len(data.x_train)
         batch_size, steps = batch_plan(cfg, n_samples)

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager
 from types import ModuleType
 
 from mnist_bench.backends.base import BackendUnavailable, EpochCallback, FitResult, TrainData
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 if importlib.util.find_spec("keras") is None:  # either engine's extra installs it
     raise BackendUnavailable(
@@ -79,7 +79,7 @@ def load(engine: str) -> ModuleType:
     return model
 
 
-def _device(cfg: Config) -> tuple[AbstractContextManager, str, str]:
+def _device(cfg: TrainingSpec) -> tuple[AbstractContextManager, str, str]:
     """Where the run's tensors and variables go (a context), "cpu" or "gpu", and the device's name."""
     common = _common(cfg.backend.keras_backend)
     if cfg.backend.keras_backend == "jax":
@@ -94,10 +94,10 @@ def _device(cfg: Config) -> tuple[AbstractContextManager, str, str]:
 class KerasBackend:
     """keras.Sequential + SGD trained by model.fit, one call per epoch, on the configured engine."""
 
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+    def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
         return _device(cfg)[1:]
 
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+    def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:
         model = load(cfg.backend.keras_backend)
         placement, _, _ = _device(cfg)
         return model.fit(data, cfg, on_epoch, placement)

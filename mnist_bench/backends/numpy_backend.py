@@ -34,7 +34,7 @@ from mnist_bench.backends.base import (
     tied_rows,
     weight_grad_scale,
 )
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 # Rows per block of a large batch: 1024 x 784 float32 (3 MB) stays in cache between the block's forward
 # and backward products. Full-batch epochs measured 15-25% faster than one 60000-row product pair.
@@ -78,10 +78,10 @@ def summed_gradients(
 class NumpyBackend:
     """Full-batch gradient descent or minibatch SGD, with optional momentum."""
 
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+    def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
         return "cpu", machine.cpu_model()
 
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+    def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:
         weights, bias = initial_parameters(cfg, data.n_features)
         batch_size, steps = batch_plan(cfg, len(data.x_train))
         lrs = learning_rates(cfg, steps).astype(cfg.dtype)
@@ -121,7 +121,7 @@ class NumpyBackend:
         lrs: np.ndarray,
         order: np.ndarray | None,
         batch_size: int,
-        cfg: Config,
+        cfg: TrainingSpec,
         velocity: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[float, float, float]:
         """One pass over the training set, updating weights and bias in place: its loss, accuracy and tied fraction."""
@@ -159,7 +159,7 @@ class NumpyBackend:
 
 
 def losses_and_predictions(
-    x: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: Config
+    x: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: TrainingSpec
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's loss and predicted class under the given parameters."""
     z = x @ weights + bias
@@ -168,7 +168,7 @@ def losses_and_predictions(
 
 
 def evaluate(
-    x: np.ndarray, labels: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: Config
+    x: np.ndarray, labels: np.ndarray, y_onehot: np.ndarray, weights: np.ndarray, bias: np.ndarray, cfg: TrainingSpec
 ) -> tuple[float, float]:
     """Mean loss and accuracy of the given parameters on one split, in one pass."""
     loss, predicted = losses_and_predictions(x, y_onehot, weights, bias, cfg)

@@ -29,7 +29,7 @@ from mnist_bench.backends.base import (
     learning_rates,
     weight_grad_scale,
 )
-from mnist_bench.config import Config
+from mnist_bench.config import TrainingSpec
 
 try:
     from mnist_bench.backends import _tf_common as common
@@ -56,7 +56,7 @@ class Variables(NamedTuple):
 
 
 def epoch_function(
-    cfg: Config, n_samples: int, batch_size: int
+    cfg: TrainingSpec, n_samples: int, batch_size: int
 ) -> Callable[..., tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """One training epoch as a tf.function: ``(x, y, order, lrs, variables) -> (loss sum, correct, tied rows)``.
 
@@ -119,7 +119,7 @@ def epoch_function(
     return train_epoch
 
 
-def _order(cfg: Config, n_samples: int, epoch: int) -> tf.Tensor | None:
+def _order(cfg: TrainingSpec, n_samples: int, epoch: int) -> tf.Tensor | None:
     """The epoch's sample order as a tensor on the current device (None: stored order)."""
     order = epoch_order(cfg, n_samples, epoch)
     return None if order is None else tf.constant(order)
@@ -128,10 +128,10 @@ def _order(cfg: Config, n_samples: int, epoch: int) -> tf.Tensor | None:
 class TensorFlowBackend:
     """Full-batch gradient descent or minibatch SGD, with optional momentum, one tf.function per epoch."""
 
-    def resolve_device(self, cfg: Config) -> tuple[str, str]:
+    def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
         return common.resolve_device(cfg)
 
-    def fit(self, data: TrainData, cfg: Config, on_epoch: EpochCallback) -> FitResult:
+    def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:
         device, _ = common.resolve_device(cfg)
         n_samples = len(data.x_train)
         batch_size, steps = batch_plan(cfg, n_samples)

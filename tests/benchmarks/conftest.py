@@ -107,7 +107,7 @@ def train_data(mnist: data.Dataset) -> base.TrainData:
     """float32 pixels in [0, 1]: what every benchmarked epoch trains on."""
     from mnist_bench.config import Config
 
-    return base.prepare(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, Config())
+    return base.prepare(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test, Config().spec())
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,8 @@ def backend_or_skip(label: str) -> base.Backend:
 def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str, batch: str) -> None:
     backend = backend_or_skip(name)
     backend_config = dataclasses.replace(bench.backend_config(name, THREADS), warmup_epochs=0)
-    cfg = Config(backend=backend_config, activation=activation, batch_size=BATCHES[batch], epochs=100)
-    backend.resolve_device(cfg)  # sets TF's thread pools before its runtime starts, as a run does
+    spec = Config(backend=backend_config, activation=activation, batch_size=BATCHES[batch], epochs=100).spec()
+    backend.resolve_device(spec)  # sets TF's thread pools before its runtime starts, as a run does
     floors: list[float] = []
 
     def probe() -> tuple[tuple, dict]:
@@ -45,7 +45,7 @@ def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str
         floors.append(roof.epoch_floor_for(train_data.x_train))
         return (), {}
 
-    stepper = EpochStepper(backend, train_data, cfg)
+    stepper = EpochStepper(backend, train_data, spec)
     try:
         benchmark.pedantic(stepper.step, setup=probe, warmup_rounds=WARMUP, rounds=ROUNDS)
     finally:
