@@ -26,7 +26,7 @@ from pathlib import Path
 from mnist_bench import atomic, timing, tracking
 from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
-from mnist_bench.schema import RunStatus, Tag, normalise
+from mnist_bench.schema import Status, Tag, normalise, status_of
 
 PROG = "mnist-bench compare"
 NOT_IDENTITY = {"seed"}  # pooled over: a configuration is everything else that changes the numbers
@@ -71,7 +71,7 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
     parent = tracking.find_sweep(client, experiment_id, wanted, f"experiment {experiment!r} at {tracking.redact(uri)}")
     grouped: dict[tuple, list] = {}
     for run in tracking.read_sweep(client, experiment_id, parent).runs:
-        if run.info.status == RunStatus.FINISHED and run.data.tags.get(Tag.DIVERGED) != "true":
+        if status_of(run) is Status.FINISHED:  # not diverged
             grouped.setdefault(configuration(run.data.params), []).append(run)
     sides = {}
     for config, runs in grouped.items():
