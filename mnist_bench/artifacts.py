@@ -23,8 +23,8 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def config_yaml(cfg: Config) -> str:
-    """The run's config as YAML, credentials redacted: OmegaConf.to_yaml's text at a seventh of its cost
-    (OmegaConf.structured validates every field again, 25 ms a job)."""
+    """The run's config as YAML, credentials redacted: OmegaConf.to_yaml's text without OmegaConf validating
+    every field again (its cost is in docs/performance.md)."""
     return redact(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 

@@ -84,8 +84,7 @@ def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
     """Threads per job: as configured, else the cores shared among the jobs that run at once.
 
     NumPy minibatches get one thread: OpenBLAS's threading of small GEMMs costs more than it
-    saves on 2 cores, and collapses under outside load (measured: 78 ms vs 2.5 s per batch-128
-    epoch of products with 1 vs 2 threads on a loaded 2-core machine).
+    saves on 2 cores, and collapses under outside load (docs/performance.md has the figures).
     """
     if cfg.backend.threads:
         return cfg.backend.threads
@@ -214,7 +213,7 @@ _last_prepared: tuple[str, base.TrainData, str] | None = None
 
 def _prepared(cfg: Config) -> tuple[base.TrainData, str]:
     """The run's model-ready arrays, and where the data was found. Consecutive jobs of a sweep in one process
-    (the basic launcher, a reused joblib worker) share them: casting full MNIST took 0.1-0.2 s a job. One set
+    (the basic launcher, a reused joblib worker) share them, rather than cast full MNIST every job. One set
     is kept, so memory stays that of one run; the arrays are read-only, so no backend can change what the
     next job gets."""
     global _last_prepared

@@ -373,9 +373,9 @@ PENDING_METRIC_CALLS = 64
 @dataclass
 class TrackedRun:
     """An open MLflow run. Each ``log_metrics`` call is one ``log_batch``, stored by a background thread so
-    that training does not wait on the store (11 ms a call on SQLite here); ``wait`` blocks until all of it
-    is stored. Not MLflow's own asynchronous logging: its thread looks for work once a second, so closing
-    a run waited up to a second for it, on every run."""
+    that training does not wait on the store; ``wait`` blocks until all of it is stored. Not MLflow's own
+    asynchronous logging: its thread looks for work only once a second, which every run's close waited for
+    (docs/performance.md has the figures)."""
 
     client: MlflowClient
     run_id: str
