@@ -10,10 +10,12 @@ under, whether it can be trusted, and how two sets of timings compare.
 - **Stable** means all of these stayed within the limits of the ``timing`` config (conf: timing.*); an
   unstable run says why.
 - **Comparing** two sets of runs gives the ratio of their seconds per epoch with a 95% bootstrap interval
-  (runs resampled, then epochs within each run; for sides timed in alternating rounds, as ``bench`` does,
-  whole rounds resampled) and a verdict: ``faster`` or ``slower`` only when the
-  interval excludes 1 and both sides were stable, ``within noise`` when it includes 1, and
-  ``unreliable: <why>`` when either side was not stable.
+  and a verdict. The bootstrap resamples runs, then epochs within each run; for sides repeated over
+  several sweeps, the sweeps first, so that a drift in the machine's speed between sweeps widens it; for
+  sides timed in alternating rounds, as ``bench`` does, whole rounds. The resampled values are stretched
+  by sqrt(n / (n - 1)) for the n units drawn at the top level, the bootstrap's known narrowness with few
+  units. The verdict is ``faster`` or ``slower`` only when the interval excludes 1 and both sides were
+  stable, ``within noise`` when it includes 1, and ``unreliable: <why>`` when either side was not stable.
 """
 
 from __future__ import annotations
@@ -152,16 +154,33 @@ def compare(
     unstable: str = "",
     seed: int = 0,
 ) -> Comparison:
-    """Compare two sets of runs, each given as its runs' timed epoch seconds.
+    """Compare two sets of runs, each given as its runs' timed epoch seconds: compare_sweeps with one sweep
+    a side, so the interval holds run-to-run and epoch-to-epoch variation but not a drift between sweeps."""
+    return compare_sweeps([reference], [candidate], unstable, seed)
+
+
+def compare_sweeps(
+    reference: Sequence[Sequence[Sequence[float]]],
+    candidate: Sequence[Sequence[Sequence[float]]],
+    unstable: str = "",
+    seed: int = 0,
+) -> Comparison:
+    """Compare two sides, each given as one or more sweeps, each sweep as its runs' timed epoch seconds.
 
     The ratio is of the medians of all epochs pooled per side. Its interval is a percentile bootstrap
-    that resamples runs, then epochs within each resampled run, so both run-to-run and epoch-to-epoch
-    variation widen it. ``unstable`` (why either side's timings cannot be trusted) makes the verdict
+    that resamples sweeps, then runs within each drawn sweep, then epochs within each drawn run, so that
+    sweep-to-sweep (the machine's speed drifting between them), run-to-run and epoch-to-epoch variation
+    all widen it. ``unstable`` (why either side's timings cannot be trusted) makes the verdict
     ``unreliable`` whatever the interval says.
     """
     rng = np.random.default_rng(seed)
-    ratio = seconds_per_epoch(np.concatenate(reference)) / seconds_per_epoch(np.concatenate(candidate))
-    return _judged(ratio, _resampled_medians(reference, rng) / _resampled_medians(candidate, rng), unstable)
+    medians = []
+    for side in (reference, candidate):
+        pooled = seconds_per_epoch(np.concatenate([run for sweep in side for run in sweep]))
+        units = len(side) if len(side) > 1 else len(side[0]) if len(side[0]) > 1 else len(side[0][0])
+        medians.append((pooled, _widened(_resampled_medians(side, rng), pooled, units)))
+    (reference_median, reference_resampled), (candidate_median, candidate_resampled) = medians
+    return _judged(reference_median / candidate_median, reference_resampled / candidate_resampled, unstable)
 
 
 def compare_paired(
@@ -177,8 +196,9 @@ def compare_paired(
         raise ValueError("paired timings need the same number of rounds on each side, at least one")
     rng = np.random.default_rng(seed)
     rounds = rng.integers(len(a), size=(BOOTSTRAP_RESAMPLES, len(a)))
-    ratios = np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1)
-    return _judged(seconds_per_epoch(a) / seconds_per_epoch(b), ratios, unstable)
+    ratio = seconds_per_epoch(a) / seconds_per_epoch(b)
+    ratios = _widened(np.median(a[rounds], axis=1) / np.median(b[rounds], axis=1), ratio, len(a))
+    return _judged(ratio, ratios, unstable)
 
 
 def _judged(ratio: float, resampled: Sequence[float], unstable: str) -> Comparison:
@@ -196,10 +216,25 @@ def _judged(ratio: float, resampled: Sequence[float], unstable: str) -> Comparis
     return Comparison(float(ratio), low, high, verdict)
 
 
-def _resampled_medians(runs: Sequence[Sequence[float]], rng: np.random.Generator) -> np.ndarray:
-    """BOOTSTRAP_RESAMPLES medians, each of runs drawn with replacement and then, within each drawn run, as
-    many epochs as it has drawn with replacement. Vectorised: runs are padded with NaN to one length, and
+def _widened(resampled: np.ndarray, point: float, units: int) -> np.ndarray:
+    """Resampled values stretched about the point estimate, in log space, by sqrt(n / (n - 1)) for n units
+    drawn at the bootstrap's top level: resampling n units with replacement spreads only (n - 1) / n as
+    much as the statistic varies, which narrows the interval by 29% at the two runs or sweeps a side often
+    has here, and made it call identical sweeps different about twice as often as 5%."""
+    if units < 2:
+        return resampled
+    return point * (resampled / point) ** math.sqrt(units / (units - 1))
+
+
+def _resampled_medians(sweeps: Sequence[Sequence[Sequence[float]]], rng: np.random.Generator) -> np.ndarray:
+    """BOOTSTRAP_RESAMPLES medians, each of sweeps drawn with replacement, then within each drawn sweep as many
+    runs as the sweep it stands in for has, drawn with replacement, then within each drawn run as many
+    epochs as it has, drawn with replacement. Vectorised: runs are padded with NaN to one length, and
     resamples are drawn in chunks of about RESAMPLE_CHUNK_VALUES epochs to bound memory."""
+    runs = [run for sweep in sweeps for run in sweep]
+    run_sweep = np.repeat(np.arange(len(sweeps)), [len(sweep) for sweep in sweeps])  # each run's sweep
+    sweep_sizes = np.bincount(run_sweep, minlength=len(sweeps))
+    first_run = np.concatenate([[0], np.cumsum(sweep_sizes)[:-1]])  # runs are numbered sweep by sweep
     lengths = np.array([len(run) for run in runs])
     padded = np.full((len(runs), lengths.max()), np.nan)
     for row, run in zip(padded, runs, strict=True):
@@ -209,7 +244,9 @@ def _resampled_medians(runs: Sequence[Sequence[float]], rng: np.random.Generator
     medians = []
     for start in range(0, BOOTSTRAP_RESAMPLES, per_chunk):
         count = min(per_chunk, BOOTSTRAP_RESAMPLES - start)
-        picked = rng.integers(len(runs), size=(count, len(runs)))  # which runs
+        drawn_sweep = rng.integers(len(sweeps), size=(count, len(sweeps)))[:, run_sweep]  # each run slot's sweep
+        sizes = sweep_sizes[drawn_sweep]
+        picked = first_run[drawn_sweep] + np.minimum((rng.random(drawn_sweep.shape) * sizes).astype(int), sizes - 1)
         length = lengths[picked][..., None]  # each drawn run's own length
         epochs = np.minimum((rng.random((*picked.shape, len(position))) * length).astype(int), length - 1)
         drawn = np.where(position < length, padded[picked[..., None], epochs], np.nan)

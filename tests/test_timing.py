@@ -50,6 +50,18 @@ def test_a_to_a_comparisons_are_within_noise() -> None:
     assert verdicts.count(timing.WITHIN_NOISE) >= 19, verdicts  # a 95% interval: about 1 in 20 may miss
 
 
+def test_two_runs_a_side_call_identical_code_different_about_5_percent_of_the_time() -> None:
+    """Two runs a side, each 3% off by itself and its epochs 5% noisy: a plain percentile bootstrap over
+    two runs called 21 of these 200 A/A pairs different; stretched by sqrt(n / (n - 1)) it calls 5."""
+    rng = np.random.default_rng(0)
+
+    def side() -> list[list[float]]:
+        return [list(0.15 * rng.lognormal(0, 0.03) * rng.lognormal(0, 0.05, 4)) for _ in range(2)]
+
+    verdicts = [timing.compare(side(), side(), seed=i).verdict for i in range(200)]
+    assert len(verdicts) - verdicts.count(timing.WITHIN_NOISE) <= 10
+
+
 def test_a_real_difference_is_faster_or_slower_with_an_interval_that_excludes_1() -> None:
     rng = np.random.default_rng(1)
     slow, fast = runs(rng, 0.5, 0.1), runs(rng, 0.1, 0.1)
@@ -65,9 +77,33 @@ def test_the_bootstrap_draws_runs_then_each_drawn_runs_own_epochs_even_when_leng
     (3/4)^4 = 0.316. Drawing every run as often as the longest (a padding mistake) would make it 0.74."""
     rng = np.random.default_rng(3)
     runs = [list(rng.normal(1.0, 0.01, 60)), *[list(rng.normal(1.6, 0.01, 5)) for _ in range(3)]]
-    medians = timing._resampled_medians(runs, np.random.default_rng(0))
+    medians = timing._resampled_medians([runs], np.random.default_rng(0))
     assert len(medians) == timing.BOOTSTRAP_RESAMPLES
     assert np.mean(medians > 1.3) == pytest.approx((3 / 4) ** 4, abs=0.04)
+
+
+def test_repeated_sweeps_put_a_drift_between_sweeps_into_the_interval() -> None:
+    """The same code swept four times, A B A B, on a machine 1.3x slower for the first pair: each sweep is
+    steady within itself, so one sweep a side calls the drift a speed-up, while the two repeats a side,
+    resampled sweep by sweep, call it noise. A real 2x difference survives the same drift."""
+    rng = np.random.default_rng(4)
+    slow_a, slow_b = runs(rng, 0.13, 0.02, n_runs=2), runs(rng, 0.13, 0.02, n_runs=2)
+    fast_a, fast_b = runs(rng, 0.10, 0.02, n_runs=2), runs(rng, 0.10, 0.02, n_runs=2)
+    assert timing.compare(slow_a, fast_b).verdict == timing.FASTER
+    repeated = timing.compare_sweeps([slow_a, fast_a], [slow_b, fast_b])
+    assert repeated.verdict == timing.WITHIN_NOISE and repeated.low < 0.85 and repeated.high > 1.15, repeated
+    twice_as_fast = [[[t / 2 for t in run] for run in sweep] for sweep in (slow_b, fast_b)]
+    assert timing.compare_sweeps([slow_a, fast_a], twice_as_fast).verdict == timing.FASTER
+
+
+def test_each_drawn_sweep_brings_as_many_runs_as_the_sweep_it_stands_in_for() -> None:
+    """Sweeps of 1 run at 1.0 s and of 3 runs at 2.0 s: a resample draws 2 sweeps, and its median is 1.0 s
+    only when the one-run sweep fills the three-run slot, i.e. when it is drawn for both (probability 1/4)
+    or for the second slot alone (another 1/4)."""
+    sweeps = [[[1.0] * 5], [[2.0] * 5, [2.0] * 5, [2.0] * 5]]
+    medians = timing._resampled_medians(sweeps, np.random.default_rng(0))
+    assert set(np.unique(medians)) == {1.0, 2.0}
+    assert np.mean(medians == 1.0) == pytest.approx(1 / 2, abs=0.04)
 
 
 def test_an_unstable_side_makes_any_verdict_unreliable() -> None:
