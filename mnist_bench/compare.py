@@ -1,17 +1,20 @@
 """``mnist-bench compare BASELINE CANDIDATE``: did anything get slower or less accurate between two sweeps?
 
-Each sweep is named by its name or parent run id (``latest`` for the newest), in one store or two. Its
-finished runs are grouped into configurations by every param that changes what a run computes, seeds
-pooled; the configurations both sweeps ran are compared the way the report compares backends
-(mnist_bench.timing): the baseline's seconds per epoch over the candidate's (> 1: the candidate is
-faster), a 95% bootstrap interval, and a verdict that is ``faster`` or ``slower`` only when the interval
-excludes 1 and every run on both sides was timed under stable conditions.
+Each side is a sweep named by its name or parent run id (``latest`` for the newest), or several
+repeats of one, comma-separated, in one store or two. Its finished runs are grouped into configurations
+by every param that changes what a run computes, seeds and repeats pooled; the configurations both sides
+ran are compared the way the report compares backends (mnist_bench.timing): the baseline's seconds per
+epoch over the candidate's (> 1: the candidate is faster), a 95% bootstrap interval, and a verdict that
+is ``faster`` or ``slower`` only when the interval excludes 1 and every run on both sides was timed under
+stable conditions. Only repeats put a drift in the machine's speed between sweeps into the interval: run
+them in turns (baseline, candidate, baseline, candidate) and pass each side's as ``A1,A2``.
 
 Exit status, for CI between two commits: 1 when a configuration is significantly slower than
 ``--max-slowdown`` (the whole interval beyond it) or less accurate than ``--max-accuracy-drop``; 2 on bad
 input; 0 otherwise.
 
-    python -m mnist_bench.compare BASELINE CANDIDATE [--tracking-uri URI] [--candidate-tracking-uri URI] [--json PATH]
+    python -m mnist_bench.compare BASELINE[,REPEAT...] CANDIDATE[,REPEAT...] [--tracking-uri URI]
+        [--candidate-tracking-uri URI] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ NOT_IDENTITY = {"seed"}  # pooled over: a configuration is everything else that 
 
 @dataclass(frozen=True)
 class Side:
-    """One sweep's finished runs of one configuration."""
+    """One side's finished runs of one configuration, over its repeated sweeps."""
 
     accuracies: list[float]
-    epochs: list[list[float]]  # each run's timed epoch seconds
+    sweeps: list[list[list[float]]]  # each sweep's runs' timed epoch seconds
     unstable: list[str]  # "run name: reason" for each run whose timings were not stable
+
+    def __add__(self, other: Side) -> Side:
+        return Side(self.accuracies + other.accuracies, self.sweeps + other.sweeps, self.unstable + other.unstable)
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,10 @@ class Row:
     """One configuration both sweeps ran, as --json writes it."""
 
     configuration: str
-    n_baseline: int
+    n_baseline: int  # runs, over all of the side's sweeps
     n_candidate: int
+    n_baseline_sweeps: int
+    n_candidate_sweeps: int
     accuracy_diff: float  # candidate's mean final test accuracy minus the baseline's
     speed_ratio: float  # baseline's seconds per epoch over the candidate's: > 1 is faster
     speed_ratio_low: float
@@ -76,9 +84,10 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
     sides = {}
     for config, runs in grouped.items():
         epochs = [[m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")] for r in runs]
+        timed = [e for e in epochs if e]
         sides[config] = Side(
             [r.data.metrics.get("final_test_accuracy", math.nan) for r in runs],
-            [e for e in epochs if e],
+            [timed] if timed else [],
             [
                 f"{r.info.run_name}: {r.data.tags[Tag.TIMING_UNSTABLE]}"
                 for r in runs
@@ -88,6 +97,16 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
     if not sides:
         raise UserError(f"sweep {tracking.sweep_name(parent)!r} has no finished run to compare")
     return tracking.sweep_name(parent), sides
+
+
+def load_side(uri: str, experiment: str, wanted: Sequence[str]) -> tuple[str, dict[tuple, Side]]:
+    """One side's sweeps (one, or repeats of it), their names joined, their runs pooled by configuration."""
+    names, pooled = [], {}
+    for name, sides in (load(uri, experiment, one) for one in wanted):
+        names.append(name)
+        for config, side in sides.items():
+            pooled[config] = pooled[config] + side if config in pooled else side
+    return ", ".join(names), pooled
 
 
 def compare(
@@ -102,7 +121,7 @@ def compare(
     for config in common:
         base, cand = baseline[config], candidate[config]
         unstable = "; ".join(base.unstable[:1] + cand.unstable[:1])
-        speed = timing.compare(base.epochs, cand.epochs, unstable)
+        speed = timing.compare_sweeps(base.sweeps, cand.sweeps, unstable)
         diff = sum(cand.accuracies) / len(cand.accuracies) - sum(base.accuracies) / len(base.accuracies)
         reasons = []
         if speed.verdict == timing.SLOWER and speed.high < 1 / max_slowdown:
@@ -116,6 +135,8 @@ def compare(
                 label(config, varying),
                 len(base.accuracies),
                 len(cand.accuracies),
+                len(base.sweeps),
+                len(cand.sweeps),
                 diff,
                 speed.ratio,
                 speed.low,
@@ -127,10 +148,21 @@ def compare(
     return sorted(rows, key=lambda row: row.configuration)
 
 
+def _sweeps(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise UserError(f"{text!r} names an empty sweep: give sweeps as NAME or NAME1,NAME2 (no empty names)")
+    return names
+
+
 def parse_args(argv: Sequence[str]):
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("baseline", help="sweep name or parent run id (latest: the newest sweep)")
-    parser.add_argument("candidate", help="sweep name or parent run id, in the candidate's store")
+    parser.add_argument(
+        "baseline", type=_sweeps, help="sweep name or parent run id (latest: the newest sweep); repeats A1,A2,..."
+    )
+    parser.add_argument(
+        "candidate", type=_sweeps, help="sweep name or parent run id, in the candidate's store; repeats B1,B2,..."
+    )
     parser.add_argument("--tracking-uri", help="the baseline's store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--candidate-tracking-uri", help="the candidate's store (default: the baseline's)")
     parser.add_argument("--experiment", default="mnist-bench")
@@ -160,10 +192,15 @@ def _main(argv: Sequence[str]) -> int:
     candidate_uri = (
         tracking.resolve_uri(args.candidate_tracking_uri, Path.cwd()) if args.candidate_tracking_uri else uri
     )
-    base_name, baseline = load(uri, args.experiment, args.baseline)
-    cand_name, candidate = load(candidate_uri, args.candidate_experiment or args.experiment, args.candidate)
+    base_name, baseline = load_side(uri, args.experiment, args.baseline)
+    cand_name, candidate = load_side(candidate_uri, args.candidate_experiment or args.experiment, args.candidate)
     rows = compare(baseline, candidate, args.max_slowdown, args.max_accuracy_drop)
     print(f"compare: baseline {base_name} -> candidate {cand_name}; speed ratio = baseline s/epoch / candidate's")
+    if min(len(args.baseline), len(args.candidate)) == 1:
+        print(
+            "  one sweep on a side: a change in the machine's speed between sweeps is not in the intervals;"
+            " repeat each side in turns (A B A B) and compare A1,A2 B1,B2 to include it"
+        )
     width = max(len(row.configuration) for row in rows)
     for row in rows:
         ratio = f"{row.speed_ratio:.2f}x ({row.speed_ratio_low:.2f}-{row.speed_ratio_high:.2f})"

@@ -1,5 +1,6 @@
-"""``mnist-bench compare`` on real sweeps: the same sweep twice is no regression, a candidate that really ran
-slower is one (exit 1), and a candidate timed beside busy processes is unreliable rather than slower."""
+"""``mnist-bench compare`` on real sweeps: the same sweep twice is no regression, with one sweep a side or
+with repeats, a candidate that really ran slower is one (exit 1), a candidate timed beside busy processes
+is unreliable rather than slower, and bad input is one line with exit status 2."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("mnist_dir")]
+from mnist_bench import compare as compare_tool
+from mnist_bench.errors import EXIT_BAD_INPUT
 
 GRID = ["backend=numpy", "activation=softmax", "batch_size=100", "lr=0.5", "epochs=4", "seed=0,1"]
 SMALL = ["dataset.train_limit=20000", "dataset.test_limit=1000", "progress=none"]
@@ -41,6 +43,8 @@ def compare(run_cli, folder: Path, baseline: str, candidate: str) -> tuple[int, 
 PERMISSIVE = ["timing.max_other_cpu_share=1", "timing.max_cpu_steal_share=1", "timing.max_epoch_spread=100"]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("mnist_dir")
 def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreliable(
     tmp_path: Path, run_cli, hydra_args
 ) -> None:
@@ -64,6 +68,11 @@ def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreli
     )  # same seeds, same numbers
     assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"]
     assert status == 0, output  # A/A: no significant slowdown beyond --max-slowdown 1.10
+    assert "one sweep on a side" in output  # says what its interval leaves out
+
+    status, (row,), output = compare(run_cli, tmp_path, "a,base", "a2")  # repeats, pooled per configuration
+    assert (row["n_baseline"], row["n_baseline_sweeps"], row["n_candidate_sweeps"]) == (4, 2, 1), output
+    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"] and status == 0, output
 
     status, (row,), output = compare(run_cli, tmp_path, "base", "slowed")
     assert row["speed_verdict"] == "slower" and row["speed_ratio_high"] < 1 / 1.10, output
@@ -72,3 +81,10 @@ def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreli
     status, (row,), output = compare(run_cli, tmp_path, "base", "noisy")
     assert row["speed_verdict"].startswith("unreliable: ") and "other processes used" in row["speed_verdict"], output
     assert status == 0, output  # unreliable is a warning, never a regression
+
+
+@pytest.mark.parametrize("sweeps", ["a,,b", ",", "a, "])
+def test_an_empty_sweep_name_is_one_line_and_exit_2(sweeps: str, capsys: pytest.CaptureFixture) -> None:
+    assert compare_tool.main([sweeps, "b"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names an empty sweep" in err[0] and "NAME1,NAME2" in err[0], err
