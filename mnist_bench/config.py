@@ -384,11 +384,13 @@ def backend_label(name: str, keras_backend: str | None) -> str:
 
 
 def run_name(cfg: Config) -> str:
-    """A readable run name such as ``numpy-sigmoid-lr0.1-e100-b128-s0`` (``keras[jax]-softmax-...``)."""
+    """A readable run name such as ``numpy-sigmoid-lr0.1-s0-e100-b128`` (``keras[jax]-softmax-...``): what
+    a sweep usually varies first, seed included, since MLflow's runs table shows only the first ~25
+    characters and rows that differ only past them look like one run twice."""
     batch = "" if cfg.batch_size is None else f"-b{cfg.batch_size}"
     data = "" if cfg.dataset.name == "mnist" else f"-{cfg.dataset.name}"
     backend = backend_label(cfg.backend.name, cfg.backend.keras_backend)
-    return f"{backend}-{cfg.activation}-lr{cfg.lr:g}-e{cfg.epochs}{batch}-s{cfg.seed}{data}"
+    return f"{backend}-{cfg.activation}-lr{cfg.lr:g}-s{cfg.seed}-e{cfg.epochs}{batch}{data}"
 
 
 def register() -> None:

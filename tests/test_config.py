@@ -228,10 +228,10 @@ def test_the_missions_sweep_compares_numpy_sigmoid_with_tf_softmax() -> None:
     cells = grid(OverridesParser.create().parse_overrides(["backend=numpy,tf", "lr=0.01,0.1"]))
     configs = [compose(*cell) for cell in cells]
     assert sorted(run_name(c) for c in configs) == [
-        "numpy-sigmoid-lr0.01-e10-s0",
-        "numpy-sigmoid-lr0.1-e10-s0",
-        "tf-softmax-lr0.01-e10-s0",
-        "tf-softmax-lr0.1-e10-s0",
+        "numpy-sigmoid-lr0.01-s0-e10",
+        "numpy-sigmoid-lr0.1-s0-e10",
+        "tf-softmax-lr0.01-s0-e10",
+        "tf-softmax-lr0.1-s0-e10",
     ]
     params = {(c.backend.name, as_flat_dict(c)["activation"]) for c in configs}  # what MLflow records
     assert params == {("numpy", "sigmoid"), ("tf", "softmax")}
@@ -265,12 +265,12 @@ def test_the_backends_default_activation_hashes_as_if_it_had_been_given() -> Non
 @pytest.mark.parametrize(
     ("cfg", "expected"),
     [
-        (Config(lr=0.1, epochs=100, seed=0), "numpy-sigmoid-lr0.1-e100-s0"),
-        (Config(lr=0.1, epochs=100, seed=0, batch_size=128), "numpy-sigmoid-lr0.1-e100-b128-s0"),
-        (Config(activation="softmax", lr=0.005, epochs=10, seed=3), "numpy-softmax-lr0.005-e10-s3"),
-        (Config(backend=BackendConfig(name="keras"), lr=1.0, epochs=5, batch_size=32), "keras-sigmoid-lr1-e5-b32-s0"),
-        (Config(dataset=DatasetConfig(name="fashion_mnist")), "numpy-sigmoid-lr0.1-e10-s0-fashion_mnist"),
-        (Config(backend=BackendConfig(name="keras", keras_backend="jax")), "keras[jax]-sigmoid-lr0.1-e10-s0"),
+        (Config(lr=0.1, epochs=100, seed=0), "numpy-sigmoid-lr0.1-s0-e100"),
+        (Config(lr=0.1, epochs=100, seed=0, batch_size=128), "numpy-sigmoid-lr0.1-s0-e100-b128"),
+        (Config(activation="softmax", lr=0.005, epochs=10, seed=3), "numpy-softmax-lr0.005-s3-e10"),
+        (Config(backend=BackendConfig(name="keras"), lr=1.0, epochs=5, batch_size=32), "keras-sigmoid-lr1-s0-e5-b32"),
+        (Config(dataset=DatasetConfig(name="fashion_mnist")), "numpy-sigmoid-lr0.1-s0-e10-fashion_mnist"),
+        (Config(backend=BackendConfig(name="keras", keras_backend="jax")), "keras[jax]-sigmoid-lr0.1-s0-e10"),
     ],
 )
 def test_run_name(cfg: Config, expected: str) -> None:

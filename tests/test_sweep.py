@@ -175,7 +175,7 @@ def test_grid_children_params_match_their_cell(grid: Sweep) -> None:
         assert params["dataset.train_limit"] == str(TRAIN_LIMIT)
         assert params["activation"] == run.data.tags["activation"]
         assert float(params["lr"]) in {float(lr) for lr in LRS}
-        assert run.info.run_name == f"numpy-{params['activation']}-lr{params['lr']}-e{EPOCHS}-s0"
+        assert run.info.run_name == f"numpy-{params['activation']}-lr{params['lr']}-s0-e{EPOCHS}"
 
 
 def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
@@ -295,7 +295,7 @@ def test_failing_cell_is_reported_the_others_run_and_divergence_is_not_a_failure
     assert "dataset.test_limit=20000 is larger than the test split" in output
     summary = proc.stdout[proc.stdout.index("sweep summary:") :]
     assert "diverged 1" in summary and "missing 1" in summary
-    assert "missing: numpy-sigmoid-lr1e+36-e2-s0 [" in summary and "dataset.test_limit=20000" in summary
+    assert "missing: numpy-sigmoid-lr1e+36-s0-e2 [" in summary and "dataset.test_limit=20000" in summary
 
     runs = runs_of(failing.store.uri)
     [parent] = parents(runs)

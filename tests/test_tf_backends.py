@@ -217,7 +217,7 @@ def test_a_cpu_job_prints_nothing_from_tensorflows_cuda_probe(tf_cpu_job: CliJob
 def test_resume_takes_the_backends_default_activation_for_the_same_run(tf_cpu_job: CliJob, run_cli, runs_of) -> None:
     """``backend=tf`` ran as tf-softmax; ``backend=tf activation=softmax`` is that run, so resume skips it."""
     (run,) = runs_of(tf_cpu_job.uri)
-    assert run.info.run_name == "tf-softmax-lr0.1-e1-s0" and run.data.params["activation"] == "softmax"
+    assert run.info.run_name == "tf-softmax-lr0.1-s0-e1" and run.data.params["activation"] == "softmax"
     again = run_cli(["backend=tf", "activation=softmax", *tf_cpu_job.args], tf_cpu_job.folder)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"skipped, already FINISHED as run {run.info.run_id}" in again.stdout + again.stderr
