@@ -277,18 +277,19 @@ def log_summary(
     }
     if observer.time_to_target is not None:
         summary["time_to_target_seconds"] = observer.time_to_target
+    tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
     if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
         roof = roofline.cached(cfg.backend.threads)
         floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)
-        summary |= {
-            "roofline_floor_seconds": floor,
-            "roofline_ratio": epoch_seconds / floor,
-            "machine_read_gb_per_s": roof.read_gb_per_s,
-            "machine_sgemm_gflop_per_s": roof.sgemm_gflop_per_s,
+        summary["roofline_ratio"] = epoch_seconds / floor
+        # facts of the machine, not results of the run: tags, so they add no chart to every run's page
+        tags |= {
+            Tag.ROOFLINE_FLOOR_SECONDS: f"{floor:.4g}",
+            Tag.ROOFLINE_READ_GB_PER_S: f"{roof.read_gb_per_s:.3g}",
+            Tag.ROOFLINE_SGEMM_GFLOP_PER_S: f"{roof.sgemm_gflop_per_s:.3g}",
         }
     summary["peak_rss_mb"] = machine.peak_rss_mb()
     active.log_metrics(summary)
-    tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
     if unstable:
         tags[Tag.TIMING_UNSTABLE] = "; ".join(unstable)
     active.set_tags(tags)

@@ -2,7 +2,7 @@
 
 One epoch of the linear model must read every training image once and do 4*N*784*10 flops
 (forward and weight gradient), so its floor is max(bytes / bandwidth, flops / peak). Each run
-logs that floor and ``roofline_ratio`` = its median epoch seconds / floor: a number that means
+tags that floor and logs ``roofline_ratio`` = its median epoch seconds / floor: a number that means
 the same on a laptop, on CI and on a workstation.
 
 ``mnist-bench roofline`` prints the probe; runs use a copy cached per machine and thread count.

@@ -34,6 +34,9 @@ class Tag:
     CPU_COUNT = "cpu_count"
     BLAS = "blas"
     THREADS = "backend.threads"  # as resolved for this job (config: null = cores / parallel jobs)
+    ROOFLINE_FLOOR_SECONDS = "roofline.floor_seconds"  # CPU runs: the epoch floor roofline_ratio divides by
+    ROOFLINE_READ_GB_PER_S = "roofline.read_gb_per_s"  # the machine's probed memory read bandwidth
+    ROOFLINE_SGEMM_GFLOP_PER_S = "roofline.sgemm_gflop_per_s"  # and its probed peak sgemm
     DIVERGED = "diverged"  # "true" when a loss became NaN or infinite
     TIMING_UNSTABLE = "timing_unstable"  # why a run's timings cannot be trusted (mnist_bench.timing)
     SWEEP_NAME = "sweep_name"  # on a sweep's parent and each of its jobs

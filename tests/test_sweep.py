@@ -258,6 +258,11 @@ def test_grid_children_are_tagged(grid: Sweep) -> None:
         assert tags[Tag.HOST] == socket.gethostname()
         assert tags[Tag.PID].isdigit() and int(tags["cpu_count"]) >= 1
         assert tags["diverged"] == "false"
+        floor = float(tags[Tag.ROOFLINE_FLOOR_SECONDS])  # a CPU run: the machine's figures are tags
+        ratio = run.data.metrics["seconds_per_epoch"] / floor
+        assert run.data.metrics["roofline_ratio"] == pytest.approx(ratio, rel=1e-3)
+        assert float(tags[Tag.ROOFLINE_READ_GB_PER_S]) > 0 and float(tags[Tag.ROOFLINE_SGEMM_GFLOP_PER_S]) > 0
+        assert not {"roofline_floor_seconds", "machine_read_gb_per_s"} & set(run.data.metrics)
         hashes.add(tags[Tag.CONFIG_HASH])
     assert len(hashes) == 4
 
