@@ -315,3 +315,43 @@ def test_a_backend_is_given_a_frozen_spec_of_what_to_compute_and_nothing_of_how_
         spec.lr = 1.0  # type: ignore[misc]
     spec.backend.threads = 7  # a copy: what a backend does to it never reaches the config
     assert cfg.backend.threads is None
+
+
+@pytest.mark.parametrize(
+    ("master_overrides", "sweep", "full_compositions"),
+    [
+        ([], ["backend=numpy,tf", "lr=0.01,0.1", "seed=0,1"], 2),
+        (
+            ["hydra/launcher=joblib"],
+            ["+experiment=fast,seed_tf", "backend.threads=1,2", "dataset.train_limit=100,null", "activation=sigmoid"],
+            2,
+        ),
+        (  # as Hydra names a job's folder from its overrides: each cell's own
+            ["hydra.job.config.override_dirname.kv_sep=_", "hydra.job.config.override_dirname.exclude_keys=[seed]"],
+            ["epochs=1,3", "seed=0,1", "sweep_name=x,y"],
+            1,
+        ),
+    ],
+)
+def test_a_sweeps_cells_are_exactly_what_hydra_composes(
+    master_overrides: list[str], sweep: list[str], full_compositions: int
+) -> None:
+    """The sweeper composes in full once per choice of config groups and copies that for the plain values:
+    each cell, its Hydra node included, must still be the config Hydra's own load_sweep_config makes."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from mnist_bench.hydra_app import CellComposer, grid, register
+    from mnist_bench.paths import conf_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=master_overrides, run_mode=RunMode.MULTIRUN)
+        compose_cell = CellComposer(loader, master)
+        cells = grid(compose_cell.parser.parse_overrides(sweep))
+        for overrides in cells:
+            ours, hydras = compose_cell(overrides), loader.load_sweep_config(master, overrides)
+            assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras), overrides
+    assert len(compose_cell.composed) == full_compositions < len(cells)
