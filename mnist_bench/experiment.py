@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -206,6 +207,17 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
             f"; timing unstable: {'; '.join(unstable)}" if unstable else "",
         )
     return active.run_id
+
+
+def prepare_process(backends: Sequence[str], cfg: Config, uri: str) -> int:
+    """What a job's process pays once, before its first job: the backends' and the store's imports (seconds
+    each) and the arrays of ``cfg``'s data. Returns the process's id. A parallel launcher's workers run this
+    while the sweep's own process is still setting up, so that none of it falls in their first jobs."""
+    for name in backends:
+        get(name)
+    tracking.import_store(uri)
+    _prepared(cfg)
+    return os.getpid()
 
 
 _last_prepared: tuple[str, base.TrainData, str] | None = None

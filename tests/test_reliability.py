@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def test_joblib_sweep_on_a_brand_new_store_finishes_every_job(tmp_path: Path, at
 
 
 def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None:
+    """Every run and point is logged, and the jobs run in the workers the sweep started and prepared ahead of
+    its launch (the same reusable executor), not in fresh ones that import everything again."""
     args = sweep_args(
         tmp_path,
         "hydra/launcher=joblib",
@@ -68,6 +71,9 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
     runs = child_runs(tmp_path)
     cells = {(r.data.params["lr"], r.data.params["activation"]) for r in runs}
     assert len(runs) == 8 and len(cells) == 8
+    ready = re.search(r"joblib workers ready ahead of the launch: pids ([\d, ]+)", done.stdout + done.stderr)
+    assert ready is not None, done.stdout[-2000:]
+    assert {r.data.tags[Tag.PID] for r in runs} == set(ready.group(1).split(", "))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     for run in runs:
         assert run.info.status == "FINISHED"
