@@ -7,13 +7,17 @@ cached under those official hashes: a second load is four memory maps instead of
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import gzip
 import hashlib
 import http.client
 import math
+import mmap
 import os
 import shutil
 import struct
+import sys
 import urllib.parse
 import urllib.request
 import warnings
@@ -75,6 +79,41 @@ def load(spec: DatasetConfig) -> Dataset:
     x_train, y_train = _limit(spec, "train", x_train, y_train, spec.train_limit)
     x_test, y_test = _limit(spec, "test", x_test, y_test, spec.test_limit)
     return Dataset(spec.name, x_train, y_train, x_test, y_test, source)
+
+
+CAST_ROWS = 4096  # images cast at a time: 3 MB of uint8 MNIST
+
+
+def cast(images: np.ndarray, dtype: str) -> np.ndarray:
+    """``images`` as a new ``dtype`` array, cast a block of rows at a time.
+
+    The cached arrays are memory-mapped, and every page a cast reads stays resident until it is unmapped: a
+    plain ``astype`` held MNIST's 47 MB of uint8 pixels beside their float32 copy, the peak of a run's memory.
+    Each block's pages are handed back once it is cast (the kernel re-reads them from the file if they are
+    touched again), so the peak is the cast array's.
+    """
+    out = np.empty(images.shape, dtype)
+    for start in range(0, len(images), CAST_ROWS):
+        out[start : start + CAST_ROWS] = images[start : start + CAST_ROWS]
+        if isinstance(images, np.memmap) and images.mode == "r":
+            _drop_pages(images[start : start + CAST_ROWS])
+    return out
+
+
+def _drop_pages(block: np.ndarray) -> None:
+    """Unmaps the whole pages under a block of a read-only file mapping (madvise DONTNEED; Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    page = mmap.PAGESIZE
+    start = -(-block.ctypes.data // page) * page
+    end = (block.ctypes.data + block.nbytes) // page * page
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _idx(spec: DatasetConfig, part: str) -> IdxFile:

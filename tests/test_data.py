@@ -462,3 +462,18 @@ def test_fashion_mnist_from_debians_dataset_package(tmp_path: Path, monkeypatch:
     assert fashion.source == str(system)
     assert fashion.x_train.shape == (60000, 784) and fashion.x_test.shape == (10000, 784)
     assert sorted(np.unique(fashion.y_test)) == list(range(10))
+
+
+@pytest.mark.parametrize("rows", [1, data.CAST_ROWS - 1, data.CAST_ROWS, 3 * data.CAST_ROWS + 7])
+@pytest.mark.parametrize("mapped", [True, False])
+def test_cast_gives_astypes_values_and_leaves_a_mapped_source_readable(tmp_path: Path, rows: int, mapped: bool) -> None:
+    """The cast hands back each block's pages of a memory-mapped cache as it goes: values must be astype's,
+    and the source must still read back whole (the kernel re-reads dropped pages from the file)."""
+    pixels = np.random.default_rng(rows).integers(0, 256, size=(rows, 784), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", pixels)
+    source = np.load(tmp_path / "images.npy", mmap_mode="r" if mapped else None)
+    assert isinstance(source, np.memmap) == mapped
+    cast = data.cast(source, "float32")
+    assert cast.dtype == np.float32
+    np.testing.assert_array_equal(cast, pixels.astype(np.float32))
+    np.testing.assert_array_equal(source, pixels)

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from mnist_bench.config import ConfigError, TrainingSpec
+from mnist_bench.data import cast
 from mnist_bench.errors import UserError
 
 NUM_CLASSES = 10
@@ -162,7 +163,7 @@ def prepare(
     """Cast the uint8 images once to the run's dtype (scaled to [0, 1] when ``normalize``)."""
 
     def inputs(images: np.ndarray) -> np.ndarray:
-        x = np.asarray(images, dtype=cfg.dtype)
+        x = cast(images, cfg.dtype)
         if cfg.normalize:
             x *= np.asarray(1 / 255, dtype=cfg.dtype)
         return x
