@@ -224,19 +224,16 @@ def override_dirname(overrides: Sequence[Override], settings: DictConfig) -> str
 
 
 class ComposedCells(ConfigLoader):
-    """The config loader a sweep's launcher gets: it hands back each cell's config as the sweeper composed
-    it to validate it, with the parent run's id set for the job's process, so that no cell is composed
-    twice (Hydra's compose costs 0.1-0.3 s a cell). Everything else is Hydra's own loader's."""
+    """The config loader a sweep's launcher gets: each cell's config comes from the sweeper's CellComposer,
+    which already holds the cells it composed in full, with the parent run's id set for the job's process.
+    A parallel launcher sends this loader with every job: it carries those few cells, not one config per
+    cell of the sweep (every job of a 100-cell sweep would carry 100). Everything else is Hydra's own."""
 
-    def __init__(self, loader: ConfigLoader, composed: Mapping[tuple[str, ...], DictConfig], parent_run_id: str):
-        self.loader, self.composed, self.parent_run_id = loader, dict(composed), parent_run_id
+    def __init__(self, compose_cell: CellComposer, parent_run_id: str):
+        self.loader, self.compose_cell, self.parent_run_id = compose_cell.loader, compose_cell, parent_run_id
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        cached = self.composed.get(tuple(sweep_overrides))
-        if cached is None:  # not a cell of this sweep: compose it as Hydra would
-            cell = self.loader.load_sweep_config(master_config, sweep_overrides)
-        else:
-            cell = copy.deepcopy(cached)  # the launcher writes the job's id and number into it
+        cell = self.compose_cell(sweep_overrides)
         with open_dict(cell):
             cell.hydra.job.env_set[PARENT_RUN_ENV] = self.parent_run_id
         return cell
@@ -273,28 +270,26 @@ class ValidatingSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def cells(self, arguments: Sequence[str]) -> list[tuple[list[str], DictConfig, Config]]:
-        """Every job's overrides, its composed config and that config validated; a bad value in any cell
-        stops the sweep here."""
+    def cells(self, arguments: Sequence[str]) -> tuple[CellComposer, list[tuple[list[str], Config]]]:
+        """What composes the cells, and every job's overrides with its config validated; a bad value in any
+        cell stops the sweep here."""
         assert self.hydra_context is not None and self.config is not None
         given = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         compose_cell = CellComposer(self.hydra_context.config_loader, self.config)
         cells = []
         for overrides in grid(compose_cell.parser.parse_overrides(given)):
             try:
-                composed = compose_cell(overrides)
-                cells.append((overrides, composed, validate(composed)))
+                cells.append((overrides, validate(compose_cell(overrides))))
             except ConfigError as err:
                 raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
-        return cells
+        return compose_cell, cells
 
-    def launcher(self, cells: Sequence[tuple[list[str], DictConfig, Config]], parent_run_id: str) -> Any:
-        """The configured launcher (basic, joblib, Ray), handed the composed cells instead of composing them."""
+    def launcher(self, compose_cell: CellComposer, parent_run_id: str) -> Any:
+        """The configured launcher (basic, joblib, Ray), composing its jobs' configs with ``compose_cell``."""
         from hydra.core.plugins import Plugins
 
         assert self.hydra_context is not None and self.task_function is not None and self.config is not None
-        composed = {tuple(overrides): cell for overrides, cell, _ in cells}
-        loader = ComposedCells(self.hydra_context.config_loader, composed, parent_run_id)
+        loader = ComposedCells(compose_cell, parent_run_id)
         return Plugins.instance().instantiate_launcher(
             hydra_context=HydraContext(config_loader=loader, callbacks=self.hydra_context.callbacks),
             task_function=self.task_function,
@@ -305,10 +300,10 @@ class ValidatingSweeper(Sweeper):
         from mnist_bench import experiment, roofline, tracking
 
         assert self.config is not None
-        cells = self.cells(arguments)
-        first = cells[0][2]
+        compose_cell, cells = self.cells(arguments)
+        first = cells[0][1]
         uri = tracking.resolve_uri(first.tracking.uri, Path(self.config.hydra.runtime.cwd))
-        workers = JoblibWorkers.start(self.config.hydra.launcher, [cfg for _, _, cfg in cells], uri)
+        workers = JoblibWorkers.start(self.config.hydra.launcher, [cfg for _, cfg in cells], uri)
         client, experiment_id = tracking.open_store(uri, first.tracking.experiment, first.tracking.patience_s)
         # Probe the machine once here, not in every parallel job at the same moment (it is cached).
         roofline.cached(experiment.resolve_threads(first, parallel_jobs(self.config.hydra.launcher)))
@@ -316,8 +311,7 @@ class ValidatingSweeper(Sweeper):
             log.warning("marked run %s KILLED: its process is gone", run_id)
 
         planned = [
-            Cell([tracking.redact(o) for o in overrides], config_hash(cfg), run_name(cfg))
-            for overrides, _, cfg in cells
+            Cell([tracking.redact(o) for o in overrides], config_hash(cfg), run_name(cfg)) for overrides, cfg in cells
         ]
         name = first.sweep_name or time.strftime("sweep-%Y%m%d-%H%M%S")
         sweep_dir = Path(self.config.hydra.runtime.cwd) / str(self.config.hydra.sweep.dir)
@@ -333,10 +327,10 @@ class ValidatingSweeper(Sweeper):
                 sweep_dir.mkdir(parents=True, exist_ok=True)
                 (sweep_dir / "multirun.yaml").write_text(tracking.redact(OmegaConf.to_yaml(self.config)))
                 _redact_log_records()
-                launcher = self.launcher(cells, parent_id)
+                launcher = self.launcher(compose_cell, parent_id)
                 if workers is not None:
                     workers.wait()
-                jobs = [overrides for overrides, _, _ in cells]
+                jobs = [overrides for overrides, _ in cells]
                 size = self.max_batch_size or len(jobs)
                 for start in range(0, len(jobs), size):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
