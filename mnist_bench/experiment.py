@@ -6,6 +6,7 @@ tracking store) is checked before the MLflow run is created, so bad input never 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -169,6 +170,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     device, device_name = backend.resolve_device(spec)
     train, data_source = _prepared(cfg)
     _check_batch_size(cfg, len(train.x_train))
+    settle_heap()
 
     sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
     tags = run_tags(cfg, cell_hash, device, device_name, sweep_name) | {
@@ -217,7 +219,23 @@ def prepare_process(backends: Sequence[str], cfg: Config, uri: str) -> int:
         get(name)
     tracking.import_store(uri)
     _prepared(cfg)
+    settle_heap()
     return os.getpid()
+
+
+_heap_settled = False
+
+
+def settle_heap() -> None:
+    """Once a process has its modules, store and arrays, which live as long as it does: collect once, then
+    freeze all of it out of the garbage collector's reach (gc.freeze). A full collection walked the ~290,000
+    objects of MLflow, SQLAlchemy and Hydra in 0.3 s, which loky's workers paid after nearly every job (they
+    collect when a job ends), every process paid at exit, and one could pay inside a timed epoch."""
+    global _heap_settled
+    if not _heap_settled:
+        gc.collect()
+        gc.freeze()
+        _heap_settled = True
 
 
 _last_prepared: tuple[str, base.TrainData, str] | None = None
