@@ -204,7 +204,8 @@ class CellComposer:
 
     def __call__(self, overrides: list[str]) -> DictConfig:
         parsed = self.parser.parse_overrides(overrides)
-        shape = tuple(o.input_line or "" for o in parsed if not self.is_plain_value(o))
+        # A copy keeps what its cell set: cells share one only if they set the same plain keys.
+        shape = tuple(o.key_or_group if self.is_plain_value(o) else o.input_line or "" for o in parsed)
         if shape not in self.composed:
             self.composed[shape] = self.loader.load_sweep_config(self.master, overrides)
             return copy.deepcopy(self.composed[shape])

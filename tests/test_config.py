@@ -355,3 +355,22 @@ def test_a_sweeps_cells_are_exactly_what_hydra_composes(
             ours, hydras = compose_cell(overrides), loader.load_sweep_config(master, overrides)
             assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras), overrides
     assert len(compose_cell.composed) == full_compositions < len(cells)
+
+
+def test_a_cell_setting_other_plain_keys_is_composed_afresh_not_copied() -> None:
+    """A copy carries the values its cell set: one that sets other keys (seed, not lr) must not inherit them."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from mnist_bench.hydra_app import CellComposer, register
+    from mnist_bench.paths import conf_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=[], run_mode=RunMode.MULTIRUN)
+        compose_cell = CellComposer(loader, master)
+        compose_cell(["lr=0.123"])
+        ours, hydras = compose_cell(["seed=7"]), loader.load_sweep_config(master, ["seed=7"])
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras)
