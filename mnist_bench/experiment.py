@@ -112,10 +112,13 @@ def _progress_bar(cfg: Config, name: str, in_sweep: bool):
 def run_params(cfg: Config) -> dict[str, str]:
     """A run's params: the config as given, without where it is logged or where its data came from (the
     dataset input holds that). backend.threads stays null ("as many as fit"), so that runs of backends that
-    resolve it differently still compare as one setting; the resolved count is the THREADS tag."""
+    resolve it differently still compare as one setting; the resolved count is the THREADS tag.
+
+    The top-level keys (activation, lr, epochs, seed, ...) come first: MLflow's UI lists params as logged."""
+    flat = as_flat_dict(cfg)
     params = {
-        k: tracking.redact(str(v))
-        for k, v in as_flat_dict(cfg).items()
+        k: tracking.redact(str(flat[k]))
+        for k in sorted(flat, key=lambda k: "." in k)
         if not k.startswith("tracking.") and not is_data_provenance(k)
     }
     params["tracking.experiment"] = cfg.tracking.experiment

@@ -229,6 +229,8 @@ def test_grid_children_record_their_dataset_and_a_description(grid: Sweep) -> No
         assert (profile["train_rows"], profile["test_rows"]) == (TRAIN_LIMIT, TEST_LIMIT)
         assert set(profile["sha256"]) == {"train_images", "train_labels", "test_images", "test_labels"}
         assert not [key for key in run.data.params if key.endswith(".sha256") or key == "dataset.mirrors"]
+        keys = list(run.data.params)  # as logged, which is how MLflow's UI lists them: the settings a user sets first
+        assert keys == sorted(keys, key=lambda key: "." in key) and keys.index("lr") < 5, keys
         description = run.data.tags[Tag.DESCRIPTION]
         assert description.startswith(f"numpy {run.data.params['activation']} model on mnist (2,000 train / 500 test")
     assert len({run.inputs.dataset_inputs[0].dataset.digest for run in grid.children}) == 1
