@@ -23,7 +23,7 @@ import numpy as np
 from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
-from mnist_bench.schema import Tag
+from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Tag
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,9 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
             active.log_artifacts(Path(folder))
         # The job, from its start to its artifacts stored; a process's first job also has its start-up.
         clock = {"wall_seconds": time.time() - wall_start}
-        active.log_metrics(clock if startup_seconds is None else clock | {"startup_seconds": startup_seconds})
+        if startup_seconds is not None:
+            clock["startup_seconds"] = startup_seconds
+        active.log_metrics(system_metrics(clock))
         final = observer.history[-1]
         log.info(
             "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
@@ -281,6 +283,11 @@ def _check_batch_size(cfg: Config, n_train: int) -> None:
         )
 
 
+def system_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """How a run was measured, under MLflow's system prefix: its UI shows them apart from the results."""
+    return {SYSTEM_METRIC_PREFIX + key: value for key, value in metrics.items()}
+
+
 def log_summary(
     active: tracking.TrackedRun,
     cfg: Config,
@@ -303,10 +310,13 @@ def log_summary(
         "epochs_run": fit.epochs_run,
         "train_seconds": observer.train_seconds,
         "seconds_per_epoch": epoch_seconds,
+        "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
+    }
+    system = {
         "timing_stable": float(not unstable),
         **conditions.metrics(),
         "warmup_seconds": fit.warmup_seconds,
-        "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
+        "peak_rss_mb": machine.peak_rss_mb(),
     }
     if observer.time_to_target is not None:
         summary["time_to_target_seconds"] = observer.time_to_target
@@ -321,8 +331,7 @@ def log_summary(
             Tag.ROOFLINE_READ_GB_PER_S: f"{roof.read_gb_per_s:.3g}",
             Tag.ROOFLINE_SGEMM_GFLOP_PER_S: f"{roof.sgemm_gflop_per_s:.3g}",
         }
-    summary["peak_rss_mb"] = machine.peak_rss_mb()
-    active.log_metrics(summary)
+    active.log_metrics(summary | system_metrics(system))
     if unstable:
         tags[Tag.TIMING_UNSTABLE] = "; ".join(unstable)
     active.set_tags(tags)

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 PREFIX = "mnist_bench."  # the harness's own bookkeeping tags
+# Metrics of how a run was measured (load, steal, memory, the harness's own seconds), not of the model:
+# MLflow's UI shows metrics under this prefix in a run's "System metrics" tab, apart from the results.
+SYSTEM_METRIC_PREFIX = "system/"
+
+
+def metric_name(key: str) -> str:
+    """A logged metric's name as the readers know it, for runs logged with or without the system prefix."""
+    return key.removeprefix(SYSTEM_METRIC_PREFIX)
 
 
 class Tag:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mnist_bench import artifacts, timing, tracking
 from mnist_bench.config import backend_label, changes_numbers
 from mnist_bench.errors import UserError
-from mnist_bench.schema import CONFUSION_ARTIFACT, Cell, Status, Tag, normalise, status_of
+from mnist_bench.schema import CONFUSION_ARTIFACT, Cell, Status, Tag, metric_name, normalise, status_of
 
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 
@@ -58,7 +58,7 @@ def _run_row(run: Run) -> dict[str, object]:
     tags, params = run.data.tags, run.data.params
     return {
         **params,
-        **run.data.metrics,
+        **{metric_name(key): value for key, value in run.data.metrics.items()},
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "status": status_of(run).value,
