@@ -324,6 +324,7 @@ class ValidatingSweeper(Sweeper):
         try:
             with tracking.sigterm_raises():
                 tracking.log_sweep_plan(client, parent_id, arguments, planned)
+                view_key = tracking.share_sweep_view(client, experiment_id, name)
                 print(f"sweep {name}: {len(planned)} jobs, parent run {parent_id}, store {tracking.redact(uri)}")
                 sweep_dir.mkdir(parents=True, exist_ok=True)
                 (sweep_dir / "multirun.yaml").write_text(tracking.redact(OmegaConf.to_yaml(self.config)))
@@ -337,7 +338,7 @@ class ValidatingSweeper(Sweeper):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                         _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
-            print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id)))
+            print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
             status = tracking.KILLED
@@ -407,7 +408,7 @@ def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
     )
 
 
-def next_steps(name: str, uri: str, experiment: str, experiment_id: str) -> list[str]:
+def next_steps(name: str, uri: str, experiment: str, experiment_id: str, view_key: str) -> list[str]:
     """Where to look once a sweep has ended: the command for its report, and a link that opens its runs in
     MLflow's UI (with, for a local store, the command that serves that UI)."""
     from mnist_bench.tracking import redact
@@ -416,32 +417,23 @@ def next_steps(name: str, uri: str, experiment: str, experiment_id: str) -> list
     report = ["mnist-bench", "report", "--sweep", name, "--tracking-uri", store, "--experiment", experiment]
     if store.startswith(("http://", "https://")):
         base = urllib.parse.urlsplit(store)._replace(query="", fragment="").geturl()
-        runs = runs_link(base, experiment_id, name)
+        runs = runs_link(base, experiment_id, view_key)
     else:
         serve = ["mlflow", "ui", "--backend-store-uri", store, "--port", str(UI_PORT)]
-        runs = f"{shlex.join(serve)}, then open {runs_link(f'http://127.0.0.1:{UI_PORT}', experiment_id, name)}"
+        runs = f"{shlex.join(serve)}, then open {runs_link(f'http://127.0.0.1:{UI_PORT}', experiment_id, view_key)}"
     return [f"report: {shlex.join(report)}", f"runs: {runs}"]
 
 
 UI_PORT = 5000  # mlflow ui's own default
 
 
-def runs_link(server: str, experiment_id: str, name: str) -> str:
+def runs_link(server: str, experiment_id: str, view_key: str) -> str:
     """The address in MLflow's UI (3.x) of a sweep's runs: the experiment's runs table in its "Model training"
-    view (``workflowType``; a fresh browser otherwise gets the GenAI overview), searched for the sweep's tag,
-    which the parent run and each job carry, less the parent (``searchFilter``: it has no metrics, and in the
-    charts it would take a place and head every legend), sorted by run name (``orderByKey``): sorted by
-    anything but creation time the table lists the jobs flat instead of folded under their parent. The UI
-    routes after ``#``; these are the query parameters its runs page reads from there."""
-    quote = "'" if "'" not in name else '"'
+    view (``workflowType``; a fresh browser otherwise gets the GenAI overview), showing the view that
+    tracking.share_sweep_view saved (``viewStateShareKey``). The UI routes after ``#``; these are the query
+    parameters its runs page reads from there."""
     query = urllib.parse.urlencode(
-        {
-            "workflowType": "machine_learning",
-            "searchFilter": f"tags.{Tag.SWEEP_NAME} = {quote}{name}{quote} and tags.`{Tag.PARENT}` IS NOT NULL",
-            "orderByKey": "tags.`mlflow.runName`",
-            "orderByAsc": "true",
-        },
-        quote_via=urllib.parse.quote,
+        {"workflowType": "machine_learning", "viewStateShareKey": view_key}, quote_via=urllib.parse.quote
     )
     return f"{server.rstrip('/')}/#/experiments/{urllib.parse.quote(experiment_id, safe='')}/runs?{query}"
 

@@ -31,6 +31,7 @@ class Tag:
 
     PARENT = "mlflow.parentRunId"  # MLflow's own: nests a job under its sweep's parent run
     DESCRIPTION = "mlflow.note.content"  # MLflow's own: the run's description in its UI
+    SHARED_VIEW = "mlflow.sharedViewState."  # MLflow's own, on an experiment: + a key, a runs-page view a link names
     BACKEND = "backend"
     KERAS_BACKEND = "keras_backend"  # keras runs only: the engine Keras ran on (tensorflow or jax)
     ACTIVATION = "activation"

@@ -8,6 +8,7 @@ overview. Screenshots are kept under each test's tmp_path.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -27,8 +28,12 @@ from typing import Any
 import pytest
 from needs import import_extra, missing
 
+from mnist_bench.schema import Tag
+
 CHROMIUM = "apt-get install chromium chromium-driver"
-SWEEP = ["-m", "lr=0.1,0.5", "epochs=1", "dataset.train_limit=1000", "dataset.test_limit=500"]
+# 12 jobs: more than the 10 runs MLflow's charts draw unless a view says otherwise
+SWEEP = ["-m", "lr=0.1,0.5", "seed=range(0,6)", "epochs=1", "dataset.train_limit=1000", "dataset.test_limit=500"]
+JOBS = 12
 SWEEP_NAME = "browser-sweep"
 UI_START_S = 240  # mlflow ui on 2 busy cores takes up to a minute or two to answer
 PAGE_S = 60
@@ -49,7 +54,7 @@ def sweep(mnist_dir, tmp_path_factory, run_cli, make_store, hydra_args, runs_of)
     proc = run_cli([*SWEEP, f"sweep_name={SWEEP_NAME}", f"tracking.uri={store.uri}", *hydra_args(folder)], folder)
     assert proc.returncode == 0, proc.stderr[-4000:]
     names = sorted(run.info.run_name for run in runs_of(store.uri))
-    assert len(names) == 3 and SWEEP_NAME in names
+    assert len(names) == JOBS + 1 and SWEEP_NAME in names
     return Sweep(folder, store.uri, proc.stdout, [name for name in names if name != SWEEP_NAME])
 
 
@@ -122,7 +127,7 @@ def link_query(link: str) -> tuple[str, dict[str, list[str]]]:
 def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_a_server() -> None:
     from mnist_bench.hydra_app import next_steps
 
-    report, runs = next_steps("my sweep", "sqlite:////tmp/a b/mlflow.db", "mnist-bench", "7")
+    report, runs = next_steps("my sweep", "sqlite:////tmp/a b/mlflow.db", "mnist-bench", "7", "k1")
     assert report.startswith("report: mnist-bench report --sweep 'my sweep'")
     serve, _, link = runs.removeprefix("runs: ").partition(", then open ")
     assert shlex.split(serve) == [
@@ -136,19 +141,13 @@ def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_
     assert link.startswith("http://127.0.0.1:5000/#/experiments/7/runs?") and " " not in link
     route, query = link_query(link)
     assert route == "/experiments/7/runs"
-    assert query == {
-        "workflowType": ["machine_learning"],
-        "searchFilter": ["tags.sweep_name = 'my sweep' and tags.`mlflow.parentRunId` IS NOT NULL"],
-        "orderByKey": ["tags.`mlflow.runName`"],
-        "orderByAsc": ["true"],
-    }
+    # No search parameter of its own: with one, MLflow's UI ignores the shared view (searchFilter and the rest)
+    assert query == {"workflowType": ["machine_learning"], "viewStateShareKey": ["k1"]}
 
-    _, runs = next_steps("it's", "https://user:secret@mlflow.example:8443/ui/?token=abc", "e", "3")
+    _, runs = next_steps("it's", "https://user:secret@mlflow.example:8443/ui/?token=abc", "e", "3", "k2")
     link = runs.removeprefix("runs: ")
     assert link.startswith("https://mlflow.example:8443/ui/#/experiments/3/runs?") and "secret" not in link
-    assert link_query(link)[1]["searchFilter"] == [
-        'tags.sweep_name = "it\'s" and tags.`mlflow.parentRunId` IS NOT NULL'
-    ]
+    assert link_query(link)[1]["viewStateShareKey"] == ["k2"]
 
 
 def free_port() -> int:
@@ -197,6 +196,7 @@ def mlflow_ui(sweep: Sweep) -> Iterator[tuple[list[str], int]]:
 def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     browser: Any, sweep: Sweep, mlflow_ui: tuple[list[str], int], tmp_path: Path
 ) -> None:
+    from mlflow.tracking import MlflowClient
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -204,7 +204,10 @@ def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     [line] = [line for line in sweep.stdout.splitlines() if line.startswith("runs: ")]
     link = line.rpartition(", then open ")[2]
     assert link.startswith("http://127.0.0.1:5000/#/experiments/"), line
-    (search,) = link_query(link)[1]["searchFilter"]
+    experiment_id = link_query(link)[0].split("/")[2]
+    (key,) = link_query(link)[1]["viewStateShareKey"]
+    view = json.loads(MlflowClient(sweep.uri).get_experiment(experiment_id).tags[Tag.SHARED_VIEW + key])
+    search = view["searchFilter"]
     assert search == f"tags.sweep_name = '{SWEEP_NAME}' and tags.`mlflow.parentRunId` IS NOT NULL"
     browser.get(link.replace(":5000/", f":{port}/", 1))
 
@@ -224,3 +227,19 @@ def test_the_printed_link_opens_the_sweeps_runs_in_mlflow_ui(
     assert SWEEP_NAME not in text, "the parent run (no metrics) is left out of the runs and their charts"
     searches = browser.execute_script("return Array.from(document.querySelectorAll('input'), i => i.value)")
     assert "Run Name" in text and search in searches, searches
+
+    # The chart view draws every job: its first chart is a bar chart of a summary metric, a bar a drawn run.
+    browser.get(link.replace(":5000/", f":{port}/", 1) + "&compareRunsMode=CHART")
+    bars = (
+        "return Array.from(document.querySelectorAll('.js-plotly-plot'), "
+        "p => p.querySelectorAll('.bars .point').length)"
+    )
+    try:
+        WebDriverWait(browser, PAGE_S, poll_frequency=0.5).until(
+            lambda driver: max(driver.execute_script(bars), default=0) >= JOBS
+        )
+    except TimeoutException:
+        pass
+    finally:
+        browser.save_screenshot(str(tmp_path / "mlflow-charts.png"))
+    assert max(browser.execute_script(bars), default=0) == JOBS, "runs drawn per bar chart, for 12 jobs"

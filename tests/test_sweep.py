@@ -167,10 +167,10 @@ def test_the_report_command_a_sweep_prints_reports_that_sweep(grid: Sweep, run_c
     link = urllib.parse.urlsplit(runs.rpartition(" ")[2])  # the UI's route and query follow its '#'
     route, _, query = link.fragment.partition("?")
     assert route == f"/experiments/{grid.parent.info.experiment_id}/runs"
-    (search,) = urllib.parse.parse_qs(query)["searchFilter"]
-    from mlflow.tracking import MlflowClient
-
-    found = MlflowClient(grid.store.uri).search_runs([grid.parent.info.experiment_id], search)
+    (key,) = urllib.parse.parse_qs(query)["viewStateShareKey"]
+    experiment = grid.store.client.get_experiment(grid.parent.info.experiment_id)
+    search = json.loads(experiment.tags[Tag.SHARED_VIEW + key])["searchFilter"]
+    found = grid.store.client.search_runs([experiment.experiment_id], search)
     assert sorted(run.info.run_id for run in found) == sorted(run.info.run_id for run in grid.children), search
 
 

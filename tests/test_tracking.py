@@ -324,6 +324,25 @@ def test_tracked_run_links_its_parent(store) -> None:
     assert client.get_run(run.run_id).data.tags[Tag.PARENT] == parent
 
 
+def test_a_sweeps_shared_view_finds_its_jobs_not_its_parent_and_draws_them_all(store) -> None:
+    """The view a sweep's printed link names, as MLflow's UI reads it: an experiment tag holding JSON."""
+    import json
+
+    client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
+    for name in ("it's", 'say "hi"'):
+        parent = client.create_run(experiment_id, run_name=name, tags={Tag.SWEEP_NAME: name}).info.run_id
+        jobs = [
+            client.create_run(experiment_id, tags={Tag.SWEEP_NAME: name, Tag.PARENT: parent}).info.run_id
+            for _ in range(2)
+        ]
+        key = tracking.share_sweep_view(client, experiment_id, name)
+        assert tracking.share_sweep_view(client, experiment_id, name) == key  # a sweep re-launched: the same view
+        view = json.loads(client.get_experiment(experiment_id).tags[Tag.SHARED_VIEW + key])
+        assert view["runsHiddenMode"] == "SHOW_ALL" and view["orderByKey"] == "tags.`mlflow.runName`"
+        found = client.search_runs([experiment_id], view["searchFilter"])
+        assert sorted(run.info.run_id for run in found) == sorted(jobs), view["searchFilter"]
+
+
 # --- signals and the reaper ----------------------------------------------------------------------
 
 VICTIM = """
