@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from threadpoolctl import threadpool_limits
 
 from mnist_bench.backends.base import NUM_CLASSES, FitResult
 from mnist_bench.config import Config
@@ -40,7 +41,11 @@ def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
     np.savez(folder / "weights.npz", weights=fit.weights, bias=fit.bias)
 
     labels = np.asarray(y_test, dtype=np.int64)
-    _, predicted = losses_and_predictions(x_test, np.eye(NUM_CLASSES)[labels], fit.weights, fit.bias, cfg.spec())
+    targets = np.eye(NUM_CLASSES, dtype=x_test.dtype)[labels]
+    # On the job's BLAS threads, as it trained: a thread OpenBLAS wakes for the first time here brings its
+    # own buffer, 12 MiB that were the peak of a one-epoch minibatch run.
+    with threadpool_limits(limits=cfg.backend.threads, user_api="blas"):
+        _, predicted = losses_and_predictions(x_test, targets, fit.weights, fit.bias, cfg.spec())
     write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion_matrix(labels, predicted))
 
 
