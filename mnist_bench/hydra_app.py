@@ -411,11 +411,11 @@ def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
 def next_steps(name: str, uri: str, experiment: str, experiment_id: str, view_key: str) -> list[str]:
     """Where to look once a sweep has ended: the command for its report, and a link that opens its runs in
     MLflow's UI (with, for a local store, the command that serves that UI)."""
-    from mnist_bench.tracking import redact
+    from mnist_bench.tracking import is_server, redact
 
     store = redact(uri)
     report = ["mnist-bench", "report", "--sweep", name, "--tracking-uri", store, "--experiment", experiment]
-    if store.startswith(("http://", "https://")):
+    if is_server(store):
         base = urllib.parse.urlsplit(store)._replace(query="", fragment="").geturl()
         runs = runs_link(base, experiment_id, view_key)
     else:

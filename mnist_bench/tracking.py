@@ -109,6 +109,11 @@ SERVER_NOTICE_EVERY_S = 10.0  # while a tracking server does not answer, say so 
 SERVER_ATTEMPT_S = 8  # one attempt of a call to a tracking server, at most: the first notice comes within 10 s
 
 
+def is_server(uri: str) -> bool:
+    """Whether the store is a tracking server (MLflow's REST API), not a database or a folder."""
+    return uri.startswith(("http://", "https://"))
+
+
 def bound_server_waits(uri: str, patience_s: float = SERVER_PATIENCE_S) -> None:
     """Keep each call to a tracking server within ``patience_s`` and say, in one line, when it does not answer.
 
@@ -116,7 +121,7 @@ def bound_server_waits(uri: str, patience_s: float = SERVER_PATIENCE_S) -> None:
     urllib3 logs every retry with its internals. Here the pauses (0, 2, 4, ... s) take at most half the
     patience and the attempts the other half. Set through MLflow's variables, which it reads at every call,
     so the workers this process starts inherit them."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
     retries = int(math.log2(patience_s / 2 + 2))  # the pauses add up to 2**retries - 2 s
     os.environ.update(
@@ -198,7 +203,7 @@ def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: f
         if not os.access(target, os.W_OK):
             raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
         return
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         _await_health(uri, attempt_s, patience_s)
 
 
@@ -286,7 +291,7 @@ def import_store(uri: str) -> None:
     opening it: a process can pay that ahead of its first job, and no store is touched before it is created."""
     from mlflow.tracking import MlflowClient  # noqa: F401
 
-    if "://" in uri and not uri.startswith(("http://", "https://", "file:")):
+    if "://" in uri and not (is_server(uri) or uri.startswith("file:")):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
 
