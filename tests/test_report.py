@@ -530,6 +530,18 @@ def test_a_relaunched_finished_sweep_reports_the_runs_its_cells_reused(tmp_path:
     assert len(problems) == 1 and problems[0].startswith("| missing | jax-sigmoid"), listed
 
 
+def test_a_run_logged_before_the_system_prefix_reads_as_one_logged_with_it(store) -> None:
+    """The measurement conditions moved under ``system/``: the report's columns keep one name for both."""
+    client, experiment_id = tracking.open_store(store.uri, "mnist-bench")
+    rows = []
+    for prefix in ("", "system/"):
+        run_id = client.create_run(experiment_id).info.run_id
+        for key, value in {"final_test_accuracy": 0.9, f"{prefix}load_average_start": 1.5}.items():
+            client.log_metric(run_id, key, value)
+        rows.append(reading._run_row(client.get_run(run_id)))
+    assert [(row["final_test_accuracy"], row["load_average_start"]) for row in rows] == [(0.9, 1.5)] * 2
+
+
 def test_find_sweep_by_name_id_and_latest(sweep_store: LoggedSweep) -> None:
     def found(wanted: str) -> str:
         return tracking.find_sweep(sweep_store.client, sweep_store.experiment_id, wanted, "here").info.run_id
