@@ -324,7 +324,6 @@ class ValidatingSweeper(Sweeper):
         try:
             with tracking.sigterm_raises():
                 tracking.log_sweep_plan(client, parent_id, arguments, planned)
-                view_key = tracking.share_sweep_view(client, experiment_id, name)
                 print(f"sweep {name}: {len(planned)} jobs, parent run {parent_id}, store {tracking.redact(uri)}")
                 sweep_dir.mkdir(parents=True, exist_ok=True)
                 (sweep_dir / "multirun.yaml").write_text(tracking.redact(OmegaConf.to_yaml(self.config)))
@@ -338,6 +337,7 @@ class ValidatingSweeper(Sweeper):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                         _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
+            view_key = tracking.share_sweep_view(client, experiment_id, name)  # what the link below opens
             print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
