@@ -63,7 +63,8 @@ class BackendConfig:
     xla: bool = False
     # keras only: the engine Keras runs on, tensorflow or jax.
     keras_backend: str = "tensorflow"
-    # Untimed epochs run (and logged as warmup_seconds) before the timed ones.
+    # Untimed epochs run (and logged as warmup_seconds) before the timed ones; numpy runs them once a process
+    # for each data, batch size and thread count, as what they warm outlives a job.
     warmup_epochs: int = 1
 
     def __post_init__(self) -> None:

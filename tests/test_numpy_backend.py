@@ -294,6 +294,21 @@ def test_warmup_epochs_do_not_change_the_results() -> None:
     assert cold.warmup_seconds < warm.warmup_seconds  # the warm-up did run
 
 
+def test_a_process_warms_up_once_for_each_set_of_arrays_batch_size_and_thread_count() -> None:
+    cfg = make_cfg(batch_size=16, epochs=1, backend=BackendConfig(threads=1, warmup_epochs=1))
+    arrays = base.prepare(*RAW, cfg.spec())
+
+    def warm_up_seconds(cfg: Config, arrays: TrainData) -> float:
+        return NumpyBackend().fit(arrays, cfg.spec(), lambda m: False).warmup_seconds
+
+    assert warm_up_seconds(cfg, arrays) > 0
+    assert warm_up_seconds(dataclasses.replace(cfg, seed=1, lr=0.1), arrays) == 0  # a later job, already warm
+    assert warm_up_seconds(dataclasses.replace(cfg, batch_size=32), arrays) > 0
+    assert warm_up_seconds(dataclasses.replace(cfg, backend=BackendConfig(threads=2, warmup_epochs=1)), arrays) > 0
+    assert warm_up_seconds(cfg, base.prepare(*RAW, cfg.spec())) > 0  # new arrays
+    assert warm_up_seconds(cfg, arrays) > 0  # the first arrays again: only the last set is remembered
+
+
 @pytest.mark.parametrize(
     "options",
     [

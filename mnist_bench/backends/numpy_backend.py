@@ -16,6 +16,7 @@ backward products read the block from cache (see README, "Benchmarks and CI gate
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -39,6 +40,26 @@ from mnist_bench.config import TrainingSpec
 # Rows per block of a large batch: 1024 x 784 float32 (3 MB) stays in cache between the block's forward
 # and backward products, which makes full-batch epochs faster than one 60000-row product pair (docs/performance.md).
 BLOCK_ROWS = 1024
+
+# The arrays this process last ran warm-up epochs on (held weakly), and the (batch size, threads) it ran them with.
+_warmed: tuple[weakref.ref[TrainData], set[tuple[int, int | None]]] | None = None
+
+
+def warm_up_epochs(data: TrainData, cfg: TrainingSpec, batch_size: int) -> int:
+    """How many untimed epochs this fit runs first: ``backend.warmup_epochs``, or none where this process has
+    already run them on the same arrays, batch size and thread count. What they warm, OpenBLAS's threads and
+    the arrays' pages, outlives a job, so a sweep's later jobs in one process (the basic launcher, a reused
+    joblib worker) start warm: their first timed epoch was no slower without a warm-up of their own than with
+    one (docs/performance.md), and the warm-up was a third of each job's cost outside training."""
+    global _warmed
+    if _warmed is None or _warmed[0]() is not data:
+        _warmed = (weakref.ref(data), set())
+    done = _warmed[1]
+    key = (batch_size, cfg.backend.threads)
+    if key in done:
+        return 0
+    done.add(key)
+    return cfg.backend.warmup_epochs
 
 
 def probabilities_and_loss(z: np.ndarray, y: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
@@ -91,10 +112,10 @@ class NumpyBackend:
             threadpool_limits(limits=cfg.backend.threads, user_api="blas"),
             np.errstate(over="ignore", invalid="ignore"),
         ):
-            start = time.perf_counter()
-            for _ in range(cfg.backend.warmup_epochs):  # on copies: warms BLAS, changes nothing
+            warm_ups, start = warm_up_epochs(data, cfg, batch_size), time.perf_counter()
+            for _ in range(warm_ups):  # on copies: warms BLAS, changes nothing
                 self._train_epoch(data, y_train, weights.copy(), bias.copy(), lrs[0], None, batch_size, cfg)
-            warmup_seconds = time.perf_counter() - start
+            warmup_seconds = time.perf_counter() - start if warm_ups else 0.0
 
             velocity = (np.zeros_like(weights), np.zeros_like(bias)) if cfg.momentum else None
             epochs_run = 0
