@@ -50,7 +50,7 @@ def warm_up_epochs(data: TrainData, cfg: TrainingSpec, batch_size: int) -> int:
     already run them on the same arrays, batch size and thread count. What they warm, OpenBLAS's threads and
     the arrays' pages, outlives a job, so a sweep's later jobs in one process (the basic launcher, a reused
     joblib worker) start warm: their first timed epoch was no slower without a warm-up of their own than with
-    one (docs/performance.md), and the warm-up was a third of each job's cost outside training."""
+    one, and the warm-up was a quarter of each job's cost outside training (docs/performance.md)."""
     global _warmed
     if _warmed is None or _warmed[0]() is not data:
         _warmed = (weakref.ref(data), set())
