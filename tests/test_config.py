@@ -357,6 +357,30 @@ def test_a_sweeps_cells_are_exactly_what_hydra_composes(
     assert len(compose_cell.composed) == full_compositions < len(cells)
 
 
+def test_a_validated_cell_is_handed_to_its_job_once_and_stays_in_this_process() -> None:
+    """The basic launcher composes its jobs here: each gets the cell composed for validation, not a second
+    composition; a copy for another process (joblib's, Ray's) carries none of the kept cells."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from joblib.externals import cloudpickle
+
+    from mnist_bench.hydra_app import CellComposer, register
+    from mnist_bench.paths import conf_dir
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir())):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=[], run_mode=RunMode.MULTIRUN)
+        compose_cell = CellComposer(loader, master)
+        cell = compose_cell.compose(["lr=0.3"])
+        compose_cell.keep(["lr=0.3"], cell)
+        assert cloudpickle.loads(cloudpickle.dumps(compose_cell)).kept == {}
+        assert compose_cell(["lr=0.3"]) is cell
+        again = compose_cell(["lr=0.3"])
+    assert again is not cell and OmegaConf.to_container(again) == OmegaConf.to_container(cell)
+
+
 def test_a_cell_setting_other_plain_keys_is_composed_afresh_not_copied() -> None:
     """A copy carries the values its cell set: one that sets other keys (seed, not lr) must not inherit them."""
     from hydra import initialize_config_dir
