@@ -354,7 +354,7 @@ class ValidatingSweeper(Sweeper):
                     for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                         _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
-            view_key = tracking.share_sweep_view(client, experiment_id, name)  # what the link below opens
+            view_key = sweep_view(client, experiment_id, name, uri)  # what the link below opens
             print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
             status = tracking.FAILED if failures else tracking.FINISHED
         except (KeyboardInterrupt, tracking.Terminated):
@@ -425,7 +425,20 @@ def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
     )
 
 
-def next_steps(name: str, uri: str, experiment: str, experiment_id: str, view_key: str) -> list[str]:
+def sweep_view(client: Any, experiment_id: str, name: str, uri: str) -> str | None:
+    """The key of the sweep's saved runs view, or None, with one warning line, where the store refused it (a
+    full disk): the view only filters the page the link opens, so the sweep's outcome stands without it."""
+    from mnist_bench import tracking
+
+    try:
+        return tracking.share_sweep_view(client, experiment_id, name)
+    except Exception as err:
+        why = tracking.store_failure(err, uri) or tracking.error_line(err)
+        log.warning("the sweep's runs view was not saved (%s): the link below opens all the experiment's runs", why)
+        return None
+
+
+def next_steps(name: str, uri: str, experiment: str, experiment_id: str, view_key: str | None) -> list[str]:
     """Where to look once a sweep has ended: the command for its report, and a link that opens its runs in
     MLflow's UI (with, for a local store, the command that serves that UI)."""
     from mnist_bench.tracking import is_server, redact
@@ -444,14 +457,13 @@ def next_steps(name: str, uri: str, experiment: str, experiment_id: str, view_ke
 UI_PORT = 5000  # mlflow ui's own default
 
 
-def runs_link(server: str, experiment_id: str, view_key: str) -> str:
+def runs_link(server: str, experiment_id: str, view_key: str | None) -> str:
     """The address in MLflow's UI (3.x) of a sweep's runs: the experiment's runs table in its "Model training"
     view (``workflowType``; a fresh browser otherwise gets the GenAI overview), showing the view that
-    tracking.share_sweep_view saved (``viewStateShareKey``). The UI routes after ``#``; these are the query
-    parameters its runs page reads from there."""
-    query = urllib.parse.urlencode(
-        {"workflowType": "machine_learning", "viewStateShareKey": view_key}, quote_via=urllib.parse.quote
-    )
+    tracking.share_sweep_view saved (``viewStateShareKey``; without one, the experiment's runs). The UI routes
+    after ``#``; these are the query parameters its runs page reads from there."""
+    view = {} if view_key is None else {"viewStateShareKey": view_key}
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", **view}, quote_via=urllib.parse.quote)
     return f"{server.rstrip('/')}/#/experiments/{urllib.parse.quote(experiment_id, safe='')}/runs?{query}"
 
 

@@ -150,6 +150,20 @@ def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_
     assert link_query(link)[1]["viewStateShareKey"] == ["k2"]
 
 
+def test_a_view_the_store_refuses_is_one_warning_and_the_link_opens_the_experiments_runs(store, caplog) -> None:
+    """A full disk can refuse the view at the sweep's end, after its jobs: the sweep still prints where to look."""
+    from mnist_bench import tracking
+    from mnist_bench.hydra_app import next_steps, sweep_view
+
+    client, _ = tracking.open_store(store.uri, "views")
+    with caplog.at_level("WARNING", logger="mnist_bench.hydra_app"):
+        assert sweep_view(client, "999999", "s", store.uri) is None  # no such experiment: the store refuses
+    [record] = caplog.records
+    assert "runs view was not saved" in record.getMessage() and "\n" not in record.getMessage()
+    _, runs = next_steps("s", store.uri, "views", "999999", None)
+    assert link_query(runs.rpartition(", then open ")[2])[1] == {"workflowType": ["machine_learning"]}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
