@@ -125,8 +125,14 @@ def compare(
         diff = sum(cand.accuracies) / len(cand.accuracies) - sum(base.accuracies) / len(base.accuracies)
         reasons = []
         if speed.verdict == timing.SLOWER and speed.high < 1 / max_slowdown:
+            drift_hint = (
+                ", unless the machine drifted between the sweeps: repeat each side in turns (A B A B) to tell"
+                if len(base.sweeps) == 1 or len(cand.sweeps) == 1
+                else ""
+            )
             reasons.append(
-                f"slower by more than {max_slowdown:g}x (interval {1 / speed.high:.2f}-{1 / speed.low:.2f}x)"
+                f"slower by more than {max_slowdown:g}x"
+                f" (interval {1 / speed.high:.2f}-{1 / speed.low:.2f}x){drift_hint}"
             )
         if diff < -max_accuracy_drop:
             reasons.append(f"test accuracy {diff:+.4f} (allowed -{max_accuracy_drop:g})")

@@ -1,6 +1,7 @@
-"""``mnist-bench compare`` on real sweeps: the same sweep twice is no regression, with one sweep a side or
-with repeats, a candidate that really ran slower is one (exit 1), a candidate timed beside busy processes
-is unreliable rather than slower, and bad input is one line with exit status 2."""
+"""``mnist-bench compare`` on real sweeps: the same sweep repeated in turns is no regression, one sweep a
+side gives the same numbers and says what its interval leaves out, a candidate that really ran slower is a
+regression (exit 1), a candidate timed beside busy processes is unreliable rather than slower, and bad
+input is one line with exit status 2."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ PERMISSIVE = ["timing.max_other_cpu_share=1", "timing.max_cpu_steal_share=1", "t
 def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreliable(
     tmp_path: Path, run_cli, hydra_args
 ) -> None:
-    sweep(run_cli, hydra_args, tmp_path, "a")
-    sweep(run_cli, hydra_args, tmp_path, "a2")
+    for name in ("a1", "b1", "a2", "b2"):  # in turns, so a drift in the machine's speed falls on both sides
+        sweep(run_cli, hydra_args, tmp_path, name)
     sweep(run_cli, hydra_args, tmp_path, "base", *PERMISSIVE)
     spinners = [multiprocessing.Process(target=_spin, args=(600,)) for _ in range(2 * multiprocessing.cpu_count())]
     for process in spinners:
@@ -62,21 +63,25 @@ def test_a_to_a_is_no_regression_a_slowed_candidate_is_and_a_noisy_one_is_unreli
             process.terminate()
             process.join()
 
-    status, (row,), output = compare(run_cli, tmp_path, "a", "a2")
+    # One sweep a side: the same numbers, and a caveat, but no promise on the exit status. Two sweeps in a
+    # row can differ by 1.5x on this machine with every recorded condition steady (CI met 0.64x), and
+    # only repeats put that drift into the interval (docs/performance.md, Drift between sweeps).
+    _, (row,), output = compare(run_cli, tmp_path, "a1", "b1")
     assert (row["n_baseline"], row["n_candidate"], row["accuracy_diff"]) == (2, 2, 0), (
         output
     )  # same seeds, same numbers
-    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"]
-    assert status == 0, output  # A/A: no significant slowdown beyond --max-slowdown 1.10
+    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"], output
     assert "one sweep on a side" in output  # says what its interval leaves out
 
-    status, (row,), output = compare(run_cli, tmp_path, "a,base", "a2")  # repeats, pooled per configuration
-    assert (row["n_baseline"], row["n_baseline_sweeps"], row["n_candidate_sweeps"]) == (4, 2, 1), output
-    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"] and status == 0, output
+    status, (row,), output = compare(run_cli, tmp_path, "a1,a2", "b1,b2")  # repeats, pooled per configuration
+    assert (row["n_baseline"], row["n_baseline_sweeps"], row["n_candidate_sweeps"]) == (4, 2, 2), output
+    assert row["speed_ratio_low"] <= row["speed_ratio"] <= row["speed_ratio_high"], output
+    assert status == 0 and "one sweep on a side" not in output, output  # A/A: no slowdown beyond 1.10
 
     status, (row,), output = compare(run_cli, tmp_path, "base", "slowed")
     assert row["speed_verdict"] == "slower" and row["speed_ratio_high"] < 1 / 1.10, output
     assert status == 1 and "REGRESSION" in output and "slower by more than 1.1x" in output
+    assert "unless the machine drifted between the sweeps" in output, output  # one sweep a side: says so
 
     status, (row,), output = compare(run_cli, tmp_path, "base", "noisy")
     assert row["speed_verdict"].startswith("unreliable: ") and "other processes used" in row["speed_verdict"], output
