@@ -10,6 +10,7 @@ import math
 import shlex
 import socket
 import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -253,6 +254,41 @@ def test_only_the_processs_first_job_carries_its_start_up(grid: Sweep) -> None:
     assert [run for run in grid.children if "system/startup_seconds" in run.data.metrics] == [first]
     startup = first.data.metrics["system/startup_seconds"]  # Python, Hydra and MLflow's import: seconds
     assert all(run.data.metrics["system/wall_seconds"] < startup for run in grid.children)  # a small job: far less
+
+
+# Runs the CLI with config.validate counted, before hydra_app imports it; prints the count at exit.
+_COUNT_VALIDATIONS = """
+import atexit, sys
+import mnist_bench.config as config
+calls, validate = [], config.validate
+config.validate = lambda cfg: calls.append(cfg) or validate(cfg)
+atexit.register(lambda: print(f"validations: {len(calls)}", file=sys.stderr))
+from mnist_bench import cli
+cli.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.usefixtures("mnist_dir")
+def test_a_basic_sweep_validates_each_cell_once_and_its_jobs_run_what_was_validated(
+    tmp_path: Path, cli_env, make_store, hydra_args, runs_of
+) -> None:
+    store = make_store(tmp_path)
+    args = ["-m", "lr=0.1,0.5", "epochs=1", "dataset.train_limit=2000", "dataset.test_limit=500", "progress=none"]
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_VALIDATIONS, *args, f"tracking.uri={store.uri}", *hydra_args(tmp_path)],
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "validations: 2" in done.stderr, done.stderr[-3000:]  # by the sweeper; the jobs take its configs
+    from mlflow.tracking import MlflowClient
+
+    from mnist_bench import tracking
+
+    runs = runs_of(store.uri)
+    (parent,), jobs = parents(runs), [run for run in runs if Tag.PARENT in run.data.tags]
+    planned = tracking.sweep_cells(MlflowClient(store.uri), parent.info.run_id)
+    assert sorted(run.data.params["lr"] for run in jobs) == ["0.1", "0.5"]
+    assert sorted(run.data.tags[Tag.CONFIG_HASH] for run in jobs) == sorted(c.config_hash for c in planned)
 
 
 def test_grid_children_are_tagged(grid: Sweep) -> None:
