@@ -59,7 +59,7 @@ class Observer:
     def __call__(self, m: base.EpochMetrics) -> bool:
         self.history.append(m)
         self.train_seconds += m.epoch_seconds
-        self.run.log_metrics(
+        self.run.log(
             {
                 "train_loss": m.train_loss,
                 "train_accuracy": m.train_accuracy,
@@ -175,7 +175,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     _check_batch_size(cfg, len(train.x_train))
     settle_heap()
 
-    sweep_name = tracking.sweep_name(client.get_run(parent_run_id)) if parent_run_id else None
+    sweep_name = tracking.job_sweep_name(client, parent_run_id) if parent_run_id else None
     tags = run_tags(cfg, cell_hash, device, device_name, sweep_name) | {
         Tag.DESCRIPTION: _description(cfg, train, device)
     }
@@ -194,7 +194,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
                 bar.close()
         conditions = probe.finish([m.epoch_seconds for m in observer.history])
         unstable = timing.unstable_reasons(conditions, cfg.timing)
-        log_summary(active, cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
+        summary, closing_tags = run_summary(cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             artifacts.write(Path(folder), cfg, fit, train.x_test, train.y_test)
             active.log_artifacts(Path(folder))
@@ -202,7 +202,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         clock = {"wall_seconds": time.time() - wall_start}
         if startup_seconds is not None:
             clock["startup_seconds"] = startup_seconds
-        active.log_metrics(system_metrics(clock))
+        active.log(summary | system_metrics(clock), tags=closing_tags)  # one transaction for the store
         final = observer.history[-1]
         log.info(
             "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
@@ -288,8 +288,7 @@ def system_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {SYSTEM_METRIC_PREFIX + key: value for key, value in metrics.items()}
 
 
-def log_summary(
-    active: tracking.TrackedRun,
+def run_summary(
     cfg: Config,
     observer: Observer,
     fit: base.FitResult,
@@ -297,8 +296,9 @@ def log_summary(
     train_shape: tuple[int, int],
     conditions: timing.Conditions,
     unstable: list[str],
-) -> None:
-    """The run's summary metrics and closing tags, derived from the epochs the observer saw."""
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The run's summary metrics (results, and how they were measured) and closing tags, derived from the
+    epochs the observer saw."""
     n_train, n_features = train_shape
     history = observer.history
     epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in history])
@@ -331,7 +331,6 @@ def log_summary(
             Tag.ROOFLINE_READ_GB_PER_S: f"{roof.read_gb_per_s:.3g}",
             Tag.ROOFLINE_SGEMM_GFLOP_PER_S: f"{roof.sgemm_gflop_per_s:.3g}",
         }
-    active.log_metrics(summary | system_metrics(system))
     if unstable:
         tags[Tag.TIMING_UNSTABLE] = "; ".join(unstable)
-    active.set_tags(tags)
+    return summary | system_metrics(system), tags

@@ -378,7 +378,7 @@ def process_tags() -> dict[str, str]:
     }
 
 
-# How many ``log_metrics`` calls (one per epoch) may wait for the store. A store slower than training then
+# How many ``log`` calls (one per epoch) may wait for the store. A store slower than training then
 # holds training back between epochs (outside their timing), and the end of a run waits for at most this
 # many calls, not for a backlog the length of the run.
 PENDING_METRIC_CALLS = 64
@@ -386,8 +386,8 @@ PENDING_METRIC_CALLS = 64
 
 @dataclass
 class TrackedRun:
-    """An open MLflow run. Each ``log_metrics`` call is one ``log_batch``, stored by a background thread so
-    that training does not wait on the store; ``wait`` blocks until all of it is stored. Not MLflow's own
+    """An open MLflow run. Each ``log`` call is one ``log_batch``, stored by a background thread so that
+    training does not wait on the store; ``wait`` blocks until all of it is stored. Not MLflow's own
     asynchronous logging: its thread looks for work only once a second, which every run's close waited for
     (docs/performance.md has the figures)."""
 
@@ -397,8 +397,9 @@ class TrackedRun:
     _writer: threading.Thread | None = None
     _error: Exception | None = None
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+    def log(self, metrics: Mapping[str, float], step: int = 0, tags: Mapping[str, str] | None = None) -> None:
+        """Queue metrics at ``step``, and tags, as one store transaction."""
+        from mlflow.entities import Metric, RunTag
 
         if self._error is not None:  # the store refused earlier epochs: stop training now, not at the end
             raise self._error
@@ -406,13 +407,19 @@ class TrackedRun:
         if self._writer is None:
             self._writer = threading.Thread(target=self._store_pending, name="mnist-bench-metrics", daemon=True)
             self._writer.start()
-        self._pending.put([Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+        self._pending.put(
+            (
+                [Metric(k, float(v), stamp, step) for k, v in metrics.items()],
+                [RunTag(k, str(v)) for k, v in (tags or {}).items()],
+            )
+        )
 
     def _store_pending(self) -> None:
         while (batch := self._pending.get()) is not None:
             if self._error is None:  # after a failure the rest is dropped; wait() raises the failure
+                metrics, tags = batch
                 try:
-                    self.client.log_batch(self.run_id, metrics=batch)
+                    self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
                 except Exception as err:
                     self._error = err
 
@@ -425,11 +432,6 @@ class TrackedRun:
         error, self._error = self._error, None
         if error is not None:
             raise error
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
@@ -659,6 +661,16 @@ def earlier_sweep(client: MlflowClient, experiment_id: str, parent: Run) -> Run 
 def sweep_name(parent: Run) -> str:
     """What a sweep is called: the sweep_name config (or a timestamp), which is its parent run's name."""
     return parent.data.tags.get(Tag.SWEEP_NAME) or parent.info.run_name or parent.info.run_id
+
+
+_sweep_names: dict[str, str] = {}
+
+
+def job_sweep_name(client: MlflowClient, parent_run_id: str) -> str:
+    """The name of the sweep a job belongs to, read from its parent run once per process, not every job."""
+    if parent_run_id not in _sweep_names:
+        _sweep_names[parent_run_id] = sweep_name(client.get_run(parent_run_id))
+    return _sweep_names[parent_run_id]
 
 
 def find_sweep(client: MlflowClient, experiment_id: str, wanted: str, where: str) -> Run:

@@ -178,7 +178,8 @@ def log_child(
             fit = FitResult(np.zeros((784, 10)), np.zeros(10), epochs_run=cfg.epochs, warmup_seconds=0.5)
             conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(run["history"]["epoch_seconds"]))
             unstable = timing.unstable_reasons(conditions, cfg.timing)
-            experiment.log_summary(active, cfg, observer, fit, "cpu", (N_TRAIN, 784), conditions, unstable)
+            summary, tags = experiment.run_summary(cfg, observer, fit, "cpu", (N_TRAIN, 784), conditions, unstable)
+            active.log(summary, tags=tags)
             with tempfile.TemporaryDirectory() as folder:
                 artifacts.write_confusion_matrix(Path(folder) / CONFUSION_ARTIFACT, run["confusion"])
                 active.log_artifacts(Path(folder))

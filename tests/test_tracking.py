@@ -178,7 +178,7 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
         with tracking.tracked_run(client, experiment_id, "a-run", params, {"backend": "numpy"}) as run:
             run_id = run.run_id
             assert _status(client, run_id) == "RUNNING"
-            run.log_metrics({"train_loss": 1.5}, step=1)
+            run.log({"train_loss": 1.5}, step=1, tags={"diverged": "false"})  # one batch: metrics and tags
             if raised is not None:
                 raise raised
     except BaseException as err:
@@ -189,7 +189,7 @@ def test_tracked_run_status(store, raised: BaseException | None, status: str, er
     assert found.info.status == status
     assert found.data.params == {"lr": "0.1", "backend.name": "numpy"}
     assert found.data.metrics == {"train_loss": 1.5}
-    assert found.data.tags["backend"] == "numpy"
+    assert found.data.tags["backend"] == "numpy" and found.data.tags["diverged"] == "false"
     assert found.data.tags[Tag.PID] == str(os.getpid())
     if error is None:
         assert Tag.ERROR not in found.data.tags
@@ -277,7 +277,7 @@ def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
         for epoch in range(1, 201):  # sent to the writer thread faster than it stores them
-            run.log_metrics({"train_loss": 1 / epoch, "test_accuracy": epoch / 200}, step=epoch)
+            run.log({"train_loss": 1 / epoch, "test_accuracy": epoch / 200}, step=epoch)
     assert client.get_run(run.run_id).info.status == "FINISHED"
     for key in ("train_loss", "test_accuracy"):
         assert sorted(p.step for p in client.get_metric_history(run.run_id, key)) == list(range(1, 201))
@@ -288,9 +288,7 @@ def test_a_store_that_falls_behind_holds_training_back_instead_of_queueing_witho
     epochs = tracking.PENDING_METRIC_CALLS * 3
     with tracking.tracked_run(client, experiment_id, "store-behind", {}, {}) as run:
         released = lock_store(store.path, 5)  # the writer's first log_batch waits for the lock
-        training = threading.Thread(
-            target=lambda: [run.log_metrics({"train_loss": 1.0}, step=e) for e in range(epochs)]
-        )
+        training = threading.Thread(target=lambda: [run.log({"train_loss": 1.0}, step=e) for e in range(epochs)])
         training.start()
         deadline = time.monotonic() + 4
         while run._pending.qsize() < tracking.PENDING_METRIC_CALLS and time.monotonic() < deadline:
@@ -310,8 +308,8 @@ def test_a_metric_the_store_refuses_fails_the_run_and_is_raised_at_the_end(store
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     refused = pytest.raises(MlflowException, match="Step must be a valid long")
     with refused, tracking.tracked_run(client, experiment_id, "refused", {}, {}) as run:
-        run.log_metrics({"train_loss": 1.0}, step=1)
-        run.log_metrics({"train_loss": 2.0}, step="not a step")  # type: ignore[arg-type]
+        run.log({"train_loss": 1.0}, step=1)
+        run.log({"train_loss": 2.0}, step="not a step")  # type: ignore[arg-type]
     assert client.get_run(run.run_id).info.status == "FAILED"
     assert [p.value for p in client.get_metric_history(run.run_id, "train_loss")] == [1.0]
 
