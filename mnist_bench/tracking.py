@@ -14,11 +14,9 @@ import json
 import logging
 import math
 import os
-import queue
 import re
 import signal
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -378,60 +376,43 @@ def process_tags() -> dict[str, str]:
     }
 
 
-# How many ``log`` calls (one per epoch) may wait for the store. A store slower than training then
-# holds training back between epochs (outside their timing), and the end of a run waits for at most this
-# many calls, not for a backlog the length of the run.
-PENDING_METRIC_CALLS = 64
+# How long metrics given to ``TrackedRun.log`` may wait, between epochs, before they are stored.
+FLUSH_INTERVAL_S = 1.0
 
 
 @dataclass
 class TrackedRun:
-    """An open MLflow run. Each ``log`` call is one ``log_batch``, stored by a background thread so that
-    training does not wait on the store; ``wait`` blocks until all of it is stored. Not MLflow's own
-    asynchronous logging: its thread looks for work only once a second, which every run's close waited for
-    (docs/performance.md has the figures)."""
+    """An open MLflow run. What ``log`` is given is stored in the thread that calls it, between epochs,
+    never beside one: a store call in a background thread while an epoch was timed made that epoch 5-7%
+    slower (it holds the GIL that a NumPy minibatch loop needs; docs/performance.md). To keep the store's
+    cost small, metrics and tags wait and go in one ``log_batch`` once FLUSH_INTERVAL_S has passed since the
+    last one (long epochs: every epoch, so MLflow's UI follows a run live) and at ``flush``, which the end
+    of a run calls before its status is set."""
 
     client: MlflowClient
     run_id: str
-    _pending: queue.Queue = field(default_factory=lambda: queue.Queue(maxsize=PENDING_METRIC_CALLS))
-    _writer: threading.Thread | None = None
-    _error: Exception | None = None
+    _metrics: list = field(default_factory=list)
+    _tags: dict[str, str] = field(default_factory=dict)
+    _last_flush: float = field(default_factory=time.monotonic)
 
     def log(self, metrics: Mapping[str, float], step: int = 0, tags: Mapping[str, str] | None = None) -> None:
-        """Queue metrics at ``step``, and tags, as one store transaction."""
-        from mlflow.entities import Metric, RunTag
+        """Metrics at ``step``, and tags: stored now if the last store was FLUSH_INTERVAL_S ago, else later."""
+        from mlflow.entities import Metric
 
-        if self._error is not None:  # the store refused earlier epochs: stop training now, not at the end
-            raise self._error
         stamp = int(time.time() * 1000)
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._store_pending, name="mnist-bench-metrics", daemon=True)
-            self._writer.start()
-        self._pending.put(
-            (
-                [Metric(k, float(v), stamp, step) for k, v in metrics.items()],
-                [RunTag(k, str(v)) for k, v in (tags or {}).items()],
-            )
-        )
+        self._metrics += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        self._tags |= {k: str(v) for k, v in (tags or {}).items()}
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
 
-    def _store_pending(self) -> None:
-        while (batch := self._pending.get()) is not None:
-            if self._error is None:  # after a failure the rest is dropped; wait() raises the failure
-                metrics, tags = batch
-                try:
-                    self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
-                except Exception as err:
-                    self._error = err
+    def flush(self) -> None:
+        """Store everything ``log`` holds in one transaction; raises what the store raises."""
+        from mlflow.entities import RunTag
 
-    def wait(self) -> None:
-        """Block until every metric sent so far is stored; raises if any could not be."""
-        if self._writer is not None:
-            self._pending.put(None)
-            self._writer.join()
-            self._writer = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        metrics, tags, self._metrics, self._tags = self._metrics, self._tags, [], {}
+        if metrics or tags:
+            self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._last_flush = time.monotonic()
 
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
@@ -483,7 +464,7 @@ def tracked_run(
             client.log_batch(run_id, params=items[start : start + _BATCH])
         with sigterm_raises():
             yield active
-        active.wait()  # the run is FINISHED only once all its metrics are stored
+        active.flush()  # the run is FINISHED only once all its metrics are stored
         status = FINISHED
     except (KeyboardInterrupt, Terminated) as err:
         status = KILLED
@@ -499,8 +480,8 @@ def tracked_run(
             client.set_tag(run_id, Tag.ERROR, error_text(err))
         raise
     finally:
-        with contextlib.suppress(Exception):  # what was queued lands before the end status, as far as it can
-            active.wait()
+        with contextlib.suppress(Exception):  # what was logged lands before the end status, as far as it can
+            active.flush()
         close(client, run_id, status)
 
 

@@ -302,8 +302,9 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
     uri, _ = mlflow_server
     address, env = ray_head
     experiment = "cluster-kill"
-    # The long cell is launched last, so the short one is done when its worker dies.
-    command = sweep_command(address, uri, experiment, tmp_path / "sweep", "lr=0.3", "epochs=2,400")
+    # The long cell is launched last, so the short one is done when its worker dies. 3,000 epochs of 3 ms keep
+    # it training for seconds after its first epochs reach the store (at most a second after they end).
+    command = sweep_command(address, uri, experiment, tmp_path / "sweep", "lr=0.3", "epochs=2,3000")
     log = tmp_path / "first.log"
     with log.open("w") as out:
         first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -314,7 +315,7 @@ def test_killed_ray_job_is_reported_and_a_relaunch_finishes_every_cell(
                 client, experiment_id = tracking.open_existing(uri, experiment)
             except tracking.TrackingError:  # no experiment yet
                 return None
-            for run in runs_of(client, experiment_id, "params.epochs = '400' and attributes.status = 'RUNNING'"):
+            for run in runs_of(client, experiment_id, "params.epochs = '3000' and attributes.status = 'RUNNING'"):
                 if client.get_metric_history(run.info.run_id, "train_loss"):
                     return run
             return None

@@ -84,9 +84,9 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
 
 
 def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: Path) -> None:
-    # 600 epochs keep each job RUNNING about 3 s: at 40 (0.3 s) a job could finish between the poll that saw it
-    # RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI).
-    overrides = ("seed=0,1,2,3", "epochs=600", "batch_size=50")
+    # 1,000 epochs keep each job RUNNING about 3 s: at 40 (0.3 s) a job could finish between the poll that saw
+    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI).
+    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50")
     launcher = subprocess.Popen(
         sweep_args(tmp_path, *overrides),
         cwd=tmp_path,
@@ -118,7 +118,8 @@ def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: 
 def test_sigterm_to_a_joblib_sweeps_main_process_leaves_no_run_running(tmp_path: Path) -> None:
     """A scheduler or a user's kill signals the sweep's main process only. Its parallel workers are then shut
     down without closing their runs: the sweep must close them (KILLED) before it exits 130."""
-    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "epochs=200", "batch_size=50")
+    # 1,000 epochs keep each job RUNNING about 3 s, past the poll that sees both running and the signal.
+    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "epochs=1000", "batch_size=50")
     sweep = subprocess.Popen(
         sweep_args(tmp_path, *overrides), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -155,7 +156,7 @@ def _children_after_one(tmp: Path) -> list:
 def test_two_identical_sweeps_started_at_once_train_each_cell_once(tmp_path: Path) -> None:
     """Each job looks for a FINISHED run of its cell before training: two sweeps started together both find
     none. The later sweep must give way to the earlier, in one line, instead of training every cell again."""
-    args = sweep_args(tmp_path, "lr=0.1,0.2", "epochs=500")  # each cell trains for some seconds: they overlap
+    args = sweep_args(tmp_path, "lr=0.1,0.2", "epochs=1000")  # each cell trains for some seconds: they overlap
     sweeps = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     sweeps.append(subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [sweep.communicate(timeout=600) for sweep in sweeps]

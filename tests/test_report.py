@@ -143,7 +143,7 @@ client, experiment_id = tracking.open_existing(uri, experiment_name)
 tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
 with tracking.tracked_run(client, experiment_id, run_name(cfg), experiment.run_params(cfg), tags, parent_id) as run:
     experiment.Observer(cfg, run, None)(EpochMetrics(**json.loads(epoch)))
-    run.wait()
+    run.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 """
 

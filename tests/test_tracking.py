@@ -273,42 +273,37 @@ def test_a_store_locked_by_another_process_is_one_line_saying_so(store) -> None:
         holder.close()
 
 
-def test_queued_metrics_are_all_stored_before_the_run_is_finished(store) -> None:
+def test_metrics_logged_within_the_flush_interval_wait_and_are_all_stored_before_the_run_is_finished(store) -> None:
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with tracking.tracked_run(client, experiment_id, "many-epochs", {}, {}) as run:
-        for epoch in range(1, 201):  # sent to the writer thread faster than it stores them
+        for epoch in range(1, 201):  # short epochs: well within FLUSH_INTERVAL_S of the run's start
             run.log({"train_loss": 1 / epoch, "test_accuracy": epoch / 200}, step=epoch)
+        assert client.get_metric_history(run.run_id, "train_loss") == []  # no store call between them
     assert client.get_run(run.run_id).info.status == "FINISHED"
     for key in ("train_loss", "test_accuracy"):
         assert sorted(p.step for p in client.get_metric_history(run.run_id, key)) == list(range(1, 201))
 
 
-def test_a_store_that_falls_behind_holds_training_back_instead_of_queueing_without_bound(store) -> None:
+def test_an_epoch_ending_a_flush_interval_after_the_last_store_is_stored_at_once(store) -> None:
+    """Long epochs reach the store as each ends, so that MLflow's UI follows the run."""
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
-    epochs = tracking.PENDING_METRIC_CALLS * 3
-    with tracking.tracked_run(client, experiment_id, "store-behind", {}, {}) as run:
-        released = lock_store(store.path, 5)  # the writer's first log_batch waits for the lock
-        training = threading.Thread(target=lambda: [run.log({"train_loss": 1.0}, step=e) for e in range(epochs)])
-        training.start()
-        deadline = time.monotonic() + 4
-        while run._pending.qsize() < tracking.PENDING_METRIC_CALLS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert training.is_alive()  # held back at the bound
-        assert run._pending.qsize() == tracking.PENDING_METRIC_CALLS
-        released.join()
-        training.join(timeout=60)
-        assert not training.is_alive()
-    assert client.get_run(run.run_id).info.status == "FINISHED"
-    assert sorted(p.step for p in client.get_metric_history(run.run_id, "train_loss")) == list(range(epochs))
+    with tracking.tracked_run(client, experiment_id, "long-epochs", {}, {}) as run:
+        run.log({"train_loss": 2.0}, step=1)
+        time.sleep(tracking.FLUSH_INTERVAL_S)
+        run.log({"train_loss": 1.0}, step=2, tags={"diverged": "false"})
+        assert [p.value for p in client.get_metric_history(run.run_id, "train_loss")] == [2.0, 1.0]
+        assert client.get_run(run.run_id).data.tags["diverged"] == "false"
+        assert client.get_run(run.run_id).info.status == "RUNNING"
 
 
-def test_a_metric_the_store_refuses_fails_the_run_and_is_raised_at_the_end(store) -> None:
+def test_a_metric_the_store_refuses_fails_the_run_and_is_raised(store) -> None:
     from mlflow.exceptions import MlflowException
 
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     refused = pytest.raises(MlflowException, match="Step must be a valid long")
     with refused, tracking.tracked_run(client, experiment_id, "refused", {}, {}) as run:
         run.log({"train_loss": 1.0}, step=1)
+        run.flush()  # as after a long epoch
         run.log({"train_loss": 2.0}, step="not a step")  # type: ignore[arg-type]
     assert client.get_run(run.run_id).info.status == "FAILED"
     assert [p.value for p in client.get_metric_history(run.run_id, "train_loss")] == [1.0]
