@@ -115,7 +115,9 @@ def test_report_html_renders_with_every_plot_and_no_console_error(
     assert len(images) >= 4, images  # curves, accuracy vs lr, seconds per epoch, confusion matrices
     assert all(src.startswith("data:image/png;base64") and done and width > 0 for src, done, width in images), images
     assert distinct_colours(screenshot) > 16, f"{screenshot} looks blank"
-    assert SWEEP_NAME in browser.find_element("tag name", "body").text
+    text = browser.find_element("tag name", "body").text
+    assert SWEEP_NAME in text
+    assert "**" not in text and "`" not in text, "Markdown shown as its markers"
 
 
 def link_query(link: str) -> tuple[str, dict[str, list[str]]]:

@@ -769,6 +769,18 @@ def test_markdown_points_mlflow_readers_to_the_html(full_report: Path) -> None:
     assert "Markdown preview" not in (full_report / "report.html").read_text()
 
 
+def test_report_html_shows_the_prose_markdown_rendered_not_as_its_markers(full_report: Path) -> None:
+    page = (full_report / "report.html").read_text()
+    assert "<strong>tf-softmax vs numpy-sigmoid</strong> (lr=0.1" in page  # the headline's sentence
+    assert "<code>python -m mnist_bench -m backend=numpy,tf" in page  # the header's command
+    assert "**" not in page and "`" not in page
+
+
+def test_html_inline_markup_is_escaped_and_code_spans_keep_their_stars() -> None:
+    page = render.to_html("t", [("p", "**a & b** call `f(**kw)` on <x>, and **c**")])
+    assert "<p><strong>a &amp; b</strong> call <code>f(**kw)</code> on &lt;x&gt;, and <strong>c</strong></p>" in page
+
+
 # --- end to end ---------------------------------------------------------------------------------------
 
 

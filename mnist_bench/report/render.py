@@ -8,6 +8,7 @@ import base64
 import html
 import re
 from collections.abc import Sequence
+from itertools import cycle
 
 import pandas as pd
 
@@ -80,9 +81,18 @@ def to_csv(table: pd.DataFrame) -> bytes:
     return table.map(defused).to_csv(index=False).encode()
 
 
+_CODE_SPAN = re.compile(r"(`[^`]+`)")
+_STRONG = re.compile(r"\*\*([^*]+)\*\*")
+
+
 def _inline(text: str) -> str:
-    """Escaped text with `code` spans, the only Markdown the report's prose uses."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escaped text with the only Markdown the report's prose uses: `code` spans and **strong** words (the
+    headline's pair), never inside a code span, where ``**`` is literal."""
+    pieces = _CODE_SPAN.split(text)  # odd places hold the code spans
+    return "".join(
+        f"<code>{html.escape(piece[1:-1])}</code>" if odd else _STRONG.sub(r"<strong>\1</strong>", html.escape(piece))
+        for odd, piece in zip(cycle((False, True)), pieces)
+    )
 
 
 def to_html(title: str, blocks: Sequence[Block]) -> str:
