@@ -163,7 +163,9 @@ def test_the_report_command_a_sweep_prints_reports_that_sweep(grid: Sweep, run_c
     assert command[:2] == ["mnist-bench", "report"] and sweep_name in command
     done = run_cli([*command[1:], "--out", str(grid.folder / "printed-report")], grid.folder)
     assert done.returncode == 0, done.stderr
-    assert f"report of sweep {sweep_name}:" in done.stdout and "(4 runs;" in done.stdout
+    page = grid.folder / "printed-report" / "report.html"
+    assert f"report of sweep {sweep_name}: {page} (open it in a browser;" in done.stdout, done.stdout
+    assert "; 4 runs;" in done.stdout and page.is_file()
     [runs] = [line for line in grid.proc.stdout.splitlines() if line.startswith("runs: ")]
     link = urllib.parse.urlsplit(runs.rpartition(" ")[2])  # the UI's route and query follow its '#'
     route, _, query = link.fragment.partition("?")

@@ -98,7 +98,7 @@ def _main(argv: Sequence[str]) -> int:
         )
         return EXIT_FAILED
     print(
-        f"report of sweep {sel.name}: {folder / 'report.md'} ({len(sel.runs)} runs; also {artifact_path}/ "
-        f"of run {sel.parent.info.run_id})"
+        f"report of sweep {sel.name}: {folder / 'report.html'} (open it in a browser; report.md beside it; "
+        f"{len(sel.runs)} runs; also {artifact_path}/ of run {sel.parent.info.run_id})"
     )
     return EXIT_OK
