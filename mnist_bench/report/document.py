@@ -89,7 +89,9 @@ def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
             "interval over runs and their epochs (widened by √(n/(n−1)) for n runs, which a plain "
             "bootstrap over few runs understates). The speed verdict is faster or slower only when the "
             "interval excludes 1 and every run on both sides was timed under stable conditions "
-            "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise. "
+            "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise; with one "
+            "run a side the interval holds only that run's epochs, so a faster or slower call is said as that "
+            "run's, not as the models'. "
             "Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the seed-to-seed std pooled "
             "over both configurations); it needs n ≥ 2 on both sides, so with n = 1 the spread is "
             "unknown and so is the answer.",
@@ -206,10 +208,14 @@ def _faster(row: Mapping[str, object]) -> str:
     if pd.isna(verdict):
         return "their speeds were not compared (no timed epochs on one side)"
     ratio = f"speed ratio {_ratio(row)}"
-    if verdict == timing.FASTER:
-        return f"{HEADLINE_CANDIDATE} is faster ({ratio})"
-    if verdict == timing.SLOWER:
-        return f"{REFERENCE} is faster ({ratio})"
+    if verdict in (timing.FASTER, timing.SLOWER):
+        faster = HEADLINE_CANDIDATE if verdict == timing.FASTER else REFERENCE
+        if row["timed_runs"] < 2:  # identical runs of the mission's command have flipped this verdict
+            return (
+                f"{faster} was faster in one run a side ({ratio}, an interval over its epochs that cannot see "
+                "a drift between runs: add seed=0,1,2 to tell)"
+            )
+        return f"{faster} is faster ({ratio})"
     if verdict == timing.WITHIN_NOISE:
         return f"neither is faster beyond timing noise ({ratio})"
     return f"which is faster cannot be said: the {ratio} is {verdict}"

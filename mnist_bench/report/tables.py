@@ -79,7 +79,7 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[str], reference: str
     return table.sort_values([*settings, "rank", "model"], key=sort_key).reset_index(drop=True)
 
 
-SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict"]
+SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict", "timed_runs"]
 
 
 def speed_table(
@@ -87,7 +87,8 @@ def speed_table(
 ) -> pd.DataFrame:
     """Each configuration's speed beside the reference's with the same other settings (timing.compare over
     their finished runs' timed epochs): the reference's seconds per epoch over this one's (> 1: faster),
-    its 95% interval, and the verdict, which is "unreliable" when a run on either side was not stable."""
+    its 95% interval, the verdict, which is "unreliable" when a run on either side was not stable, and the
+    fewer timed runs of the two sides (with one, the interval sees only its epochs, not run-to-run drift)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     finished = runs[runs["status"].eq(Status.FINISHED.value)]
     finished = finished.assign(model=finished["backend"] + "-" + finished["activation"])
@@ -108,9 +109,10 @@ def speed_table(
                 [epochs[i] for i in side["run_id"] if i in epochs.index],
                 unstable,
             )
+            timed_runs = min(side["run_id"].isin(epochs.index).sum() for side in (sides[reference], side))
+            speed = (result.ratio, result.low, result.high, result.verdict, timed_runs)
             rows.append(
-                {**dict(zip(settings, key, strict=True)), "model": model}
-                | dict(zip(SPEED_COLUMNS, (result.ratio, result.low, result.high, result.verdict), strict=True))
+                {**dict(zip(settings, key, strict=True)), "model": model} | dict(zip(SPEED_COLUMNS, speed, strict=True))
             )
     return pd.DataFrame(rows, columns=[*settings, "model", *SPEED_COLUMNS])
 
