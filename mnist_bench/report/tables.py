@@ -104,13 +104,9 @@ def speed_table(
             both = pd.concat([sides[reference], side])
             shaky = [f"{r.model} {r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable]
             unstable = f"{shaky[0]}" + (f" (and {len(shaky) - 1} more runs)" if len(shaky) > 1 else "") if shaky else ""
-            result = timing.compare(
-                [epochs[i] for i in sides[reference]["run_id"] if i in epochs.index],
-                [epochs[i] for i in side["run_id"] if i in epochs.index],
-                unstable,
-            )
-            timed_runs = min(side["run_id"].isin(epochs.index).sum() for side in (sides[reference], side))
-            speed = (result.ratio, result.low, result.high, result.verdict, timed_runs)
+            timed = [[epochs[i] for i in each["run_id"] if i in epochs.index] for each in (sides[reference], side)]
+            result = timing.compare(*timed, unstable)
+            speed = (result.ratio, result.low, result.high, result.verdict, min(map(len, timed)))
             rows.append(
                 {**dict(zip(settings, key, strict=True)), "model": model} | dict(zip(SPEED_COLUMNS, speed, strict=True))
             )
