@@ -29,7 +29,7 @@ from pathlib import Path
 from mnist_bench import atomic, timing, tracking
 from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
-from mnist_bench.schema import Status, Tag, normalise, status_of
+from mnist_bench.schema import Tag, counted, normalise
 
 PROG = "mnist-bench compare"
 NOT_IDENTITY = {"seed"}  # pooled over: a configuration is everything else that changes the numbers
@@ -75,15 +75,16 @@ def label(config: tuple[tuple[str, str], ...], varying: set[str]) -> str:
 
 def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]]:
     """A sweep's name and its finished runs, grouped by configuration."""
-    client, experiment_id = tracking.open_existing(uri, experiment)
-    parent = tracking.find_sweep(client, experiment_id, wanted, f"experiment {experiment!r} at {tracking.redact(uri)}")
+    reading = tracking.read_sweeps(uri, experiment, [wanted])
+    client, (sweep,) = reading.client, reading.sweeps
+    parent = sweep.parent
     grouped: dict[tuple, list] = {}
-    for run in tracking.read_sweep(client, experiment_id, parent).runs:
-        if status_of(run) is Status.FINISHED:  # not diverged
+    for run in sweep.runs:
+        if counted(run):
             grouped.setdefault(configuration(run.data.params), []).append(run)
     sides = {}
     for config, runs in grouped.items():
-        epochs = [[m.value for m in client.get_metric_history(r.info.run_id, "epoch_seconds")] for r in runs]
+        epochs = [list(tracking.metric_history(client, r.info.run_id, "epoch_seconds").values()) for r in runs]
         timed = [e for e in epochs if e]
         sides[config] = Side(
             [r.data.metrics.get("final_test_accuracy", math.nan) for r in runs],
@@ -169,10 +170,8 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument(
         "candidate", type=_sweeps, help="sweep name or parent run id, in the candidate's store; repeats B1,B2,..."
     )
-    parser.add_argument("--tracking-uri", help="the baseline's store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--candidate-tracking-uri", help="the candidate's store (default: the baseline's)")
-    parser.add_argument("--experiment", default="mnist-bench")
-    parser.add_argument("--candidate-experiment", help="default: --experiment")
+    tracking.add_store_options(parser)
+    tracking.add_store_options(parser, side="candidate-")
     parser.add_argument("--max-slowdown", type=float, default=1.10, help="slowdown that fails (default 1.10)")
     parser.add_argument(
         "--max-accuracy-drop", type=float, default=0.002, help="test accuracy drop that fails (default 0.002)"

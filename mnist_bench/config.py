@@ -156,6 +156,7 @@ class TimingConfig:
 
 
 SERVER_PATIENCE_S = 120.0
+DEFAULT_EXPERIMENT = "mnist-bench"  # the experiment every run and tool uses unless told otherwise
 
 
 @dataclass
@@ -164,7 +165,7 @@ class TrackingConfig:
 
     # null = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch directory.
     uri: str | None = None
-    experiment: str = "mnist-bench"
+    experiment: str = DEFAULT_EXPERIMENT
     # How long one call to a tracking server that does not answer is tried again before the run fails
     # (it sets MLflow's MLFLOW_HTTP_REQUEST_* variables; MLflow's own default is about 4 minutes a call).
     patience_s: float = SERVER_PATIENCE_S

@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
-    parser.add_argument("--experiment", default="mnist-bench")
+    tracking.add_store_options(parser)
     args = parser.parse_args(argv)
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
     client, experiment_id = tracking.open_store(uri, args.experiment)

@@ -95,6 +95,13 @@ class Status(str, enum.Enum):
         """Whether a sweep with a cell in this state has failed (a cell left RUNNING at the end has)."""
         return self in (Status.FAILED, Status.KILLED, Status.RUNNING, Status.MISSING)
 
+    @property
+    def counts(self) -> bool:
+        """The one rule for which runs the report's means, check's thresholds and compare use: finished runs.
+        A diverged run (its losses NaN) is listed as a problem instead; failed, killed and running runs never
+        count."""
+        return self is Status.FINISHED
+
 
 def status_of(run: Run) -> Status:
     """A run's status in the cell vocabulary: MLflow's, with DIVERGED for a finished run that diverged."""
@@ -102,6 +109,14 @@ def status_of(run: Run) -> Status:
     if status is Status.FINISHED and run.data.tags.get(Tag.DIVERGED) == "true":
         return Status.DIVERGED
     return status
+
+
+COUNTED = frozenset(status.value for status in Status if status.counts)  # status_of's values that count
+
+
+def counted(run: Run) -> bool:
+    """Whether a run's numbers count (Status.counts)."""
+    return status_of(run).counts
 
 
 @dataclass

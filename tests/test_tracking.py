@@ -229,7 +229,7 @@ def test_a_run_is_ended_once_the_store_lets_go(store) -> None:
 def test_a_store_that_never_lets_go_is_one_line_and_the_run_is_left_to_the_reaper(
     store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tracking, "CLOSE_RETRY_DELAYS_S", ())  # one attempt of 20 s, not the ~90 s of four
+    monkeypatch.setattr(tracking.runs, "CLOSE_RETRY_DELAYS_S", ())  # one attempt of 20 s, not the ~90 s of four
     client, experiment_id = tracking.open_store(store.uri, EXPERIMENT)
     with (
         pytest.raises(tracking.TrackingError) as info,

@@ -67,8 +67,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=paths.conf_dir() / "thresholds.yaml",
         help="default: conf/thresholds.yaml",
     )
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
-    parser.add_argument("--experiment", default="mnist-bench")
+    tracking.add_store_options(parser)
     parser.add_argument(
         "--sweep", action="append", help="parent run id, sweep name or latest (default); repeat to pool sweeps"
     )
@@ -86,13 +85,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _check_sweeps(thresholds: Thresholds, uri: str, experiment: str, wanted: list[str]) -> int:
-    client, experiment_id = tracking.open_existing(uri, experiment)
-    where = f"experiment {experiment!r} of {tracking.redact(uri)}"
-    parents = [tracking.find_sweep(client, experiment_id, name, where) for name in wanted]
-    runs = [run for parent in parents for run in tracking.read_sweep(client, experiment_id, parent).runs]
+    reading = tracking.read_sweeps(uri, experiment, wanted)
+    runs = [run for sweep in reading.sweeps for run in sweep.runs]
     scope = " ".join(f"{k}={shown(v)}" for k, v in thresholds.scope.items())
     print(
-        f"check: sweeps {', '.join(wanted)} in {where}" + (f"; every run threshold also needs {scope}" if scope else "")
+        f"check: sweeps {', '.join(wanted)} in {reading.where}"
+        + (f"; every run threshold also needs {scope}" if scope else "")
     )
     return verdict(evaluate_runs(thresholds, runs), "runs")
 

@@ -1,4 +1,5 @@
-"""Thresholds against what was measured: run thresholds on a sweep's FINISHED runs (the worst value must pass),
+"""Thresholds against what was measured: run thresholds on a sweep's runs that count
+(schema.Status.counts: finished, not diverged; the worst value must pass),
 benchmark thresholds on a pytest-benchmark JSON file (ratios of fastest rounds, or to each one's roofline floor)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from mnist_bench import backends
 from mnist_bench.check.thresholds import ROOFLINE, CheckError, Threshold, Thresholds
-from mnist_bench.schema import RunStatus, normalise
+from mnist_bench.schema import counted, normalise
 
 PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
 
@@ -34,7 +35,7 @@ def _same(param: str | None, wanted: object) -> bool:
 
 
 def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
-    """Each run threshold on the FINISHED runs it selects: the worst value among them must pass."""
+    """Each run threshold on the counted runs it selects: the worst value among them must pass."""
     rows = []
     for t in thresholds.runs:
         if t.requires and (why := backends.unavailable(t.requires)):
@@ -42,13 +43,13 @@ def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
             continue
         wanted = thresholds.scope | t.where
         matched = [r for r in runs if all(_same(r.data.params.get(k), v) for k, v in wanted.items())]
-        values = [
-            r.data.metrics[t.metric]
-            for r in matched
-            if r.info.status == RunStatus.FINISHED and t.metric in r.data.metrics
-        ]
+        values = [r.data.metrics[t.metric] for r in matched if counted(r) and t.metric in r.data.metrics]
         if not values:
-            note = f"{len(matched)} matching runs, none FINISHED with {t.metric}" if matched else "no run matches"
+            note = (
+                f"{len(matched)} matching runs, none finished (and not diverged) with {t.metric}"
+                if matched
+                else "no run matches"
+            )
             rows.append(Row(t, NO_DATA, count=len(matched), note=note))
             continue
         worst = _worst(values, t.bound)

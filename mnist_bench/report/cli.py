@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 
-from mnist_bench import atomic
+from mnist_bench import atomic, tracking
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, run_tool
 from mnist_bench.report.document import render
 from mnist_bench.report.reading import ReportError, Selection, select
@@ -34,8 +34,7 @@ def _filter(text: str) -> tuple[str, str]:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The command line; a usage error raises ReportError (one line, exit 2) like every other bad input."""
     parser = ArgumentParser(prog=PROG, description="Report one sweep's runs from MLflow: Markdown, HTML, CSV, plots.")
-    parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here")
-    parser.add_argument("--experiment", default="mnist-bench", help="MLflow experiment (default: %(default)s)")
+    tracking.add_store_options(parser)
     parser.add_argument("--sweep", default="latest", help="parent run id, sweep name, or latest (default)")
     parser.add_argument(
         "--filter",

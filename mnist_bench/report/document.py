@@ -14,7 +14,7 @@ from mnist_bench.report.plots import Plot
 from mnist_bench.report.reading import METRICS, Selection
 from mnist_bench.report.render import Block, to_csv, to_html, to_markdown
 from mnist_bench.report.tables import REFERENCE, compared_with, comparisons_table, summary_table
-from mnist_bench.schema import CELLS_ARTIFACT, Status, SweepParam
+from mnist_bench.schema import CELLS_ARTIFACT, COUNTED, SweepParam
 
 PROBLEMS_TITLE = "Incomplete or failed cells"
 
@@ -126,7 +126,7 @@ CONDITION_METRICS = ["load_average_start", "load_average_end", "other_cpu_share"
 def conditions_blocks(sel: Selection) -> list[Block]:
     """Under what conditions the timings were taken, per backend-activation-device: the figures a speed
     verdict rests on, and every run whose timings were not stable, with the reason."""
-    finished = sel.runs[sel.runs["status"].eq(Status.FINISHED.value)]
+    finished = sel.runs[sel.runs["status"].isin(COUNTED)]
     blocks: list[Block] = [("h2", "Measurement conditions")]
     if finished.empty:
         return [*blocks, ("p", "No finished run: no timing to qualify.")]
@@ -274,7 +274,7 @@ def summary_blocks(summary: pd.DataFrame, columns: Sequence[str]) -> list[Block]
 
 def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[str]]:
     """All plots of the finished runs, and a note for each plot that had to be skipped."""
-    finished = sel.runs[sel.runs["status"].eq("finished")]
+    finished = sel.runs[sel.runs["status"].isin(COUNTED)]
     if finished.empty:
         return [], ["No plots: no run of the selection finished without failing or diverging."]
     timed = plots.accuracy_vs_time(finished, sel.histories, sel.columns)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mnist_bench import artifacts, timing, tracking
 from mnist_bench.config import backend_label, changes_numbers
 from mnist_bench.errors import UserError
-from mnist_bench.schema import CONFUSION_ARTIFACT, Cell, Status, Tag, metric_name, normalise, status_of
+from mnist_bench.schema import CONFUSION_ARTIFACT, COUNTED, Cell, Status, Tag, metric_name, normalise, status_of
 
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 
@@ -107,13 +107,12 @@ def apply_filters(
 def load_histories(client: MlflowClient, run_ids: Sequence[str]) -> pd.DataFrame:
     """Per-epoch metrics, one row per (run, epoch): the histories MLflow keeps with step = epoch."""
     records = [
-        (run_id, key, point.step, point.value)
+        (run_id, key, epoch, value)
         for run_id in run_ids
         for key in HISTORY
-        for point in client.get_metric_history(run_id, key)
+        for epoch, value in tracking.metric_history(client, run_id, key).items()
     ]
     long = pd.DataFrame(records, columns=["run_id", "metric", "epoch", "value"])
-    long = long.drop_duplicates(["run_id", "metric", "epoch"], keep="last")
     wide = long.pivot(index=["run_id", "epoch"], columns="metric", values="value").reindex(columns=HISTORY)
     return wide.rename_axis(columns=None).reset_index()
 
@@ -122,7 +121,7 @@ def load_confusion_matrices(client: MlflowClient, runs: pd.DataFrame) -> dict[st
     """The test-set confusion matrix of each backend-activation's most accurate finished run, keyed by a
     label naming the run, in table order. Runs are drawn here, not when they finish: a figure per run cost
     every job about a second. A run without the artifact (logged by an older harness) is left out."""
-    finished = runs[runs["status"].eq("finished")]
+    finished = runs[runs["status"].isin(COUNTED)]
     ranked = finished.sort_values("final_test_accuracy", ascending=False, kind="stable")
     best = finished[finished["run_id"].isin(ranked.drop_duplicates(["backend", "activation"])["run_id"])]
     matrices = {}
@@ -163,7 +162,7 @@ def problem_cells(outcomes: Sequence[tracking.CellOutcome], runs: pd.DataFrame) 
         if status not in (Status.FINISHED, Status.SKIPPED) and (run_id in errors.index or status is Status.MISSING):
             rows.append((status.value, cell.name, run_id, " ".join(cell.overrides), errors.get(run_id, "")))
     listed = {row[2] for row in rows}
-    unlisted = runs[runs["status"].ne("finished") & ~runs["run_id"].isin(listed)]
+    unlisted = runs[~runs["status"].isin(COUNTED) & ~runs["run_id"].isin(listed)]
     rows += [(r.status, r.run_name, r.run_id, "", r.error) for r in unlisted.itertuples(index=False)]
     return pd.DataFrame(rows, columns=PROBLEM_COLUMNS).sort_values(["status", "cell"]).reset_index(drop=True)
 
@@ -194,20 +193,18 @@ class Selection:
 def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
     """Open the store, reap dead runs, find the sweep and read its runs; every way of selecting nothing raises."""
     uri = tracking.resolve_uri(args.tracking_uri, Path.cwd())
-    client, experiment_id = tracking.open_existing(uri, args.experiment)
-    reaped = tracking.reap(client, experiment_id)
-    where = f"experiment {args.experiment!r} at {tracking.redact(uri)}"
-    parent = tracking.find_sweep(client, experiment_id, args.sweep, where)
-    sweep = tracking.read_sweep(client, experiment_id, parent)
+    reading = tracking.read_sweeps(uri, args.experiment, [args.sweep])
+    client, (sweep,) = reading.client, reading.sweeps
+    parent = sweep.parent
     runs, params = load_runs(sweep.runs)
     if runs.empty:
         raise ReportError(
-            f"sweep {tracking.sweep_name(parent)!r} (parent run {parent.info.run_id}) has no runs in {where}"
+            f"sweep {tracking.sweep_name(parent)!r} (parent run {parent.info.run_id}) has no runs in {reading.where}"
         )
     runs = apply_filters(runs, params, args.filters, tracking.sweep_name(parent))
     columns = config_columns(runs, params)
     runs = runs.sort_values([*columns, "seed" if "seed" in params else "run_name"], key=sort_key)
-    histories = load_histories(client, runs.loc[runs["status"].eq("finished"), "run_id"].tolist())
+    histories = load_histories(client, runs.loc[runs["status"].isin(COUNTED), "run_id"].tolist())
     per_run = histories.groupby("run_id")["epoch_seconds"].agg(timing.seconds_per_epoch)
     runs["seconds_per_epoch"] = runs["run_id"].map(per_run)
     selection = Selection(
@@ -221,7 +218,7 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
         histories,
         load_confusion_matrices(client, runs),
         problem_cells(sweep.outcomes, runs),
-        reaped,
+        reading.reaped,
         runs.loc[runs["run_id"].isin(sweep.reused), "run_id"].tolist(),  # those the filters kept
     )
     return client, selection

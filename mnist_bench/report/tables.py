@@ -10,7 +10,7 @@ import pandas as pd
 
 from mnist_bench import timing
 from mnist_bench.report.reading import METRICS, sort_key
-from mnist_bench.schema import Status
+from mnist_bench.schema import COUNTED
 
 REFERENCE = "numpy-sigmoid"
 
@@ -24,7 +24,7 @@ MODEL_ORDER = [
 def summary_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """One row per configuration: n finished runs, how many were excluded (failed, killed, diverged,
     still running), and the mean, std (ddof=1: NaN for one run) and count of each metric over the finished ones."""
-    finished = runs["status"].eq("finished")
+    finished = runs["status"].isin(COUNTED)
     counts = runs.assign(n=finished, excluded=~finished).groupby(columns)[["n", "excluded"]].sum()
     stats = runs[finished].groupby(columns)[list(METRICS)].agg(["mean", "std", "count"])
     stats.columns = [f"{metric}_{'n' if stat == 'count' else stat}" for metric, stat in stats.columns]
@@ -90,7 +90,7 @@ def speed_table(
     its 95% interval, the verdict, which is "unreliable" when a run on either side was not stable, and the
     fewer timed runs of the two sides (with one, the interval sees only its epochs, not run-to-run drift)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
-    finished = runs[runs["status"].eq(Status.FINISHED.value)]
+    finished = runs[runs["status"].isin(COUNTED)]
     finished = finished.assign(model=finished["backend"] + "-" + finished["activation"])
     epochs = histories.dropna(subset=["epoch_seconds"]).groupby("run_id")["epoch_seconds"].apply(list)
     rows = []

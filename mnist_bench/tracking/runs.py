@@ -1,0 +1,265 @@
+"""A run's lifecycle, with the final status ours to decide, and the reaper of runs whose process is gone.
+
+We use ``MlflowClient`` rather than the fluent ``mlflow.start_run``: the fluent API's exit hook
+records a crash as FINISHED and SIGTERM leaves a run RUNNING. Here a run ends FINISHED only on
+success, FAILED (with the error as a tag) on an exception, KILLED on Ctrl-C or SIGTERM; a run
+whose process died without a word (SIGKILL) is marked KILLED by ``reap``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from mnist_bench import machine
+from mnist_bench.schema import RunStatus, Tag
+from mnist_bench.tracking.patience import unreachable
+from mnist_bench.tracking.store import SEARCH_LIMIT, TrackingError, error_line, store_failure
+from mnist_bench.tracking.uris import redact
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+FINISHED, FAILED, KILLED = RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
+T = TypeVar("T")
+_BATCH = 100  # MLflow's limit of params per log_batch call
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the run is closed as KILLED."""
+
+
+# MLflow's store looks for a dataset, then inserts it: jobs that start together can all miss it, and every
+# insert but one breaks a unique key. Retried, the losers find the winner's row and link to it.
+DATASET_RETRY_DELAYS_S = (0.2, 1.0)
+
+
+def log_dataset(
+    client: MlflowClient, run_id: str, name: str, source: str, checksums: Mapping[str, str], rows: Mapping[str, int]
+) -> None:
+    """The run's data as an MLflow dataset input, so the UI's Datasets column and filter show it: the digest
+    is of the files' sha256s (one per dataset version), the profile holds the rows each split used."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = hashlib.sha256(json.dumps(dict(checksums), sort_keys=True).encode()).hexdigest()[:16]
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="http" if "://" in source else "local",
+        source=json.dumps({"uri": redact(source)}),
+        profile=json.dumps({**{f"{split}_rows": n for split, n in rows.items()}, "sha256": dict(checksums)}),
+    )
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+    retried(lambda: client.log_inputs(run_id, datasets=inputs), DATASET_RETRY_DELAYS_S)
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs this: lets the reaper tell a live run from one whose process is gone."""
+    pid = os.getpid()
+    return {
+        Tag.HOST: machine.hostname(),
+        Tag.PID: str(pid),
+        Tag.PID_START: machine.process_start_ticks(pid) or "",
+        Tag.HARNESS_VERSION: machine.harness_version(),
+    }
+
+
+# How long metrics given to ``TrackedRun.log`` may wait, between epochs, before they are stored.
+FLUSH_INTERVAL_S = 1.0
+
+
+@dataclass
+class TrackedRun:
+    """An open MLflow run. What ``log`` is given is stored in the thread that calls it, between epochs,
+    never beside one: a store call in a background thread while an epoch was timed made that epoch 5-7%
+    slower (it holds the GIL that a NumPy minibatch loop needs; docs/performance.md). To keep the store's
+    cost small, metrics and tags wait and go in one ``log_batch`` once FLUSH_INTERVAL_S has passed since the
+    last one (long epochs: every epoch, so MLflow's UI follows a run live) and at ``flush``, which the end
+    of a run calls before its status is set."""
+
+    client: MlflowClient
+    run_id: str
+    _metrics: list = field(default_factory=list)
+    _tags: dict[str, str] = field(default_factory=dict)
+    _last_flush: float = field(default_factory=time.monotonic)
+
+    def log(self, metrics: Mapping[str, float], step: int = 0, tags: Mapping[str, str] | None = None) -> None:
+        """Metrics at ``step``, and tags: stored now if the last store was FLUSH_INTERVAL_S ago, else later."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self._metrics += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+        self._tags |= {k: str(v) for k, v in (tags or {}).items()}
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Store everything ``log`` holds in one transaction; raises what the store raises."""
+        from mlflow.entities import RunTag
+
+        metrics, tags, self._metrics, self._tags = self._metrics, self._tags, [], {}
+        if metrics or tags:
+            self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._last_flush = time.monotonic()
+
+    def log_artifacts(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception while a run is open (main thread only)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:5000]
+
+
+@contextlib.contextmanager
+def tracked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    params: Mapping[str, object],
+    tags: Mapping[str, str],
+    parent_run_id: str | None = None,
+) -> Iterator[TrackedRun]:
+    """Open a run and close it with the status the harness decides, whatever happens inside."""
+    from mlflow.entities import Param
+
+    all_tags = {**tags, **process_tags()}
+    if parent_run_id:
+        all_tags[Tag.PARENT] = parent_run_id
+    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    active = TrackedRun(client, run_id)
+    status = FAILED
+    try:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            client.log_batch(run_id, params=items[start : start + _BATCH])
+        with sigterm_raises():
+            yield active
+        active.flush()  # the run is FINISHED only once all its metrics are stored
+        status = FINISHED
+    except (KeyboardInterrupt, Terminated) as err:
+        status = KILLED
+        client.set_tag(run_id, Tag.ERROR, error_text(err) if str(err) else "interrupted (Ctrl-C)")
+        raise
+    except SystemExit as err:
+        status = FINISHED if err.code in (0, None) else FAILED
+        raise
+    except BaseException as err:
+        if unreachable(err):  # the patience is spent: the error tag and the end status try once each
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        with contextlib.suppress(Exception):  # a store that fails here must not hide the run's own error
+            client.set_tag(run_id, Tag.ERROR, error_text(err))
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # what was logged lands before the end status, as far as it can
+            active.flush()
+        close(client, run_id, status)
+
+
+def retried(call: Callable[[], T], delays: Sequence[float]) -> T:
+    """``call()``, and again after each delay while it raises; the last attempt's error propagates."""
+    for delay in delays:
+        try:
+            return call()
+        except Exception:
+            time.sleep(delay)
+    return call()
+
+
+# After each failed attempt to end a run. An attempt on a locked SQLite store itself waits MLflow's 20 s busy
+# timeout: at most about 90 s in all.
+CLOSE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+
+
+def close(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run with ``status``, retrying with bounded backoff while the store refuses (a lock held by
+    another process, a server restarting). If it never accepts, a one-line TrackingError says so: the run
+    stays RUNNING until ``mnist-bench reap`` (or the next sweep) finds its process gone and marks it KILLED."""
+    try:
+        retried(lambda: client.set_terminated(run_id, status), CLOSE_RETRY_DELAYS_S)
+    except Exception as err:
+        why = store_failure(err, client.tracking_uri) or error_line(err)
+        raise TrackingError(
+            f"run {run_id} could not be ended as {status} ({why}); "
+            "once this process has exited and the store can be written again, mnist-bench reap marks it KILLED"
+        ) from err
+
+
+def find_finished(client: MlflowClient, experiment_id: str, config_hash: str) -> str | None:
+    """The id of a FINISHED run with this config hash, if the experiment has one."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.CONFIG_HASH}` = '{config_hash}' and attributes.status = '{FINISHED}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def has_failed_child(client: MlflowClient, experiment_id: str, parent_run_id: str) -> bool:
+    """Whether a job of this sweep has already failed (for fail_fast)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{Tag.PARENT}` = '{parent_run_id}' and attributes.status = '{FAILED}'",
+        max_results=1,
+    )
+    return bool(runs)
+
+
+def reap(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None, wait_s: float = 0.0) -> list[str]:
+    """Mark KILLED every RUNNING run of this host whose process is gone (of one sweep, given its parent run);
+    returns their ids. ``wait_s``: how long processes still alive get to go first (a stopped sweep's
+    parallel workers are being shut down, and a worker killed outright cannot close its own run).
+
+    A pid alone can be reused, so the process's start time (tagged at creation) must match too.
+    """
+    host = machine.hostname()
+    wanted = f"attributes.status = '{RunStatus.RUNNING}'"
+    if parent_run_id is not None:
+        wanted += f" and tags.`{Tag.PARENT}` = '{parent_run_id}'"
+    running = [
+        run
+        for run in client.search_runs([experiment_id], filter_string=wanted, max_results=SEARCH_LIMIT)
+        if run.data.tags.get(Tag.HOST) == host and run.data.tags.get(Tag.PID, "").isdigit()
+    ]
+
+    def alive(run: Run) -> bool:
+        tags = run.data.tags
+        return machine.process_start_ticks(int(tags[Tag.PID])) == tags.get(Tag.PID_START)
+
+    deadline = time.monotonic() + wait_s
+    while any(alive(run) for run in running) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reaped = []
+    for run in running:
+        if alive(run):
+            continue
+        client.set_tag(run.info.run_id, Tag.ERROR, "process gone (killed or crashed); marked by the reaper")
+        client.set_terminated(run.info.run_id, KILLED)
+        reaped.append(run.info.run_id)
+    return reaped
