@@ -45,9 +45,14 @@ def one_line(err: BaseException) -> str:
     return message
 
 
+def say(prog: str, message: str) -> None:
+    """Print an error the one way every tool prints one: ``PROG: error: MESSAGE`` on stderr."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
 def fail(prog: str, err: BaseException) -> int:
-    """Print a user error the one way every tool prints it; returns the exit status."""
-    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+    """Print a user error as ``say`` does; returns the exit status for bad input."""
+    say(prog, one_line(err))
     return EXIT_BAD_INPUT
 
 

@@ -127,7 +127,7 @@ def link_query(link: str) -> tuple[str, dict[str, list[str]]]:
 
 
 def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_a_server() -> None:
-    from mnist_bench.hydra_app import next_steps
+    from mnist_bench.hydra_app.sweeper import next_steps
 
     report, runs = next_steps("my sweep", "sqlite:////tmp/a b/mlflow.db", "mnist-bench", "7", "k1")
     assert report.startswith("report: mnist-bench report --sweep 'my sweep'")
@@ -155,7 +155,7 @@ def test_next_steps_link_to_the_runs_table_of_the_sweep_on_a_local_store_and_on_
 def test_a_view_the_store_refuses_is_one_warning_and_the_link_opens_the_experiments_runs(store, caplog) -> None:
     """A full disk can refuse the view at the sweep's end, after its jobs: the sweep still prints where to look."""
     from mnist_bench import tracking
-    from mnist_bench.hydra_app import next_steps, sweep_view
+    from mnist_bench.hydra_app.sweeper import next_steps, sweep_view
 
     client, _ = tracking.open_store(store.uri, "views")
     with caplog.at_level("WARNING", logger="mnist_bench.hydra_app"):

@@ -491,6 +491,7 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     from omegaconf import OmegaConf
 
     from mnist_bench import hydra_app, machine, paths
+    from mnist_bench.hydra_app.launchers import parallel_jobs
 
     hydra_app.register()
     with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
@@ -499,4 +500,4 @@ def test_ray_launcher_asks_for_the_jobs_threads_and_gpu(overrides: list[str], re
     assert OmegaConf.to_container(launcher.ray.remote, resolve=True) == remote
     assert launcher.ray.init.address is None  # a local Ray instance unless told otherwise
     threads = remote["num_cpus"] or 1
-    assert hydra_app.parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)
+    assert parallel_jobs(launcher) == max(1, machine.cpu_count() // threads)

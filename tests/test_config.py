@@ -223,7 +223,7 @@ def test_the_missions_sweep_compares_numpy_sigmoid_with_tf_softmax() -> None:
     """``-m backend=numpy,tf lr=0.01,0.1`` without activation=: each cell as the sweeper composes it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from mnist_bench.hydra_app import grid
+    from mnist_bench.hydra_app.composition import grid
 
     cells = grid(OverridesParser.create().parse_overrides(["backend=numpy,tf", "lr=0.01,0.1"]))
     configs = [compose(*cell) for cell in cells]
@@ -342,7 +342,8 @@ def test_a_sweeps_cells_are_exactly_what_hydra_composes(
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from mnist_bench.hydra_app import CellComposer, grid, register
+    from mnist_bench.hydra_app import register
+    from mnist_bench.hydra_app.composition import CellComposer, grid
     from mnist_bench.paths import conf_dir
 
     register()
@@ -365,7 +366,8 @@ def test_a_validated_cell_is_handed_to_its_job_once_and_stays_in_this_process() 
     from hydra.types import RunMode
     from joblib.externals import cloudpickle
 
-    from mnist_bench.hydra_app import CellComposer, register
+    from mnist_bench.hydra_app import register
+    from mnist_bench.hydra_app.composition import CellComposer
     from mnist_bench.paths import conf_dir
 
     register()
@@ -387,7 +389,8 @@ def test_a_cell_setting_other_plain_keys_is_composed_afresh_not_copied() -> None
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from mnist_bench.hydra_app import CellComposer, register
+    from mnist_bench.hydra_app import register
+    from mnist_bench.hydra_app.composition import CellComposer
     from mnist_bench.paths import conf_dir
 
     register()

@@ -1,6 +1,6 @@
 """mnist-bench's sweeper as a Hydra plugin: Hydra instantiates only classes defined under hydra_plugins."""
 
-from mnist_bench.hydra_app import ValidatingSweeper
+from mnist_bench.hydra_app.sweeper import ValidatingSweeper
 
 
 class MnistBenchSweeper(ValidatingSweeper):

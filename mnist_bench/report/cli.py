@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from mnist_bench import atomic, tracking
-from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, run_tool
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, run_tool, say
 from mnist_bench.report.document import render
 from mnist_bench.report.reading import ReportError, Selection, select
 
@@ -91,10 +91,7 @@ def _main(argv: Sequence[str]) -> int:
         for name in files:
             client.log_artifact(sel.parent.info.run_id, str(folder / name), artifact_path)
     except (MlflowException, OSError) as err:
-        print(
-            f"{PROG}: error: wrote {folder} but could not log it to run {sel.parent.info.run_id}: {err}",
-            file=sys.stderr,
-        )
+        say(PROG, f"wrote {folder} but could not log it to run {sel.parent.info.run_id}: {err}")
         return EXIT_FAILED
     print(
         f"report of sweep {sel.name}: {folder / 'report.html'} (open it in a browser; report.md beside it; "

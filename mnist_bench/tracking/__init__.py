@@ -60,8 +60,8 @@ from mnist_bench.tracking.uris import holds_password, is_server, redact, resolve
 __all__ = [
     "FAILED", "FINISHED", "FLUSH_INTERVAL_S", "KILLED", "SERVER_NOTICE_EVERY_S", "CellOutcome", "SweepReading",
     "SweepRecord", "Terminated", "TrackedRun", "TrackingError", "add_store_options", "bound_server_waits",
-    "cell_outcomes", "check_reachable", "children", "close", "earlier_sweep", "error_line", "error_text", "find_finished",
-    "find_sweep", "has_failed_child", "holds_password", "import_store", "is_server", "job_sweep_name",
+    "cell_outcomes", "check_reachable", "children", "close", "earlier_sweep", "error_line", "error_text",
+    "find_finished", "find_sweep", "has_failed_child", "holds_password", "import_store", "is_server", "job_sweep_name",
     "log_dataset", "log_sweep_plan", "metric_history", "open_existing", "open_store", "open_sweep", "process_tags",
     "read_artifact", "read_sweep", "read_sweeps", "reap", "redact", "resolve_uri", "share_sweep_view",
     "sigterm_raises", "sqlite_uri", "store_failure", "sweep_name", "tracked_run",

@@ -1,0 +1,58 @@
+"""Hydra's task function: one job, validated, then run; in a sweep a failing job never stops the others."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mnist_bench import errors
+from mnist_bench.config import run_name, validate
+from mnist_bench.errors import UserError, one_line
+from mnist_bench.hydra_app import PROG
+from mnist_bench.hydra_app.composition import PARENT_RUN_ENV, validated_cells
+from mnist_bench.hydra_app.launchers import parallel_jobs
+
+log = logging.getLogger("mnist_bench")
+
+
+def job(cfg: DictConfig) -> str | None:
+    """Hydra's task function: validate, then run; in a sweep a failing job never stops the others."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mnist_bench import experiment, tracking
+
+    hydra_cfg = HydraConfig.get()
+    launch_dir = Path(hydra_cfg.runtime.cwd)
+    if hydra_cfg.output_subdir is not None:
+        _redact_files((Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml"))
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        try:
+            return experiment.run(validate(cfg), launch_dir)
+        except UserError as err:  # one line, not Hydra's "Error executing job" report
+            raise SystemExit(errors.fail(PROG, err)) from None
+    job_config = validated_cells.get(tuple(hydra_cfg.overrides.task)) or validate(cfg)
+    try:
+        parent = os.environ[PARENT_RUN_ENV]
+        return experiment.run(job_config, launch_dir, parallel_jobs(hydra_cfg.launcher), parent)
+    except (KeyboardInterrupt, tracking.Terminated):
+        raise
+    except Exception as err:  # recorded in MLflow (as far as the store allows); the summary counts it
+        store = tracking.resolve_uri(job_config.tracking.uri, launch_dir)
+        log.error("%s: FAILED: %s", run_name(job_config), tracking.store_failure(err, store) or one_line(err))
+        return None
+
+
+def _redact_files(paths: Iterable[Path]) -> None:
+    """Rewrites what Hydra saved (the job's config, overrides, its own config) through the harness's one
+    redaction: Hydra writes them before the job starts, with any password given in an override."""
+    from mnist_bench.tracking import redact
+
+    for path in paths:
+        text = path.read_text()
+        if (clean := redact(text)) != text:
+            path.write_text(clean)

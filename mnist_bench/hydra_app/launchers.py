@@ -1,0 +1,76 @@
+"""What only a launcher's config knows: how many jobs it runs at once, joblib's workers prepared ahead, and
+what a job lost with its Ray worker or node looks like."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+
+from mnist_bench import machine
+from mnist_bench.config import Config
+from mnist_bench.errors import one_line
+
+log = logging.getLogger("mnist_bench")
+
+
+def parallel_jobs(launcher: Mapping) -> int:
+    """How many jobs the launcher runs at once (joblib's n_jobs; 1 for the basic launcher).
+
+    On Ray: as many as fit on this node with the CPUs each asks for (default 1), so a job's threads
+    default to the CPUs Ray reserved for it rather than the whole node's cores.
+    """
+    ray = launcher.get("ray")
+    if ray is not None:
+        return max(1, machine.cpu_count() // max(1, int((ray.get("remote") or {}).get("num_cpus") or 1)))
+    n_jobs = launcher.get("n_jobs") or 1
+    return machine.cpu_count() if n_jobs < 0 else n_jobs
+
+
+class JoblibWorkers:
+    """Joblib's workers, started and prepared ahead of the launch. The launcher starts its workers only when
+    the launch begins, and each then imports MLflow and the backends (4-5 s, or more with TensorFlow) inside
+    its first job. Started here, in a thread, on the same reusable loky executor the launch then finds
+    (same size, same memmapping settings), they do it while this process opens the store and the sweep."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, launcher: Mapping, cfgs: Sequence[Config], uri: str) -> JoblibWorkers | None:
+        """Workers for a joblib launcher (None for the others), preparing in the background."""
+        if "joblib" not in str(launcher.get("_target_", "")):
+            return None
+        from mnist_bench.experiment import prepare_process
+
+        settings = {key: launcher.get(key) for key in ("n_jobs", "max_nbytes", "mmap_mode", "temp_folder")}
+        backends = sorted({cfg.backend.name for cfg in cfgs})
+        workers = cls()
+
+        def prepare() -> None:
+            from joblib import Parallel, delayed
+
+            jobs = (delayed(prepare_process)(backends, cfgs[0], uri) for _ in range(parallel_jobs(launcher)))
+            try:
+                workers.pids = list(Parallel(backend="loky", **settings)(jobs))
+            except Exception as err:  # the jobs meet the same cause, and each reports it in its own line
+                log.debug("joblib workers not prepared ahead: %s", one_line(err))
+
+        workers.thread = threading.Thread(target=prepare, name="mnist-bench-joblib-workers", daemon=True)
+        workers.thread.start()
+        return workers
+
+    def wait(self) -> None:
+        assert self.thread is not None
+        self.thread.join()
+        if self.pids:
+            log.info("joblib workers ready ahead of the launch: pids %s", ", ".join(map(str, sorted(set(self.pids)))))
+
+
+def lost_job(err: BaseException) -> str | None:
+    """What to tell the user when ``hydra/launcher=ray`` lost a job with its worker or node; None for any
+    other error."""
+    if not type(err).__module__.startswith("ray."):
+        return None
+    return f"a sweep job was lost ({one_line(err)}); run the same sweep again to resume it: FINISHED cells are skipped"
