@@ -14,16 +14,21 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get
+from mnist_bench.callbacks import Callbacks, History, MetricLogger, ProgressBar, StopAtTarget, StopOnDivergence
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
-from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Tag
+from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Metric, Tag
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +47,6 @@ def _startup_seconds() -> float | None:
         return None
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
     return time.time() - (boot + int(ticks) / os.sysconf("SC_CLK_TCK"))
-
-
-@dataclass
-class Observer:
-    """The epoch callback: logs each epoch, watches the target and divergence, shows progress."""
-
-    cfg: Config
-    run: tracking.TrackedRun
-    bar: object | None
-    history: list[base.EpochMetrics] = field(default_factory=list)
-    train_seconds: float = 0.0
-    time_to_target: float | None = None
-    diverged: bool = False
-
-    def __call__(self, m: base.EpochMetrics) -> bool:
-        self.history.append(m)
-        self.train_seconds += m.epoch_seconds
-        self.run.log(
-            {
-                "train_loss": m.train_loss,
-                "train_accuracy": m.train_accuracy,
-                "tied_prediction_fraction": m.tied_prediction_fraction,
-                "test_loss": m.test_loss,
-                "test_accuracy": m.test_accuracy,
-                "epoch_seconds": m.epoch_seconds,
-            },
-            step=m.epoch,
-        )
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{m.train_loss:.4g}", test_acc=f"{m.test_accuracy:.4f}", refresh=False)
-            self.bar.update(1)
-        if not (math.isfinite(m.train_loss) and math.isfinite(m.test_loss)):
-            self.diverged = True
-            return True
-        target = self.cfg.target_accuracy
-        if target is not None and self.time_to_target is None and getattr(m, self.cfg.target_metric) >= target:
-            self.time_to_target = self.train_seconds
-        return self.cfg.stop_at_target and self.time_to_target is not None
 
 
 def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
@@ -179,38 +146,82 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     tags = run_tags(cfg, cell_hash, device, device_name, sweep_name) | {
         Tag.DESCRIPTION: _description(cfg, train, device)
     }
+    recording = Recording(
+        fit=lambda callback: backend.fit(train, spec, callback),
+        write_artifacts=lambda folder, fit: artifacts.write(folder, cfg, fit, train.x_test, train.y_test),
+        rows={"train": len(train.x_train), "test": len(train.x_test)},
+        n_features=train.n_features,
+        device=device,
+        data_source=data_source,
+    )
+    return record(client, experiment_id, cfg, params, tags, parent_run_id, recording, startup_seconds, wall_start)
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What a run records beside its config: how it trains (``fit`` calls the epoch callback it is given),
+    what it keeps, the data's size and source, and how the machine's conditions are probed while it trains."""
+
+    fit: Callable[[base.EpochCallback], base.FitResult]
+    write_artifacts: Callable[[Path, base.FitResult], None]
+    rows: dict[str, int]  # rows of each split: "train" and "test"
+    n_features: int
+    device: str
+    data_source: str
+    probe: Callable[[], timing.ConditionsProbe] = timing.ConditionsProbe
+
+
+def record(
+    client: MlflowClient,
+    experiment_id: str,
+    cfg: Config,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    parent_run_id: str | None,
+    recording: Recording,
+    startup_seconds: float | None = None,
+    wall_start: float | None = None,
+) -> str:
+    """Train and record one MLflow run: its dataset input, each epoch through the callbacks, the summary, the
+    closing tags and the artifacts; returns its id. The one way a run is recorded, by ``run`` and by the
+    report's tests alike (with scripted epochs), so that the two cannot drift apart."""
+    wall_start = time.time() if wall_start is None else wall_start
+    name = run_name(cfg)
     with tracking.tracked_run(client, experiment_id, name, params, tags, parent_run_id) as active:
         files = ("train_images", "train_labels", "test_images", "test_labels")
         checksums = {file: getattr(cfg.dataset, file).sha256 for file in files}
-        rows = {"train": len(train.x_train), "test": len(train.x_test)}
-        tracking.log_dataset(client, active.run_id, cfg.dataset.name, data_source, checksums, rows)
-        bar = _progress_bar(cfg, name, in_sweep)
-        observer = Observer(cfg, active, bar)
-        probe = timing.ConditionsProbe()
+        tracking.log_dataset(client, active.run_id, cfg.dataset.name, recording.data_source, checksums, recording.rows)
+        bar = _progress_bar(cfg, name, in_sweep=parent_run_id is not None)
+        history = History()
+        target = StopAtTarget(history, cfg.target_accuracy, cfg.target_metric, cfg.stop_at_target)
+        shown = [ProgressBar(bar)] if bar is not None else []
+        callbacks = Callbacks(history, StopOnDivergence(), target, [MetricLogger(active), *shown])
+        probe = recording.probe()
         try:
-            fit = backend.fit(train, spec, observer)
+            fit = recording.fit(callbacks)
         finally:
             if bar is not None:
                 bar.close()
-        conditions = probe.finish([m.epoch_seconds for m in observer.history])
+        conditions = probe.finish([m.epoch_seconds for m in history.epochs])
         unstable = timing.unstable_reasons(conditions, cfg.timing)
-        summary, closing_tags = run_summary(cfg, observer, fit, device, train.x_train.shape, conditions, unstable)
+        shape = (recording.rows["train"], recording.n_features)
+        summary, closing_tags = run_summary(cfg, callbacks, fit, recording.device, shape, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
-            artifacts.write(Path(folder), cfg, fit, train.x_test, train.y_test)
+            recording.write_artifacts(Path(folder), fit)
             active.log_artifacts(Path(folder))
         # The job, from its start to its artifacts stored; a process's first job also has its start-up.
         clock = {"wall_seconds": time.time() - wall_start}
         if startup_seconds is not None:
             clock["startup_seconds"] = startup_seconds
         active.log(summary | system_metrics(clock), tags=closing_tags)  # one transaction for the store
-        final = observer.history[-1]
+        final = history.epochs[-1]
         log.info(
             "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
             name,
-            "DIVERGED" if observer.diverged else "FINISHED",
+            "DIVERGED" if callbacks.divergence.diverged else "FINISHED",
             fit.epochs_run,
             final.test_accuracy,
-            timing.seconds_per_epoch([m.epoch_seconds for m in observer.history]),
+            timing.seconds_per_epoch([m.epoch_seconds for m in history.epochs]),
             f"; timing unstable: {'; '.join(unstable)}" if unstable else "",
         )
     return active.run_id
@@ -290,7 +301,7 @@ def system_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def run_summary(
     cfg: Config,
-    observer: Observer,
+    callbacks: Callbacks,
     fit: base.FitResult,
     device: str,
     train_shape: tuple[int, int],
@@ -298,19 +309,19 @@ def run_summary(
     unstable: list[str],
 ) -> tuple[dict[str, float], dict[str, str]]:
     """The run's summary metrics (results, and how they were measured) and closing tags, derived from the
-    epochs the observer saw."""
+    epochs its callbacks saw."""
     n_train, n_features = train_shape
-    history = observer.history
-    epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in history])
-    finite = [m.test_accuracy for m in history if math.isfinite(m.test_accuracy)]
+    epochs, train_seconds = callbacks.history.epochs, callbacks.history.train_seconds
+    epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in epochs])
+    finite = [m.test_accuracy for m in epochs if math.isfinite(m.test_accuracy)]
     summary = {
-        "final_test_accuracy": history[-1].test_accuracy,
-        "final_train_accuracy": history[-1].train_accuracy,
-        "best_test_accuracy": max(finite) if finite else float("nan"),
-        "epochs_run": fit.epochs_run,
-        "train_seconds": observer.train_seconds,
-        "seconds_per_epoch": epoch_seconds,
-        "samples_per_second": n_train * fit.epochs_run / observer.train_seconds if observer.train_seconds else 0.0,
+        Metric.FINAL_TEST_ACCURACY: epochs[-1].test_accuracy,
+        Metric.FINAL_TRAIN_ACCURACY: epochs[-1].train_accuracy,
+        Metric.BEST_TEST_ACCURACY: max(finite) if finite else float("nan"),
+        Metric.EPOCHS_RUN: fit.epochs_run,
+        Metric.TRAIN_SECONDS: train_seconds,
+        Metric.SECONDS_PER_EPOCH: epoch_seconds,
+        Metric.SAMPLES_PER_SECOND: n_train * fit.epochs_run / train_seconds if train_seconds else 0.0,
     }
     system = {
         "timing_stable": float(not unstable),
@@ -318,13 +329,13 @@ def run_summary(
         "warmup_seconds": fit.warmup_seconds,
         "peak_rss_mb": machine.peak_rss_mb(),
     }
-    if observer.time_to_target is not None:
-        summary["time_to_target_seconds"] = observer.time_to_target
-    tags = {Tag.DIVERGED: str(observer.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
+    if callbacks.target.seconds_to_target is not None:
+        summary[Metric.TIME_TO_TARGET_SECONDS] = callbacks.target.seconds_to_target
+    tags = {Tag.DIVERGED: str(callbacks.divergence.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
     if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
         roof = roofline.cached(cfg.backend.threads)
         floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)
-        summary["roofline_ratio"] = epoch_seconds / floor
+        summary[Metric.ROOFLINE_RATIO] = epoch_seconds / floor
         # facts of the machine, not results of the run: tags, so they add no chart to every run's page
         tags |= {
             Tag.ROOFLINE_FLOOR_SECONDS: f"{floor:.4g}",

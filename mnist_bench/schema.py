@@ -26,6 +26,38 @@ def metric_name(key: str) -> str:
     return key.removeprefix(SYSTEM_METRIC_PREFIX)
 
 
+class Metric:
+    """Metric names: those logged every epoch (step = epoch), then a run's summary, the results a user compares.
+    How a run was measured is logged under SYSTEM_METRIC_PREFIX (see experiment.system_metrics)."""
+
+    TRAIN_LOSS = "train_loss"
+    TRAIN_ACCURACY = "train_accuracy"
+    TIED_PREDICTION_FRACTION = "tied_prediction_fraction"
+    TEST_LOSS = "test_loss"
+    TEST_ACCURACY = "test_accuracy"
+    EPOCH_SECONDS = "epoch_seconds"
+    FINAL_TEST_ACCURACY = "final_test_accuracy"
+    FINAL_TRAIN_ACCURACY = "final_train_accuracy"
+    BEST_TEST_ACCURACY = "best_test_accuracy"
+    EPOCHS_RUN = "epochs_run"
+    TRAIN_SECONDS = "train_seconds"
+    SECONDS_PER_EPOCH = "seconds_per_epoch"
+    SAMPLES_PER_SECOND = "samples_per_second"
+    TIME_TO_TARGET_SECONDS = "time_to_target_seconds"
+    ROOFLINE_RATIO = "roofline_ratio"
+
+
+# Every epoch's metrics, as backends.base.EpochMetrics names its fields.
+EPOCH_METRICS = (
+    Metric.TRAIN_LOSS,
+    Metric.TRAIN_ACCURACY,
+    Metric.TIED_PREDICTION_FRACTION,
+    Metric.TEST_LOSS,
+    Metric.TEST_ACCURACY,
+    Metric.EPOCH_SECONDS,
+)
+
+
 class Tag:
     """Tag names. The plain ones are what a user filters on in MLflow's UI; the prefixed ones are bookkeeping."""
 

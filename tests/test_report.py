@@ -10,10 +10,10 @@ import functools
 import html
 import io
 import json
+import os
 import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,21 +130,65 @@ def epoch_metrics(history: dict, epoch: int) -> EpochMetrics:
     return EpochMetrics(epoch=epoch, tied_prediction_fraction=0.0, **values)
 
 
-# Run in a process of its own, which is SIGKILLed mid-run: the run stays RUNNING with its process gone.
+def recording(history: dict, confusion: np.ndarray, failing_epoch: int | None = None) -> experiment.Recording:
+    """How a scripted run is recorded by experiment.record: its epochs replayed in place of training (raising
+    in ``failing_epoch``), its confusion matrix as the artifact, and quiet measurement conditions."""
+    epochs = len(history["epoch_seconds"])
+
+    def fit(callback: Callable[[EpochMetrics], bool]) -> FitResult:
+        for epoch in range(1, epochs + 1):
+            if epoch == failing_epoch:
+                raise ValueError(ERROR.removeprefix("ValueError: "))
+            if callback(epoch_metrics(history, epoch)):
+                break
+        return FitResult(np.zeros((784, 10)), np.zeros(10), epochs_run=epoch, warmup_seconds=0.5)
+
+    conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(history["epoch_seconds"]))
+    return experiment.Recording(
+        fit=fit,
+        write_artifacts=lambda folder, _: artifacts.write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion),
+        rows={"train": N_TRAIN, "test": 500},
+        n_features=784,
+        device="cpu",
+        data_source="scripted",
+        probe=lambda: ScriptedProbe(conditions),
+    )
+
+
+@dataclass
+class ScriptedProbe:
+    """The machine's conditions as a scripted run says they were."""
+
+    conditions: timing.Conditions
+
+    def finish(self, epoch_seconds: list[float]) -> timing.Conditions:
+        return self.conditions
+
+
+# Run in a process of its own, which is SIGKILLed after its first epoch is stored: the run stays RUNNING with
+# its process gone.
 _DIES_MID_RUN = """
 import json, os, signal, sys
+import numpy as np
+import test_report
 from mnist_bench import experiment, hydra_app, machine, tracking
-from mnist_bench.backends.base import EpochMetrics
-from mnist_bench.config import config_hash, run_name
+from mnist_bench.config import config_hash
 
-uri, experiment_name, parent_id, sweep_name, epoch, *overrides = sys.argv[1:]
+uri, experiment_name, parent_id, sweep_name, history, *overrides = sys.argv[1:]
 cfg = hydra_app.compose(*overrides)
 client, experiment_id = tracking.open_existing(uri, experiment_name)
 tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
-with tracking.tracked_run(client, experiment_id, run_name(cfg), experiment.run_params(cfg), tags, parent_id) as run:
-    experiment.Observer(cfg, run, None)(EpochMetrics(**json.loads(epoch)))
-    run.flush()
+tracking.runs.FLUSH_INTERVAL_S = 0  # each epoch is stored as it ends
+
+
+def dies(callback):
+    callback(test_report.epoch_metrics(json.loads(history), 1))
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+recording = test_report.recording(json.loads(history), np.eye(10))
+recording = test_report.dataclasses.replace(recording, fit=dies)
+experiment.record(client, experiment_id, cfg, experiment.run_params(cfg), tags, parent_id, recording)
 """
 
 
@@ -156,33 +200,21 @@ def log_child(
     run: dict,
     keras_backend: str | None = None,
 ) -> None:
-    """One child run as experiment.run records it, with the scripted epochs in place of training and the
-    ending the key calls for: FAILED raises in its second epoch, DEAD's process is killed after its first."""
+    """One child run as experiment.run records it (through experiment.record), with the scripted epochs in
+    place of training and the ending the key calls for: FAILED raises in its second epoch, DEAD's process is
+    killed after its first."""
     cfg = config_of(key, keras_backend)
     sweep_name = tracking.sweep_name(client.get_run(parent_id))
     if key == DEAD:
-        epoch = json.dumps(dataclasses.asdict(epoch_metrics(run["history"], 1)))
-        args = [client.tracking_uri, EXPERIMENT, parent_id, sweep_name, epoch, *overrides(key, keras_backend)]
-        subprocess.run([sys.executable, "-c", _DIES_MID_RUN, *args], cwd=REPO, check=False, timeout=120)
+        history = json.dumps({name: list(map(float, values)) for name, values in run["history"].items()})
+        args = [client.tracking_uri, EXPERIMENT, parent_id, sweep_name, history, *overrides(key, keras_backend)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+        subprocess.run([sys.executable, "-c", _DIES_MID_RUN, *args], cwd=REPO, env=env, check=False, timeout=120)
         return
     tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
+    scripted = recording(run["history"], run["confusion"], failing_epoch=2 if key == FAILED else None)
     try:
-        with tracking.tracked_run(
-            client, experiment_id, run_name(cfg), experiment.run_params(cfg), tags, parent_id
-        ) as active:
-            observer = experiment.Observer(cfg, active, None)
-            for epoch in range(1, cfg.epochs + 1):
-                if key == FAILED and epoch == 2:
-                    raise ValueError(ERROR.removeprefix("ValueError: "))
-                observer(epoch_metrics(run["history"], epoch))
-            fit = FitResult(np.zeros((784, 10)), np.zeros(10), epochs_run=cfg.epochs, warmup_seconds=0.5)
-            conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(run["history"]["epoch_seconds"]))
-            unstable = timing.unstable_reasons(conditions, cfg.timing)
-            summary, tags = experiment.run_summary(cfg, observer, fit, "cpu", (N_TRAIN, 784), conditions, unstable)
-            active.log(summary, tags=tags)
-            with tempfile.TemporaryDirectory() as folder:
-                artifacts.write_confusion_matrix(Path(folder) / CONFUSION_ARTIFACT, run["confusion"])
-                active.log_artifacts(Path(folder))
+        experiment.record(client, experiment_id, cfg, experiment.run_params(cfg), tags, parent_id, scripted)
     except ValueError as err:
         assert key == FAILED and tracking.error_text(err) == ERROR
 
