@@ -29,7 +29,7 @@ from pathlib import Path
 from mnist_bench import atomic, timing, tracking
 from mnist_bench.config import changes_numbers
 from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
-from mnist_bench.schema import Tag, counted, normalise
+from mnist_bench.schema import Metric, Tag, counted, normalise
 
 PROG = "mnist-bench compare"
 NOT_IDENTITY = {"seed"}  # pooled over: a configuration is everything else that changes the numbers
@@ -84,10 +84,10 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
             grouped.setdefault(configuration(run.data.params), []).append(run)
     sides = {}
     for config, runs in grouped.items():
-        epochs = [list(tracking.metric_history(client, r.info.run_id, "epoch_seconds").values()) for r in runs]
+        epochs = [list(tracking.metric_history(client, r.info.run_id, Metric.EPOCH_SECONDS).values()) for r in runs]
         timed = [e for e in epochs if e]
         sides[config] = Side(
-            [r.data.metrics.get("final_test_accuracy", math.nan) for r in runs],
+            [r.data.metrics.get(Metric.FINAL_TEST_ACCURACY, math.nan) for r in runs],
             [timed] if timed else [],
             [
                 f"{r.info.run_name}: {r.data.tags[Tag.TIMING_UNSTABLE]}"
