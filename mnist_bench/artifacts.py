@@ -1,4 +1,4 @@
-"""Files a finished run leaves behind: its config, confusion matrix and weights."""
+"""Files a finished run leaves behind: its config, confusion matrix, test predictions and weights."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 
 from mnist_bench.backends.base import NUM_CLASSES, FitResult
 from mnist_bench.config import Config
-from mnist_bench.schema import CONFUSION_ARTIFACT
+from mnist_bench.schema import CONFUSION_ARTIFACT, PREDICTIONS_ARTIFACT
 from mnist_bench.tracking import redact
 
 
@@ -30,7 +30,8 @@ def config_yaml(cfg: Config) -> str:
 
 
 def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
-    """Write config.yaml, the confusion matrix (CONFUSION_ARTIFACT) and weights.npz into ``folder``.
+    """Write config.yaml, the confusion matrix (CONFUSION_ARTIFACT), each test image's label and predicted
+    class (PREDICTIONS_ARTIFACT, what the report's paired accuracy test reads) and weights.npz into ``folder``.
 
     No figures: drawing them here cost every job about a second (matplotlib). MLflow's UI draws the
     per-epoch curves from the logged metrics, and the report draws curves and confusion matrices.
@@ -47,6 +48,7 @@ def write(folder: Path, cfg: Config, fit: FitResult, x_test, y_test) -> None:
     with threadpool_limits(limits=cfg.backend.threads, user_api="blas"):
         _, predicted = losses_and_predictions(x_test, targets, fit.weights, fit.bias, cfg.spec())
     write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion_matrix(labels, predicted))
+    write_predictions(folder / PREDICTIONS_ARTIFACT, labels, predicted)
 
 
 def write_confusion_matrix(path: Path, counts: np.ndarray) -> None:
@@ -59,3 +61,16 @@ def write_confusion_matrix(path: Path, counts: np.ndarray) -> None:
 def parse_confusion_matrix(text: str) -> np.ndarray:
     """The counts ``write_confusion_matrix`` stored: rows are true classes, columns predicted ones."""
     return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)[:, 1:]
+
+
+def write_predictions(path: Path, labels: np.ndarray, predicted: np.ndarray) -> None:
+    """A CSV with one row per test image, in the test set's order: its true class and the predicted one.
+    The labels travel with the predictions so that a reader of the store alone can tell right from wrong,
+    and check that two runs were scored on the same images."""
+    rows = (f"{label},{guess}" for label, guess in zip(labels.tolist(), predicted.tolist(), strict=True))
+    path.write_text("\n".join(["label,predicted", *rows]) + "\n")
+
+
+def parse_predictions(text: str) -> np.ndarray:
+    """The rows ``write_predictions`` stored, as an (images, 2) array: column 0 the label, 1 the prediction."""
+    return np.loadtxt(io.StringIO(text), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)

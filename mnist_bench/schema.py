@@ -103,6 +103,7 @@ class SweepParam:
 KIND_SWEEP = "sweep"
 CELLS_ARTIFACT = "sweep_cells.json"  # on a sweep's parent: the cells it set out to run
 CONFUSION_ARTIFACT = "confusion_matrix.csv"  # on every finished run: its test-set confusion matrix
+PREDICTIONS_ARTIFACT = "test_predictions.csv"  # on every finished run: each test image's label and predicted class
 
 
 class RunStatus:

@@ -35,7 +35,7 @@ from mnist_bench import server, tracking
 from mnist_bench.schema import Tag
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds")
-ARTIFACTS = {"config.yaml", "weights.npz", "confusion_matrix.csv"}
+ARTIFACTS = {"config.yaml", "weights.npz", "confusion_matrix.csv", "test_predictions.csv"}
 SMALL = ["batch_size=256", "dataset.train_limit=2000", "dataset.test_limit=500", "progress=none"]
 SWEEP_TIMEOUT_S = 240
 

@@ -26,6 +26,7 @@ from mnist_bench.backends.numpy_backend import (
 )
 from mnist_bench.config import BackendConfig, Config
 from mnist_bench.hydra_app import compose
+from mnist_bench.schema import PREDICTIONS_ARTIFACT
 
 N_CLASSES = 10
 
@@ -186,6 +187,9 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
     artifacts.write(tmp_path, cfg, fit, split.x_test, split.y_test)
     counts = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
     assert np.trace(counts) / len(split.y_test) == history[-1].test_accuracy
+    predictions = artifacts.parse_predictions((tmp_path / PREDICTIONS_ARTIFACT).read_text())
+    np.testing.assert_array_equal(predictions[:, 0], split.y_test)
+    np.testing.assert_array_equal(predictions[:, 1], test["probabilities"])  # the rule behind the test accuracy
 
 
 # --- training on a small synthetic problem --------------------------------------------------------

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_bench.schema import KIND_SWEEP, SYSTEM_METRIC_PREFIX, Tag
+from mnist_bench import artifacts
+from mnist_bench.schema import KIND_SWEEP, PREDICTIONS_ARTIFACT, SYSTEM_METRIC_PREFIX, Tag
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ TAGS = (
     Tag.HOST,
     Tag.PID,
 )
-ARTIFACTS = {"config.yaml", "confusion_matrix.csv", "weights.npz"}  # figures are the report's
+ARTIFACTS = {"config.yaml", "confusion_matrix.csv", "test_predictions.csv", "weights.npz"}  # figures are the report's
 
 
 def parents(runs: list) -> list:
@@ -228,6 +229,10 @@ def test_grid_children_have_their_artifacts(grid: Sweep, tmp_path: Path) -> None
         counts = np.loadtxt(local / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
         assert counts.shape == (10, 10) and counts.sum() == TEST_LIMIT
         assert np.trace(counts) / TEST_LIMIT == pytest.approx(run.data.metrics["final_test_accuracy"])
+        predictions = artifacts.parse_predictions((local / PREDICTIONS_ARTIFACT).read_text())
+        labels, predicted = predictions[:, 0], predictions[:, 1]
+        assert len(predictions) == TEST_LIMIT and set(predicted) <= set(range(10))
+        np.testing.assert_array_equal(artifacts.confusion_matrix(labels, predicted), counts)  # the same predictions
         saved = OmegaConf.load(local / "config.yaml")
         assert (saved.activation, str(saved.lr), saved.epochs) == (*cell(run), EPOCHS)
 
