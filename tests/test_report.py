@@ -27,8 +27,9 @@ from mlflow.tracking import MlflowClient
 from mnist_bench import artifacts, experiment, hydra_app, machine, timing, tracking
 from mnist_bench.backends.base import EpochMetrics, FitResult
 from mnist_bench.config import Config, config_hash, run_name
+from mnist_bench.report import accuracy as acc
 from mnist_bench.report import cli, document, plots, reading, render, tables
-from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, Cell, normalise
+from mnist_bench.schema import CELLS_ARTIFACT, CONFUSION_ARTIFACT, PREDICTIONS_ARTIFACT, Cell, normalise
 
 EXPERIMENT = "mnist-bench"
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,8 @@ SWEEP = "sweep-test"
 N_TRAIN = 2000
 EPOCHS = 3
 TARGET = 0.86  # target_accuracy: most runs reach it, so time_to_target_seconds is logged
+N_TEST = 500  # test images each scripted run is scored on
+TEST_LABELS = np.random.default_rng(7).integers(0, 10, N_TEST)
 CONFIGS = [
     (backend, activation, lr, EPOCHS)
     for backend in ("numpy", "tf")
@@ -96,10 +99,14 @@ class LoggedSweep:
 
 def scripted_run(key: tuple, rng: np.random.Generator) -> dict:
     """Plausible per-epoch curves (epochs a few percent apart, so that timings are stable), the summary the
-    harness derives from them, and a confusion matrix."""
+    harness derives from them, a confusion matrix, and test predictions that score the final test accuracy
+    (right on a random subset of the images)."""
     backend, activation, lr, epochs, _ = key
     base = 0.80 + 0.03 * (activation == "softmax") + 0.02 * (lr == "0.5") + rng.normal(0, 0.004)
     test_acc = base + 0.01 * np.arange(1, epochs + 1) + rng.normal(0, 0.002, epochs)
+    right = rng.permutation(N_TEST) < round(test_acc[-1] * N_TEST)
+    test_acc[-1] = right.mean()
+    predicted = np.where(right, TEST_LABELS, (TEST_LABELS + rng.integers(1, 10, N_TEST)) % 10)
     seconds = (0.4 if backend == "numpy" else 0.15) * (1 + rng.uniform(0, 0.1, epochs))
     history = {
         "train_loss": 1.0 / np.arange(2, epochs + 2) + rng.uniform(0, 0.01, epochs),
@@ -121,7 +128,8 @@ def scripted_run(key: tuple, rng: np.random.Generator) -> dict:
     if reached.size:
         summary["time_to_target_seconds"] = seconds[: reached[0] + 1].sum()
     confusion = rng.integers(0, 6, (10, 10)) + np.diag(rng.integers(80, 120, 10))
-    return {"history": history, "summary": summary, "confusion": confusion}
+    predictions = np.column_stack([TEST_LABELS, predicted])
+    return {"history": history, "summary": summary, "confusion": confusion, "predictions": predictions}
 
 
 def epoch_metrics(history: dict, epoch: int) -> EpochMetrics:
@@ -130,10 +138,18 @@ def epoch_metrics(history: dict, epoch: int) -> EpochMetrics:
     return EpochMetrics(epoch=epoch, tied_prediction_fraction=0.0, **values)
 
 
-def recording(history: dict, confusion: np.ndarray, failing_epoch: int | None = None) -> experiment.Recording:
+def recording(
+    history: dict, confusion: np.ndarray, predictions: np.ndarray | None = None, failing_epoch: int | None = None
+) -> experiment.Recording:
     """How a scripted run is recorded by experiment.record: its epochs replayed in place of training (raising
-    in ``failing_epoch``), its confusion matrix as the artifact, and quiet measurement conditions."""
+    in ``failing_epoch``), its confusion matrix and (label, predicted) rows as the artifacts, and quiet
+    measurement conditions."""
     epochs = len(history["epoch_seconds"])
+
+    def write_artifacts(folder: Path, _: FitResult) -> None:
+        artifacts.write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion)
+        if predictions is not None:
+            artifacts.write_predictions(folder / PREDICTIONS_ARTIFACT, *predictions.T)
 
     def fit(callback: Callable[[EpochMetrics], bool]) -> FitResult:
         for epoch in range(1, epochs + 1):
@@ -146,8 +162,8 @@ def recording(history: dict, confusion: np.ndarray, failing_epoch: int | None = 
     conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(history["epoch_seconds"]))
     return experiment.Recording(
         fit=fit,
-        write_artifacts=lambda folder, _: artifacts.write_confusion_matrix(folder / CONFUSION_ARTIFACT, confusion),
-        rows={"train": N_TRAIN, "test": 500},
+        write_artifacts=write_artifacts,
+        rows={"train": N_TRAIN, "test": N_TEST},
         n_features=784,
         device="cpu",
         data_source="scripted",
@@ -199,10 +215,11 @@ def log_child(
     key: tuple,
     run: dict,
     keras_backend: str | None = None,
+    with_predictions: bool = True,
 ) -> None:
     """One child run as experiment.run records it (through experiment.record), with the scripted epochs in
     place of training and the ending the key calls for: FAILED raises in its second epoch, DEAD's process is
-    killed after its first."""
+    killed after its first. Without predictions, as a harness logged it before runs stored them."""
     cfg = config_of(key, keras_backend)
     sweep_name = tracking.sweep_name(client.get_run(parent_id))
     if key == DEAD:
@@ -212,7 +229,8 @@ def log_child(
         subprocess.run([sys.executable, "-c", _DIES_MID_RUN, *args], cwd=REPO, env=env, check=False, timeout=120)
         return
     tags = experiment.run_tags(cfg, config_hash(cfg), "cpu", machine.cpu_model(), sweep_name)
-    scripted = recording(run["history"], run["confusion"], failing_epoch=2 if key == FAILED else None)
+    predictions = run["predictions"] if with_predictions else None
+    scripted = recording(run["history"], run["confusion"], predictions, failing_epoch=2 if key == FAILED else None)
     try:
         experiment.record(client, experiment_id, cfg, experiment.run_params(cfg), tags, parent_id, scripted)
     except ValueError as err:
@@ -369,28 +387,59 @@ def test_files_exist_and_html_is_self_contained(full_report: Path) -> None:
 def test_headline_compares_each_pair_with_numpy_sigmoid(sweep_store: LoggedSweep, full_report: Path) -> None:
     headline = tables.headline_table(read_summary(full_report), reading.BASE_CONFIG).set_index(["model", "lr"])
 
-    def per_run(config: tuple, value) -> list[float]:
-        return [value(run) for run in ok_runs(sweep_store, config)]
-
-    def accuracy(run: dict) -> float:
-        return run["summary"]["final_test_accuracy"]
+    def mean_accuracy(config: tuple) -> float:
+        return np.mean([run["summary"]["final_test_accuracy"] for run in ok_runs(sweep_store, config)])
 
     numpy_sigmoid, tf_softmax = ("numpy", "sigmoid", "0.1", EPOCHS), ("tf", "softmax", "0.1", EPOCHS)
-    diff = np.mean(per_run(tf_softmax, accuracy)) - np.mean(per_run(numpy_sigmoid, accuracy))
-    pooled = np.sqrt(
-        (np.var(per_run(tf_softmax, accuracy), ddof=1) + np.var(per_run(numpy_sigmoid, accuracy), ddof=1)) / 2
-    )
     row = headline.loc[("tf-softmax", "0.1")]
-    assert row["accuracy_diff"] == pytest.approx(diff)
-    assert row["pooled_std"] == pytest.approx(pooled)  # two seeds each: the pooled variance is the plain average
-    assert row["beyond_spread"] == ("yes" if abs(diff) > 2 * pooled else "no")
-    assert headline.loc[("numpy-sigmoid", "0.1"), "beyond_spread"] == "reference"
-    # tf-softmax lr=0.5 kept one run (the other failed): its spread is unknown, and the report says so.
-    assert headline.loc[("tf-softmax", "0.5"), "beyond_spread"] == "unknown (n=1: spread unknown)"
+    assert row["final_test_accuracy_mean_ref"] == pytest.approx(mean_accuracy(numpy_sigmoid))
+    assert row["accuracy_diff"] == pytest.approx(mean_accuracy(tf_softmax) - mean_accuracy(numpy_sigmoid))
     order = list(headline.xs("0.1", level="lr").index)
     assert order == ["numpy-sigmoid", "tf-softmax", "numpy-softmax", "tf-sigmoid"]
     text = section((full_report / "report.md").read_text(), "Headline")
-    assert "2 × pooled std" in text and "unknown (n=1: spread unknown)" in text
+    assert "McNemar's exact test, two-sided mid-p" in text and f"from {acc.SIGN_TEST_SEEDS} seeds a sign test" in text
+
+
+def test_comparisons_give_each_accuracy_verdict_from_the_images_each_seeds_runs_got_right(
+    sweep_store: LoggedSweep, full_report: Path
+) -> None:
+    comparisons = pd.read_csv(full_report / "comparisons.csv", dtype=CONFIG_DTYPES, keep_default_na=False)
+    by_pair = comparisons.set_index(["reference", "candidate", "lr"])
+
+    def discordant(reference: tuple, candidate: tuple, seeds: tuple[int, ...]) -> list[tuple[int, int]]:
+        """Per seed: images only the reference's run got right, and only the candidate's."""
+        counts = []
+        for seed in seeds:
+            right = [
+                np.equal(*sweep_store.logged[(*config, seed)]["predictions"].T) for config in (reference, candidate)
+            ]
+            counts.append((int((right[0] & ~right[1]).sum()), int((right[1] & ~right[0]).sum())))
+        return counts
+
+    numpy_sigmoid, tf_softmax = ("numpy", "sigmoid", "0.1", EPOCHS), ("tf", "softmax", "0.1", EPOCHS)
+    seeds = discordant(numpy_sigmoid, tf_softmax, SEEDS)
+    row = by_pair.loc[("numpy-sigmoid", "tf-softmax", "0.1")]
+    reference_only, candidate_only = (sum(counts) for counts in zip(*seeds, strict=True))
+    assert (row["reference_only_right"], row["candidate_only_right"], row["test_images"]) == (
+        str(reference_only),
+        str(candidate_only),
+        str(N_TEST),
+    )
+    assert float(row["accuracy_p_value"]) == pytest.approx(acc.mcnemar_mid_p(reference_only, candidate_only))
+    agree = len({np.sign(c - b) for b, c in seeds} | {np.sign(candidate_only - reference_only)}) == 1
+    assert (
+        row["accuracy_rule"]
+        == f"McNemar pooled over 2 seeds, {'every seed agreeing' if agree else 'seeds disagreeing'}"
+    )
+    called = agree and float(row["accuracy_p_value"]) < acc.ALPHA
+    direction = acc.MORE_ACCURATE if candidate_only > reference_only else acc.LESS_ACCURATE
+    assert row["accuracy_verdict"] == (direction if called else acc.WITHIN_NOISE)
+    # tf-softmax lr=0.5 has one finished run (seed 1 failed): it is paired with numpy-sigmoid's seed 0 alone.
+    ((b, c),) = discordant(("numpy", "sigmoid", "0.5", EPOCHS), ("tf", "softmax", "0.5", EPOCHS), (0,))
+    row = by_pair.loc[("numpy-sigmoid", "tf-softmax", "0.5")]
+    assert row["accuracy_rule"] == acc.ONE_SEED
+    assert (row["reference_only_right"], row["candidate_only_right"]) == (str(b), str(c))
+    assert float(row["accuracy_p_value"]) == pytest.approx(acc.mcnemar_mid_p(b, c))
 
 
 def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
@@ -427,31 +476,63 @@ def test_comparisons_give_each_speed_ratio_with_its_interval_and_verdict(
     assert "**tf-softmax vs numpy-sigmoid** (lr=0.1" in headline and f"{faster} (speed ratio " in headline
 
 
-# (accuracy_diff, beyond_spread, speed_verdict, fewer timed runs of the two sides, what the sentence must say)
+FRESH_RUN = "tf-softmax-lr0.1-s0-e3"
+UNLOGGED = (
+    f"no test_predictions.csv on {FRESH_RUN} (logged by a harness that did not store predictions): run the sweep "
+    "again with resume=false"
+)
+
+
+def judged(verdict: str, p_value: float, rule: str, only_right: tuple[int, int], means: tuple[float, float]) -> dict:
+    """An accuracy verdict's fields as compared_with gives them: only_right = (reference's, candidate's)
+    discordant images, means = (candidate's, reference's) mean test accuracy."""
+    counts = dict(zip(["reference_only_right", "candidate_only_right"], only_right, strict=True))
+    scores = dict(zip(["final_test_accuracy_mean", "final_test_accuracy_mean_ref"], means, strict=True))
+    fields = {"accuracy_verdict": verdict, "accuracy_p_value": p_value, "accuracy_rule": rule, "test_images": 10_000}
+    return fields | counts | scores
+
+
+POOLED = "McNemar pooled over 3 seeds, "
+# (the accuracy verdict's fields, the speed verdict, fewer timed runs of the two sides, what the sentence must say)
 ANSWERS = {
-    "candidate-wins-both": (0.012, "yes", "faster", 2, "tf-softmax is more accurate than numpy-sigmoid by 0.0120 "
-                            "test accuracy, beyond the seed spread, and tf-softmax is faster (speed ratio 1.50×"),
-    "reference-wins-both": (-0.012, "yes", "slower", 2, "numpy-sigmoid is more accurate than tf-softmax by 0.0120 "
-                            "test accuracy, beyond the seed spread, and numpy-sigmoid is faster (speed ratio 1.50×"),
-    "within-spread-and-noise": (0.001, "no", "within noise", 2, "neither is more accurate beyond the seed spread "
-                                "(tf-softmax leads by 0.0010), and neither is faster beyond timing noise (speed"),
-    "unknowns": (-0.003, "unknown (n=1: spread unknown)", "unreliable: numpy-sigmoid s0: other processes", 1,
-                 "whether either is more accurate cannot be said with n = 1 (numpy-sigmoid leads by 0.0030), and "
-                 "which is faster cannot be said: the speed ratio 1.50× (1.20–1.80) is unreliable: numpy-sigmoid s0"),
-    "one-run-a-side": (0.003, "unknown (n=1: spread unknown)", "slower", 1, "and numpy-sigmoid was faster in one "
-                       "run a side (speed ratio 1.50× (1.20–1.80), an interval over its epochs that cannot see a "
-                       "drift between runs: add seed=0,1,2 to tell)"),
-    "tie": (0.00001, "no", "faster", 2, "neither is more accurate beyond the seed spread (they tie), and "
-            "tf-softmax is faster"),
+    "candidate-wins-both": (
+        judged(acc.MORE_ACCURATE, 2e-5, acc.ONE_SEED, (100, 319), (0.9213, 0.8994)), "faster", 2,
+        "tf-softmax is more accurate than numpy-sigmoid (0.9213 against 0.8994, McNemar p < 0.001 on the 10,000 test "
+        "images), and tf-softmax is faster (speed ratio 1.50×"),
+    "reference-wins-both": (
+        judged(acc.LESS_ACCURATE, 0.0123, POOLED + "every seed agreeing", (360, 300), (0.8994, 0.9213)), "slower", 2,
+        "numpy-sigmoid is more accurate than tf-softmax (0.9213 against 0.8994, p = 0.012 by McNemar pooled over 3 "
+        "seeds, every seed agreeing, on 10,000 test images a seed), and numpy-sigmoid is faster"),
+    "within-noise-on-one-seed": (
+        judged(acc.WITHIN_NOISE, 0.4149, acc.ONE_SEED, (40, 45), (0.9005, 0.9)), "within noise", 2,
+        "neither is more accurate beyond chance (tf-softmax 0.9005, numpy-sigmoid 0.9000, McNemar p = 0.41 on the "
+        "10,000 test images; add seeds (seed=0,1,2) to tell a smaller difference), and neither is faster beyond "
+        "timing noise (speed"),
+    "seeds-disagree": (
+        judged(acc.WITHIN_NOISE, 2e-5, POOLED + acc.SEEDS_DISAGREE, (300, 360), (0.906, 0.9)), "faster", 2,
+        "neither is more accurate beyond chance (tf-softmax 0.9060, numpy-sigmoid 0.9000, p < 0.001 by McNemar "
+        "pooled over 3 seeds, seeds disagreeing, on 10,000 test images a seed; more seeds would tell)"),
+    "identical": (
+        judged(acc.WITHIN_NOISE, 1.0, acc.ONE_SEED, (0, 0), (0.9, 0.9)), "faster", 2,
+        "neither is more accurate: both got the same test images right (tf-softmax 0.9000, numpy-sigmoid 0.9000), "
+        "and tf-softmax is faster"),
+    "unknowns": (
+        judged(acc.UNKNOWN, np.nan, UNLOGGED, (np.nan, np.nan), (0.9, 0.9)), f"unreliable: {FRESH_RUN}: other", 1,
+        f"whether either is more accurate cannot be said: {UNLOGGED}, and which is faster cannot be said: the speed "
+        f"ratio 1.50× (1.20–1.80) is unreliable: {FRESH_RUN}: other"),
+    "one-run-a-side": (
+        judged(acc.MORE_ACCURATE, 0.002, acc.ONE_SEED, (10, 30), (0.902, 0.9)), "slower", 1,
+        "and numpy-sigmoid was faster in one run a side (speed ratio 1.50× (1.20–1.80), an interval over its epochs "
+        "that cannot see a drift between runs: add seed=0,1,2 to tell)"),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(("diff", "spread", "verdict", "runs", "expected"), ANSWERS.values(), ids=ANSWERS.keys())
+@pytest.mark.parametrize(("paired", "verdict", "runs", "expected"), ANSWERS.values(), ids=ANSWERS.keys())
 def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_the_verdicts_allow(
-    diff: float, spread: str, verdict: str, runs: int, expected: str
+    paired: dict, verdict: str, runs: int, expected: str
 ) -> None:
-    row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": diff}
-    row |= {"beyond_spread": spread, "speed_verdict": verdict, "speed_ratio": 1.5, "timed_runs": runs}
+    row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": 0.0} | paired
+    row |= {"speed_verdict": verdict, "speed_ratio": 1.5, "timed_runs": runs}
     row |= {"speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
     (sentence,) = document._answers(pd.DataFrame([row]), ["backend", "activation"])
     assert sentence.startswith("**tf-softmax vs numpy-sigmoid**: ") and sentence.endswith(".")
@@ -470,6 +551,32 @@ def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_sto
     assert list(shown) == list(expected)  # one per backend-activation, in table order
     for name, counts in shown.items():
         np.testing.assert_array_equal(counts, expected[name])
+
+
+def test_runs_logged_without_predictions_get_an_unknown_accuracy_verdict_with_the_reason(
+    tmp_path: Path, make_store: Callable
+) -> None:
+    """A sweep logged by a harness older than test_predictions.csv still reports: the accuracy verdict is
+    unknown, naming the runs without it and what to do, in comparisons.csv, the table and the headline."""
+    uri = make_store(tmp_path).uri
+    client, experiment_id = tracking.open_store(uri, EXPERIMENT)
+    keys = [("numpy", "sigmoid", "0.1", EPOCHS, 0), ("tf", "softmax", "0.1", EPOCHS, 0)]
+    parent_id = log_parent(client, experiment_id, SWEEP, [cell_of(key) for key in keys])
+    for index, key in enumerate(keys):
+        run = scripted_run(key, np.random.default_rng(index))
+        log_child(client, experiment_id, parent_id, key, run, with_predictions=key[0] == "numpy")
+    client.set_terminated(parent_id, tracking.FINISHED)
+
+    out = tmp_path / "report"
+    assert cli.main(["--tracking-uri", uri, "--out", str(out)]) == 0
+    (row,) = pd.read_csv(out / "comparisons.csv", keep_default_na=False).to_dict("records")
+    assert row["accuracy_verdict"] == acc.UNKNOWN and row["accuracy_p_value"] == ""
+    reason = f"no test_predictions.csv on {cell_name(keys[1])} (logged by a harness that did not store predictions)"
+    assert row["accuracy_rule"] == f"{reason}: run the sweep again with resume=false"
+    assert row["reference_only_right"] == row["candidate_only_right"] == ""
+    headline = section((out / "report.md").read_text(), "Headline")
+    assert f"whether either is more accurate cannot be said: {reason}" in headline
+    assert f"| unknown: {reason}" in headline  # the table's accuracy verdict
 
 
 def test_keras_on_jax_is_a_model_of_its_own(tmp_path: Path, make_store: Callable) -> None:

@@ -21,6 +21,7 @@ ALPHA = 0.05  # a difference is called when its two-sided p-value is below this
 SIGN_TEST_SEEDS = 5
 
 MORE_ACCURATE, LESS_ACCURATE, WITHIN_NOISE, UNKNOWN = "more accurate", "less accurate", "within noise", "unknown"
+ONE_SEED, SEEDS_DISAGREE = "McNemar on one seed", "seeds disagreeing"  # rules the headline words its advice on
 
 
 def at_most(successes: int, trials: int) -> float:
@@ -115,7 +116,7 @@ def judge(pairs: Sequence[Pair]) -> Verdict:
     p_value = mcnemar_mid_p(reference_only, candidate_only)
     direction = MORE_ACCURATE if candidate_only > reference_only else LESS_ACCURATE
     if len(pairs) == 1:
-        rule, spread_agrees = "McNemar on one seed", True
+        rule, spread_agrees = ONE_SEED, True
     elif len(pairs) >= SIGN_TEST_SEEDS:
         ahead = sum(pair.lead > 0 for pair in pairs)
         behind = sum(pair.lead < 0 for pair in pairs)

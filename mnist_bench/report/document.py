@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from mnist_bench import timing, tracking
-from mnist_bench.report import plots
+from mnist_bench.report import accuracy, plots
 from mnist_bench.report.plots import Plot
 from mnist_bench.report.reading import METRICS, Selection
 from mnist_bench.report.render import Block, to_csv, to_html, to_markdown
 from mnist_bench.report.tables import REFERENCE, compared_with, comparisons_table, summary_table
-from mnist_bench.schema import CELLS_ARTIFACT, COUNTED, SweepParam
+from mnist_bench.schema import CELLS_ARTIFACT, COUNTED, PREDICTIONS_ARTIFACT, SweepParam
 
 PROBLEMS_TITLE = "Incomplete or failed cells"
 
@@ -84,21 +84,23 @@ def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
         (
             "p",
             f"Rows share the device and every other setting with the {REFERENCE} row they are compared to. "
-            f"Δ acc = final test accuracy minus {REFERENCE}'s; speed ratio = {REFERENCE}'s s/epoch ÷ this "
+            f"Δ acc = final test accuracy minus {REFERENCE}'s (means over seeds). The accuracy verdict pairs the "
+            "two models image by image on the test set (each run's "
+            f"{PREDICTIONS_ARTIFACT}): McNemar's exact test, two-sided mid-p, on the images exactly one of the "
+            "two got right. With one seed that test decides; with several, each seed's runs are paired, the test "
+            "is pooled over the seeds, and the seed-to-seed spread must agree: every seed's difference of the "
+            f"same sign, or from {accuracy.SIGN_TEST_SEEDS} seeds a sign test over them. More or less accurate "
+            f"when p < {accuracy.ALPHA:g}, within noise otherwise; comparisons.csv names the rule that decided. "
+            f"Speed ratio = {REFERENCE}'s s/epoch ÷ this "
             "row's (> 1: faster), s/epoch being the median of a run's timed epochs, with a 95% bootstrap "
             "interval over runs and their epochs (widened by √(n/(n−1)) for n runs, which a plain "
             "bootstrap over few runs understates). The speed verdict is faster or slower only when the "
             "interval excludes 1 and every run on both sides was timed under stable conditions "
             "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise; with one "
             "run a side the interval holds only that run's epochs, so a faster or slower call is said as that "
-            "run's, not as the models'. "
-            "Beyond seed spread applies the rule |Δ acc| > 2 × pooled std (the seed-to-seed std pooled "
-            "over both configurations); it needs n ≥ 2 on both sides, so with n = 1 the spread is "
-            "unknown and so is the answer.",
+            "run's, not as the models'.",
         )
     )
-    if (table["n"] < 2).all():
-        blocks.append(("p", "Every configuration here has one finished run: no difference can be called real."))
     blocks += [("p", sentence) for sentence in _answers(table, columns)]
     settings = [
         "device",
@@ -112,9 +114,9 @@ def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
             "test acc": [mean_std(row, "final_test_accuracy") for row in records],
             "s/epoch": [mean_std(row, "seconds_per_epoch") for row in records],
             f"Δ acc vs {REFERENCE}": table["accuracy_diff"].map(lambda d: "" if pd.isna(d) else f"{d:+.4f}"),
+            "accuracy verdict": [_accuracy_verdict(row) for row in records],
             "speed ratio (95% interval)": [_ratio(row) for row in records],
             "speed verdict": table["speed_verdict"].fillna(""),
-            "beyond seed spread": table["beyond_spread"],
         },
     )
     return [*blocks, ("table", shown)]
@@ -177,7 +179,7 @@ HEADLINE_CANDIDATE = "tf-softmax"  # the tutorial's question: its TF-softmax mod
 
 def _answers(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """The tutorial's question answered in one sentence for each setting where both of its models ran: which
-    is more accurate (by the seed-spread rule) and which is faster (by the speed verdict)."""
+    is more accurate (by the paired accuracy verdict) and which is faster (by the speed verdict)."""
     shown = [c for c in plots.varying(table, columns) if c not in ("backend", "activation")]
     answers = []
     for row in table[table["model"].eq(HEADLINE_CANDIDATE) & table["accuracy_diff"].notna()].to_dict("records"):
@@ -190,16 +192,55 @@ def _answers(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
 
 
 def _more_accurate(row: Mapping[str, object]) -> str:
-    """Which of the two is more accurate, said only as far as the seed spread allows."""
-    diff = row["accuracy_diff"]
-    ahead, behind = (HEADLINE_CANDIDATE, REFERENCE) if diff >= 0 else (REFERENCE, HEADLINE_CANDIDATE)
-    by = f"{abs(diff):.4f}"
-    lead = "they tie" if float(by) == 0 else f"{ahead} leads by {by}"
-    if row["beyond_spread"] == "yes":
-        return f"{ahead} is more accurate than {behind} by {by} test accuracy, beyond the seed spread"
-    if row["beyond_spread"] == "no":
-        return f"neither is more accurate beyond the seed spread ({lead})"
-    return f"whether either is more accurate cannot be said with n = 1 ({lead})"
+    """Which of the two is more accurate, as far as the paired verdict allows, with both accuracies, the
+    evidence, and what would tell where it cannot."""
+    verdict = row.get("accuracy_verdict")
+    if pd.isna(verdict) or verdict == accuracy.UNKNOWN:
+        reason = "" if pd.isna(verdict) else f": {row['accuracy_rule']}"
+        return f"whether either is more accurate cannot be said{reason}"
+    candidate = (HEADLINE_CANDIDATE, row["final_test_accuracy_mean"])
+    reference = (REFERENCE, row["final_test_accuracy_mean_ref"])
+    if verdict != accuracy.WITHIN_NOISE:
+        (ahead, ahead_score), (behind, behind_score) = (
+            (reference, candidate) if verdict == accuracy.LESS_ACCURATE else (candidate, reference)
+        )
+        return (
+            f"{ahead} is more accurate than {behind} ({ahead_score:.4f} against {behind_score:.4f}, {_evidence(row)})"
+        )
+    scores = ", ".join(f"{name} {score:.4f}" for name, score in (candidate, reference))
+    if row["reference_only_right"] == row["candidate_only_right"] == 0:
+        return f"neither is more accurate: both got the same test images right ({scores})"
+    if row["accuracy_rule"] == accuracy.ONE_SEED:
+        advice = "; add seeds (seed=0,1,2) to tell a smaller difference"
+    elif accuracy.SEEDS_DISAGREE in row["accuracy_rule"]:
+        advice = "; more seeds would tell"
+    else:
+        advice = ""
+    return f"neither is more accurate beyond chance ({scores}, {_evidence(row)}{advice})"
+
+
+def _evidence(row: Mapping[str, object]) -> str:
+    """The paired test behind a verdict: its p-value, the rule, and on how many test images."""
+    images = f"{int(row['test_images']):,} test images"
+    if row["accuracy_rule"] == accuracy.ONE_SEED:
+        return f"McNemar {_p(row)} on the {images}"
+    return f"{_p(row)} by {row['accuracy_rule']}, on {images} a seed"
+
+
+def _p(row: Mapping[str, object]) -> str:
+    """The accuracy test's p-value as said: to two significant digits, and below 0.001 only as such."""
+    p_value = row["accuracy_p_value"]
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.2g}"
+
+
+def _accuracy_verdict(row: Mapping[str, object]) -> str:
+    """The headline table's cell: the verdict with its p-value, or why there is none."""
+    verdict = row.get("accuracy_verdict")
+    if pd.isna(verdict):
+        return ""
+    if verdict == accuracy.UNKNOWN:
+        return f"{verdict}: {row['accuracy_rule']}"
+    return f"{verdict} ({_p(row)})"
 
 
 def _faster(row: Mapping[str, object]) -> str:
@@ -292,7 +333,7 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
 def render(sel: Selection) -> dict[str, bytes]:
     """Every file of the report, in memory: nothing touches the disk until all of it exists."""
     summary = summary_table(sel.runs, sel.columns)
-    headline = compared_with(REFERENCE, summary, sel.runs, sel.histories, sel.columns)
+    headline = compared_with(REFERENCE, summary, sel.runs, sel.histories, sel.predictions, sel.columns)
     plots, notes = make_plots(sel, summary)
     blocks = [
         *header_blocks(sel, summary),
@@ -309,6 +350,6 @@ def render(sel: Selection) -> dict[str, bytes]:
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
         "summary.csv": to_csv(summary),
-        "comparisons.csv": to_csv(comparisons_table(summary, sel.runs, sel.histories, sel.columns)),
+        "comparisons.csv": to_csv(comparisons_table(summary, sel.runs, sel.histories, sel.predictions, sel.columns)),
     }
     return files | {plot.name: plot.png for plot in plots}

@@ -1,6 +1,6 @@
 """A sweep's runs as frames, read from MLflow only: the parent, its selected child runs (params, tags and
-summary metrics), their per-epoch histories, the confusion matrices worth drawing, and the cells or runs
-that did not finish cleanly."""
+summary metrics), their per-epoch histories, their test-set predictions, the confusion matrices worth drawing,
+and the cells or runs that did not finish cleanly."""
 
 from __future__ import annotations
 
@@ -18,7 +18,17 @@ from mlflow.tracking import MlflowClient
 from mnist_bench import artifacts, timing, tracking
 from mnist_bench.config import backend_label, changes_numbers
 from mnist_bench.errors import UserError
-from mnist_bench.schema import CONFUSION_ARTIFACT, COUNTED, Cell, Status, Tag, metric_name, normalise, status_of
+from mnist_bench.schema import (
+    CONFUSION_ARTIFACT,
+    COUNTED,
+    PREDICTIONS_ARTIFACT,
+    Cell,
+    Status,
+    Tag,
+    metric_name,
+    normalise,
+    status_of,
+)
 
 BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 
@@ -133,6 +143,17 @@ def load_confusion_matrices(client: MlflowClient, runs: pd.DataFrame) -> dict[st
     return matrices
 
 
+def load_predictions(client: MlflowClient, runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each finished run's (label, predicted) rows of the test set, by run id: what the paired accuracy test
+    compares. A run without the artifact (logged by an older harness) is left out."""
+    predictions = {}
+    for run_id in runs.loc[runs["status"].isin(COUNTED), "run_id"]:
+        text = tracking.read_artifact(client, run_id, PREDICTIONS_ARTIFACT)
+        if text is not None:
+            predictions[run_id] = artifacts.parse_predictions(text)
+    return predictions
+
+
 def config_columns(runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
     """The columns that define a configuration: the base ones, then any other param that varies
     across the runs (seed excepted: it is what the means are taken over)."""
@@ -180,6 +201,7 @@ class Selection:
     filters: list[tuple[str, str]]
     cells: list[Cell] | None
     histories: pd.DataFrame  # per-epoch metrics of the finished runs
+    predictions: dict[str, np.ndarray]  # each finished run's (label, predicted) test rows, by run id, where logged
     confusion_matrices: dict[str, np.ndarray]  # each model's most accurate run's, by a label naming it
     problems: pd.DataFrame
     reaped: list[str]
@@ -216,6 +238,7 @@ def select(args: argparse.Namespace) -> tuple[MlflowClient, Selection]:
         list(args.filters),
         sweep.cells,
         histories,
+        load_predictions(client, runs),
         load_confusion_matrices(client, runs),
         problem_cells(sweep.outcomes, runs),
         reading.reaped,

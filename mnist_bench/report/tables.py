@@ -1,16 +1,18 @@
 """The report's tables as pure pandas: a configuration's mean and spread over its seeds, and each pair of
-models compared at equal settings, accuracy against the seed spread and speed with its interval and verdict
-(mnist_bench.timing)."""
+models compared at equal settings, accuracy image by image (mnist_bench.report.accuracy) and speed with its
+interval and verdict (mnist_bench.timing)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from mnist_bench import timing
+from mnist_bench.report import accuracy
 from mnist_bench.report.reading import METRICS, sort_key
-from mnist_bench.schema import COUNTED
+from mnist_bench.schema import COUNTED, PREDICTIONS_ARTIFACT
 
 REFERENCE = "numpy-sigmoid"
 
@@ -34,24 +36,6 @@ def summary_table(runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return table.sort_values(columns, key=sort_key).reset_index(drop=True)
 
 
-def pooled_std(std_a: pd.Series, n_a: pd.Series, std_b: pd.Series, n_b: pd.Series) -> pd.Series:
-    """The seed-to-seed std two configurations share (pooled variance). NaN unless both have n >= 2:
-    one run says nothing about its own spread."""
-    pooled = (((n_a - 1) * std_a**2 + (n_b - 1) * std_b**2) / (n_a + n_b - 2)) ** 0.5
-    return pooled.where((n_a >= 2) & (n_b >= 2))
-
-
-def _verdict(row: Mapping[str, object], reference: str) -> str:
-    """Whether the accuracy difference to the reference exceeds the seed spread: |diff| > 2 * pooled std."""
-    if row["model"] == reference:
-        return "reference"
-    if pd.isna(row["final_test_accuracy_mean_ref"]):
-        return f"n/a: no {reference} at these settings"
-    if pd.isna(row["pooled_std"]):
-        return "unknown (n=1: spread unknown)"
-    return "yes" if abs(row["accuracy_diff"]) > 2 * row["pooled_std"] else "no"
-
-
 def _model_rank(model: str) -> int:
     """Where a backend-activation model sits in tables: the tutorial's pair first, unknown models last."""
     return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
@@ -59,7 +43,7 @@ def _model_rank(model: str) -> int:
 
 def headline_table(summary: pd.DataFrame, columns: Sequence[str], reference: str = REFERENCE) -> pd.DataFrame:
     """Each backend-activation pair beside the reference (numpy-sigmoid) on the same device with otherwise-
-    equal settings: the accuracy difference and whether it exceeds the seed spread (speed: see speed_table)."""
+    equal settings: both mean accuracies and their difference (verdicts: accuracy_table and speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     done = summary[summary["n"] > 0]
     done = done.assign(model=done["backend"] + "-" + done["activation"])
@@ -68,15 +52,75 @@ def headline_table(summary: pd.DataFrame, columns: Sequence[str], reference: str
         done.loc[done["model"] == reference, [*settings, *kept]], on=settings, how="left", suffixes=("", "_ref")
     )
     table["accuracy_diff"] = table["final_test_accuracy_mean"] - table["final_test_accuracy_mean_ref"]
-    table["pooled_std"] = pooled_std(
-        table["final_test_accuracy_std"],
-        table["final_test_accuracy_n"],
-        table["final_test_accuracy_std_ref"],
-        table["final_test_accuracy_n_ref"],
-    )
-    table["beyond_spread"] = [_verdict(row, reference) for row in table.to_dict("records")]
     table["rank"] = table["model"].map(_model_rank)
     return table.sort_values([*settings, "rank", "model"], key=sort_key).reset_index(drop=True)
+
+
+ACCURACY_COLUMNS = [
+    *["accuracy_verdict", "accuracy_p_value", "accuracy_rule"],
+    *["test_images", "reference_only_right", "candidate_only_right"],
+]
+
+
+def accuracy_table(
+    runs: pd.DataFrame, predictions: dict[str, np.ndarray], columns: Sequence[str], reference: str = REFERENCE
+) -> pd.DataFrame:
+    """Each configuration's accuracy against the reference's with the same other settings, image by image
+    (accuracy.judge): each of its finished runs paired with the reference's run of the same seed. The
+    verdict, its p-value and the rule that decided (or why none could), the test images a pair shares, and
+    how many of them only the reference, or only this model, got right (summed over the seeds)."""
+    settings = [c for c in columns if c not in ("backend", "activation")]
+    finished = runs[runs["status"].isin(COUNTED)]
+    finished = finished.assign(model=finished["backend"] + "-" + finished["activation"], seed=finished.get("seed", ""))
+    kept = [*settings, "seed", "run_id", "run_name"]
+    on_reference = finished.loc[finished["model"].eq(reference), kept].drop_duplicates([*settings, "seed"])
+    candidates = finished[finished["model"].ne(reference)].merge(
+        on_reference, on=[*settings, "seed"], how="left", suffixes=("", "_ref")
+    )
+    rows = []
+    for key, group in candidates.groupby([*settings, "model"], sort=False):
+        verdict = _paired_verdict(group, predictions, reference)
+        counted = (
+            (verdict.pairs[0].images, verdict.reference_only, verdict.candidate_only) if verdict.pairs else (None,) * 3
+        )
+        figures = (verdict.verdict, verdict.p_value, verdict.rule, *counted)
+        rows.append(
+            dict(zip([*settings, "model"], key, strict=True)) | dict(zip(ACCURACY_COLUMNS, figures, strict=True))
+        )
+    counts = ACCURACY_COLUMNS[3:]  # whole numbers, left empty where no pair was judged
+    return pd.DataFrame(rows, columns=[*settings, "model", *ACCURACY_COLUMNS]).astype(dict.fromkeys(counts, "Int64"))
+
+
+def _paired_verdict(group: pd.DataFrame, predictions: dict[str, np.ndarray], reference: str) -> accuracy.Verdict:
+    """The verdict over one model's runs at one setting, each beside the reference's run of its seed; unknown,
+    with the reason and what to do, when no pair has both runs' predictions on the same images."""
+    pairs, unlogged, scored_apart = [], [], []
+    for row in group.itertuples(index=False):
+        if pd.isna(row.run_id_ref):
+            continue
+        absent = [
+            name
+            for run_id, name in [(row.run_id_ref, row.run_name_ref), (row.run_id, row.run_name)]
+            if run_id not in predictions
+        ]
+        if absent:
+            unlogged += absent
+            continue
+        pair = accuracy.paired(str(row.seed), predictions[row.run_id_ref], predictions[row.run_id])
+        if pair is None:
+            scored_apart.append(f"{row.run_name_ref} and {row.run_name}")
+        else:
+            pairs.append(pair)
+    if pairs:
+        return accuracy.judge(pairs)
+    if unlogged:
+        return accuracy.unknown(
+            f"no {PREDICTIONS_ARTIFACT} on {', '.join(dict.fromkeys(unlogged))} (logged by a harness that did not "
+            "store predictions): run the sweep again with resume=false"
+        )
+    if scored_apart:
+        return accuracy.unknown(f"scored on different test images: {'; '.join(scored_apart)}")
+    return accuracy.unknown(f"no seed has a finished run on both sides (no {reference} run of the same seed)")
 
 
 SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict", "timed_runs"]
@@ -114,16 +158,28 @@ def speed_table(
 
 
 def compared_with(
-    reference: str, summary: pd.DataFrame, runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]
+    reference: str,
+    summary: pd.DataFrame,
+    runs: pd.DataFrame,
+    histories: pd.DataFrame,
+    predictions: dict[str, np.ndarray],
+    columns: Sequence[str],
 ) -> pd.DataFrame:
-    """Every model beside ``reference`` at equal settings: accuracy (headline_table) and speed (speed_table)."""
+    """Every model beside ``reference`` at equal settings: mean accuracies (headline_table), the paired
+    accuracy verdict (accuracy_table) and speed (speed_table)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
+    paired = accuracy_table(runs, predictions, columns, reference)
     speed = speed_table(runs, histories, columns, reference)
-    return headline_table(summary, columns, reference).merge(speed, on=[*settings, "model"], how="left")
+    table = headline_table(summary, columns, reference).merge(paired, on=[*settings, "model"], how="left")
+    return table.merge(speed, on=[*settings, "model"], how="left")
 
 
 def comparisons_table(
-    summary: pd.DataFrame, runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str]
+    summary: pd.DataFrame,
+    runs: pd.DataFrame,
+    histories: pd.DataFrame,
+    predictions: dict[str, np.ndarray],
+    columns: Sequence[str],
 ) -> pd.DataFrame:
     """comparisons.csv: every pair of models at equal settings, accuracy and speed side by side. Each pair is
     listed once, with the model that comes first in the headline's order as the reference (numpy-sigmoid
@@ -133,8 +189,8 @@ def comparisons_table(
     models = sorted(set(done["backend"] + "-" + done["activation"]), key=lambda m: (_model_rank(m), m))
     tables = []
     for index, reference in enumerate(models[:-1]):
-        table = compared_with(reference, summary, runs, histories, columns)
+        table = compared_with(reference, summary, runs, histories, predictions, columns)
         later = table["model"].isin(models[index + 1 :]) & table["final_test_accuracy_mean_ref"].notna()
         tables.append(table[later].assign(reference=reference, candidate=table["model"]))
-    names = ["reference", "candidate", *settings, "accuracy_diff", "beyond_spread", *SPEED_COLUMNS]
+    names = ["reference", "candidate", *settings, "accuracy_diff", *ACCURACY_COLUMNS, *SPEED_COLUMNS]
     return pd.concat(tables, ignore_index=True)[names] if tables else pd.DataFrame(columns=names)
