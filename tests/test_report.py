@@ -827,6 +827,18 @@ def overlapping_texts(figure) -> list[tuple[str, str]]:
     return bad
 
 
+def test_an_unreliable_speed_verdict_names_each_unstable_run_once() -> None:
+    """The verdict said "numpy-sigmoid numpy-sigmoid-lr0.1-s0-e3: ..." and "(and 1 more runs)" without naming
+    that run: now each unstable run of either side by its name (which names the model), with its reason."""
+    runs, histories = hand_made({"numpy": 0.0, "tf": 0.0})
+    busy = "other processes used 35% of the CPU (timing.max_other_cpu_share=0.2)"
+    runs = runs.assign(status="finished", run_name=runs["run_id"] + "-lr0.1-s0-e3", timing_unstable="")
+    runs.loc[runs["run_id"].isin(["numpy-sigmoid", "tf-softmax"]), "timing_unstable"] = busy
+    speed = tables.speed_table(runs, histories, reading.BASE_CONFIG).set_index("model")["speed_verdict"]
+    both = f"unreliable: numpy-sigmoid-lr0.1-s0-e3: {busy}; tf-softmax-lr0.1-s0-e3: {busy}"
+    assert (speed["tf-softmax"], speed["numpy-softmax"]) == (both, f"unreliable: numpy-sigmoid-lr0.1-s0-e3: {busy}")
+
+
 def test_coinciding_backends_are_named_and_drawn_apart() -> None:
     runs, histories = hand_made({"numpy": 0.0, "tf": 0.0, "jax": 0.03})
     (plot,) = plots.curves(runs, histories, reading.BASE_CONFIG)

@@ -146,8 +146,7 @@ def speed_table(
             if model == reference:
                 continue
             both = pd.concat([sides[reference], side])
-            shaky = [f"{r.model} {r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable]
-            unstable = f"{shaky[0]}" + (f" (and {len(shaky) - 1} more runs)" if len(shaky) > 1 else "") if shaky else ""
+            unstable = "; ".join(f"{r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable)
             timed = [[epochs[i] for i in each["run_id"] if i in epochs.index] for each in (sides[reference], side)]
             result = timing.compare(*timed, unstable)
             speed = (result.ratio, result.low, result.high, result.verdict, min(map(len, timed)))
