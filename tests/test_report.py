@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow.tracking import MlflowClient
+from needs import import_extra
 
 from mnist_bench import artifacts, experiment, hydra_app, machine, timing, tracking
 from mnist_bench.backends.base import EpochMetrics, FitResult
@@ -970,6 +971,56 @@ def test_real_sweep_then_report_through_the_cli(
     markdown = (out / "report.md").read_text()
     assert "None: every cell of the selection finished without diverging." in markdown
     assert_self_contained(out)
+
+
+@pytest.mark.slow
+def test_a_real_sweep_calls_a_clear_gap_on_one_seed_and_identical_predictions_within_noise(
+    tmp_path: Path, mnist_dir: Path, run_cli: Callable, hydra_args: Callable
+) -> None:
+    """The mission's command on a slice, in float64, where NumPy and TensorFlow predict every image alike: at
+    lr=0.5 after two full-batch epochs on 2,000 images the softmax leads the sigmoid by about 8 points on
+    1,000 test images, which one seed tells apart; the same activation on the two backends is within noise."""
+    import_extra("tensorflow", "tf")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = ["dtype=float64", "lr=0.5", "epochs=2", "dataset.train_limit=2000", "dataset.test_limit=1000"]
+    overrides = ["backend=numpy,tf", "activation=sigmoid,softmax", *settings, f"tracking.uri={uri}"]
+    env = {"MNIST_BENCH_DATA_DIR": str(mnist_dir)}
+    done = run_cli(["-m", *overrides, *hydra_args(tmp_path)], tmp_path, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "report"
+    done = run_cli(["report", "--tracking-uri", uri, "--out", str(out)], tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    client, experiment_id = tracking.open_existing(uri, EXPERIMENT)
+    parent = tracking.find_sweep(client, experiment_id, "latest", uri)
+    right = {}  # model -> whether its run got each test image right, from the run's own artifact
+    for run in tracking.read_sweep(client, experiment_id, parent).runs:
+        rows = artifacts.parse_predictions(tracking.read_artifact(client, run.info.run_id, PREDICTIONS_ARTIFACT))
+        model = run.info.run_name.split("-lr")[0]
+        right[model] = rows[:, 0] == rows[:, 1]
+        assert len(rows) == 1000 and len(set(rows[:, 1])) > 1
+        assert right[model].mean() == run.data.metrics["final_test_accuracy"]
+    comparisons = pd.read_csv(out / "comparisons.csv").set_index(["reference", "candidate"])
+    assert len(comparisons) == 6
+    for (reference, candidate), row in comparisons.iterrows():
+        only = [int((right[a] & ~right[b]).sum()) for a, b in ((reference, candidate), (candidate, reference))]
+        assert [row["reference_only_right"], row["candidate_only_right"]] == only
+        assert row["accuracy_rule"] == acc.ONE_SEED and row["test_images"] == 1000
+    gap = comparisons.loc[("numpy-sigmoid", "tf-softmax")]
+    assert gap["accuracy_verdict"] == acc.MORE_ACCURATE and gap["accuracy_p_value"] < 0.001
+    assert comparisons.loc[("numpy-softmax", "tf-sigmoid"), "accuracy_verdict"] == acc.LESS_ACCURATE
+    for same in (("numpy-sigmoid", "tf-sigmoid"), ("tf-softmax", "numpy-softmax")):
+        row = comparisons.loc[same]
+        assert (row["accuracy_verdict"], row["accuracy_p_value"], row["reference_only_right"]) == (
+            acc.WITHIN_NOISE,
+            1,
+            0,
+        )
+    accuracies = f"({right['tf-softmax'].mean():.4f} against {right['numpy-sigmoid'].mean():.4f}"
+    sentence = (
+        f"tf-softmax is more accurate than numpy-sigmoid {accuracies}, McNemar p < 0.001 on the 1,000 test images)"
+    )
+    assert sentence in section((out / "report.md").read_text(), "Headline")
 
 
 def test_names_with_newlines_and_pipes_keep_report_md_structure() -> None:
