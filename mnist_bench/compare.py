@@ -48,7 +48,7 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Row:
+class ConfigurationComparison:
     """One configuration both sweeps ran, as --json writes it."""
 
     configuration: str
@@ -112,7 +112,7 @@ def load_side(uri: str, experiment: str, wanted: Sequence[str]) -> tuple[str, di
 
 def compare(
     baseline: dict[tuple, Side], candidate: dict[tuple, Side], max_slowdown: float, max_accuracy_drop: float
-) -> list[Row]:
+) -> list[ConfigurationComparison]:
     common = [config for config in baseline if config in candidate]
     if not common:
         raise UserError("the two sweeps share no configuration: nothing to compare (same settings, seeds aside)")
@@ -138,7 +138,7 @@ def compare(
         if diff < -max_accuracy_drop:
             reasons.append(f"test accuracy {diff:+.4f} (allowed -{max_accuracy_drop:g})")
         rows.append(
-            Row(
+            ConfigurationComparison(
                 label(config, varying),
                 len(base.accuracies),
                 len(cand.accuracies),

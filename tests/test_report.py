@@ -916,7 +916,7 @@ def test_no_label_is_drawn_over_another(sweep_store: LoggedSweep) -> None:
     runs = pd.DataFrame(
         {"run_id": ["a", "b", "c"], "backend": ["numpy", "tf", "keras"], "seconds_per_epoch": [1.0, 0.004, 0.3]}
     ).assign(activation="sigmoid", device="cpu", lr="0.1", epochs="3", batch_size="256")
-    short_bar = plots.seconds_per_epoch(runs, reading.BASE_CONFIG)  # tf's bar is too short for its label
+    short_bar = plots.seconds_per_epoch_bars(runs, reading.BASE_CONFIG)  # tf's bar is too short for its label
     for plot in [*drawn, short_bar]:
         assert overlapping_texts(plot.figure) == [], plot.name
 

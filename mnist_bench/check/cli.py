@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_bench import paths, tracking
-from mnist_bench.check.evaluate import FAIL, NO_DATA, SKIP, Row, evaluate_benchmarks, evaluate_runs, read_benchmarks
+from mnist_bench.check.evaluate import (
+    FAIL,
+    NO_DATA,
+    SKIP,
+    ThresholdResult,
+    evaluate_benchmarks,
+    evaluate_runs,
+    read_benchmarks,
+)
 from mnist_bench.check.gate import run_gate
 from mnist_bench.check.thresholds import CheckError, Thresholds, load_thresholds, shown
 from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
@@ -23,7 +31,7 @@ def _value(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[ThresholdResult]) -> None:
     header = ("metric", "selection", "n", "value", "threshold", "result")
     table = [header] + [
         (r.threshold.metric, r.threshold.selection, str(r.count), _value(r.value), r.threshold.shown_limit, r.result)
@@ -34,7 +42,7 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)) + "  " + line[-1])
 
 
-def verdict(rows: list[Row], section: str) -> int:
+def verdict(rows: list[ThresholdResult], section: str) -> int:
     """Print the table and one line per breach; the exit status."""
     if not rows:
         raise CheckError(f"the thresholds file has no {section}: thresholds, so there is nothing to check")

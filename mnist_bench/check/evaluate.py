@@ -20,7 +20,9 @@ PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
 
 
 @dataclass(frozen=True)
-class Row:
+class ThresholdResult:
+    """One threshold checked: pass, FAIL, no data or skip, the value it was held to and how many it covered."""
+
     threshold: Threshold
     result: str
     value: float | None = None
@@ -34,12 +36,12 @@ def _same(param: str | None, wanted: object) -> bool:
     return param is not None and normalise(param) == normalise(wanted)
 
 
-def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
+def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[ThresholdResult]:
     """Each run threshold on the counted runs it selects: the worst value among them must pass."""
     rows = []
     for t in thresholds.runs:
         if t.requires and (why := backends.unavailable(t.requires)):
-            rows.append(Row(t, SKIP, note=why))
+            rows.append(ThresholdResult(t, SKIP, note=why))
             continue
         wanted = thresholds.scope | t.where
         matched = [r for r in runs if all(_same(r.data.params.get(k), v) for k, v in wanted.items())]
@@ -50,10 +52,10 @@ def evaluate_runs(thresholds: Thresholds, runs: Sequence) -> list[Row]:
                 if matched
                 else "no run matches"
             )
-            rows.append(Row(t, NO_DATA, count=len(matched), note=note))
+            rows.append(ThresholdResult(t, NO_DATA, count=len(matched), note=note))
             continue
         worst = _worst(values, t.bound)
-        rows.append(Row(t, PASS if t.passes(worst) else FAIL, worst, len(values)))
+        rows.append(ThresholdResult(t, PASS if t.passes(worst) else FAIL, worst, len(values)))
     return rows
 
 
@@ -75,12 +77,12 @@ class Timing:
     floor: float | None
 
 
-def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> list[Row]:
+def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> list[ThresholdResult]:
     """Each ratio threshold on the fastest rounds; with several numerators, the worst ratio must pass."""
     rows = []
     for t in thresholds.benchmarks:
         if t.requires and (why := backends.unavailable(t.requires)):
-            rows.append(Row(t, SKIP, note=why))
+            rows.append(ThresholdResult(t, SKIP, note=why))
             continue
         top, bottom = t.ratio
         numerators = [timing for name, timing in timings.items() if _pattern(top).fullmatch(name)]
@@ -90,9 +92,9 @@ def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> l
             denominators = [timing.fastest for name, timing in timings.items() if _pattern(bottom).fullmatch(name)]
             ratios = [n.fastest / min(denominators) for n in numerators] if denominators else []
         if not ratios:
-            rows.append(Row(t, NO_DATA, note=f"no benchmarks for {top} / {bottom}"))
+            rows.append(ThresholdResult(t, NO_DATA, note=f"no benchmarks for {top} / {bottom}"))
             continue
-        rows.append(Row(t, PASS if t.passes(max(ratios)) else FAIL, max(ratios), len(ratios)))
+        rows.append(ThresholdResult(t, PASS if t.passes(max(ratios)) else FAIL, max(ratios), len(ratios)))
     return rows
 
 

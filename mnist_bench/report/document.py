@@ -323,7 +323,7 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
         *plots.curves(finished, sel.histories, sel.columns),
         *(timed if isinstance(timed, list) else [timed]),
         plots.accuracy_vs_lr(summary, sel.columns),
-        plots.seconds_per_epoch(finished, sel.columns),
+        plots.seconds_per_epoch_bars(finished, sel.columns),
         plots.heatmap(summary, sel.columns),
         plots.confusion_matrices(sel.confusion_matrices),
     ]

@@ -359,7 +359,7 @@ def accuracy_vs_lr(summary: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
     return Plot("accuracy_vs_lr.png", _png(fig), caption + (" " + note if note else ""), fig)
 
 
-def seconds_per_epoch(runs: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
+def seconds_per_epoch_bars(runs: pd.DataFrame, columns: Sequence[str]) -> Plot | str:
     """Seconds per epoch per backend x device, pooled over lr, epochs and activation (they barely change the
     work of an epoch); other varying settings such as batch_size get bars of their own."""
     timed = runs.dropna(subset=["seconds_per_epoch"])
