@@ -288,7 +288,7 @@ def test_second_load_comes_from_cache(tmp_path: Path) -> None:
         lambda p: p.write_bytes(p.read_bytes()[:-3]),
         lambda p: np.save(p, np.zeros((5, 16), dtype=np.float32)),
         lambda p: np.save(p, np.zeros(80, dtype=np.uint8)),
-        lambda p: np.save(p, np.zeros((4, 16), dtype=np.uint8)),  # row count disagrees with the labels
+        lambda p: np.save(p, np.zeros((4, 4, 4), dtype=np.uint8)),  # row count disagrees with the labels
         lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
     ],
     ids=["garbage", "empty", "truncated", "float", "1-d", "rows", "pickle"],
@@ -302,7 +302,25 @@ def test_stale_cache_entry_is_rebuilt(tmp_path: Path, corrupt: Callable[[Path], 
     ds = load(spec)
     assert ds.source == str(folder)
     assert_tiny(ds)
-    np.testing.assert_array_equal(np.load(entry, allow_pickle=False), X_TRAIN.reshape(5, 16))
+    np.testing.assert_array_equal(np.load(entry, allow_pickle=False), X_TRAIN)
+    assert load(spec).source == "cache"
+
+
+def test_tampered_cache_entry_is_decoded_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cached array replaced by a plausible one (same shape and dtype, rows shuffled) is never used."""
+    folder = write(tmp_path / "d")
+    spec = make_spec(tmp_path, dir=str(folder))
+    load(spec)
+    entry = tmp_path / "cache" / "arrays" / f"{sha(GOOD['train_images'])}.npy"
+    np.save(entry, X_TRAIN[::-1])
+    ds = load(spec)
+    assert ds.source == str(folder)
+    assert_tiny(ds)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{entry} does not match the sha256 of {NAMES['train_images']}: decoding it again from the IDX files"
+    ]
+    np.testing.assert_array_equal(np.load(entry), X_TRAIN)
     assert load(spec).source == "cache"
 
 
@@ -441,8 +459,13 @@ def test_real_mnist_and_cache_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert warm.source == "cache"
     np.testing.assert_array_equal(warm.x_train, cold.x_train)
     np.testing.assert_array_equal(warm.y_test, cold.y_test)
-    print(f"real MNIST: cold decode {cold_s:.3f} s, cached load {min(warm_s) * 1000:.2f} ms")
-    assert min(warm_s) * 10 <= cold_s
+    print(f"real MNIST: cold decode {cold_s:.3f} s, cached and checked load {min(warm_s) * 1000:.2f} ms")
+    assert min(warm_s) * 3 <= cold_s  # the check hashes what the decode hashed, without the gunzip
+    entry = Path(spec.cache_dir) / "arrays" / f"{spec.train_images.sha256}.npy"
+    np.save(entry, np.random.default_rng(0).permutation(np.load(entry)))  # same shape, rows shuffled
+    recovered = load(spec)
+    assert recovered.source != "cache"
+    np.testing.assert_array_equal(recovered.x_train, cold.x_train)
 
 
 def test_fashion_mnist_from_debians_dataset_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
