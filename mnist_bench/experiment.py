@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mnist_bench import artifacts, data, machine, roofline, timing, tracking
-from mnist_bench.backends import base, get
+from mnist_bench.backends import base, get, ready
 from mnist_bench.callbacks import Callbacks, History, MetricLogger, ProgressBar, StopAtTarget, StopOnDivergence
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
 from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Metric, Tag
@@ -76,17 +76,24 @@ def _progress_bar(cfg: Config, name: str, in_sweep: bool):
     return tqdm(total=cfg.epochs, desc=name, unit="epoch", leave=True)
 
 
-def run_params(cfg: Config) -> dict[str, str]:
+# Null in a config, these name a value the run chose: the param is left out, where a tag holds the value.
+_LEFT_OUT_WHEN_NULL = ("backend.threads", "sweep_name")
+
+
+def run_params(cfg: Config, sweep_name: str | None) -> dict[str, str]:
     """A run's params: the config as given, without where it is logged or where its data came from (the
-    dataset input holds that). backend.threads stays null ("as many as fit"), so that runs of backends that
-    resolve it differently still compare as one setting; the resolved count is the THREADS tag.
+    dataset input holds that). No param says None where the run used a value: backend.threads null ("as
+    many as fit") is left out, the THREADS tag holding the count used (a param "auto (2)" would split one
+    setting by machine in compare); sweep_name is the run's sweep's name, and left out outside a sweep.
 
     The top-level keys (activation, lr, epochs, seed, ...) come first: MLflow's UI lists params as logged."""
-    flat = as_flat_dict(cfg)
+    flat = as_flat_dict(cfg) | {"sweep_name": sweep_name}
     params = {
         k: tracking.redact(str(flat[k]))
         for k in sorted(flat, key=lambda k: "." in k)
-        if not k.startswith("tracking.") and not is_data_provenance(k)
+        if not k.startswith("tracking.")
+        and not is_data_provenance(k)
+        and not (k in _LEFT_OUT_WHEN_NULL and flat[k] is None)
     }
     params["tracking.experiment"] = cfg.tracking.experiment
     return params
@@ -105,6 +112,7 @@ def run_tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_n
         Tag.CPU_COUNT: str(machine.cpu_count()),
         Tag.BLAS: machine.blas_library(),
         Tag.CONFIG_HASH: cell_hash,
+        Tag.THREADS: str(cfg.backend.threads),  # as resolved: the backend.threads param is left out where null
     }
     if cfg.backend.name == "keras":
         tags[Tag.KERAS_BACKEND] = cfg.backend.keras_backend
@@ -121,7 +129,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
     cell_hash = config_hash(cfg)
-    params = run_params(cfg)
+    given = cfg
     cfg = with_threads(cfg, jobs_at_once)
     spec = cfg.spec()
 
@@ -136,13 +144,13 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         log.info("%s: skipped, an earlier job of this sweep failed and fail_fast=true", name)
         return None
 
-    backend = get(cfg.backend.name)
-    device, device_name = backend.resolve_device(spec)
+    backend, device, device_name, import_seconds = ready(spec)
     train, data_source = _prepared(cfg)
     _check_batch_size(cfg, len(train.x_train))
     settle_heap()
 
     sweep_name = tracking.job_sweep_name(client, parent_run_id) if parent_run_id else None
+    params = run_params(given, sweep_name)
     tags = run_tags(cfg, cell_hash, device, device_name, sweep_name) | {
         Tag.DESCRIPTION: _description(cfg, train, device)
     }
@@ -154,6 +162,11 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         device=device,
         data_source=data_source,
     )
+    # The framework's first import in this process is start-up, not the job's: out of its wall time, into
+    # its startup_seconds (with the process's own, for its first job).
+    if startup_seconds is not None or import_seconds:
+        startup_seconds = (startup_seconds or 0.0) + import_seconds
+    wall_start += import_seconds
     return record(client, experiment_id, cfg, params, tags, parent_run_id, recording, startup_seconds, wall_start)
 
 
@@ -321,7 +334,7 @@ def run_summary(
         Metric.EPOCHS_RUN: fit.epochs_run,
         Metric.TRAIN_SECONDS: train_seconds,
         Metric.SECONDS_PER_EPOCH: epoch_seconds,
-        Metric.SAMPLES_PER_SECOND: n_train * fit.epochs_run / train_seconds if train_seconds else 0.0,
+        Metric.SAMPLES_PER_SECOND: n_train / epoch_seconds if epoch_seconds else 0.0,  # at seconds_per_epoch
     }
     system = {
         "timing_stable": float(not unstable),
@@ -331,7 +344,7 @@ def run_summary(
     }
     if callbacks.target.seconds_to_target is not None:
         summary[Metric.TIME_TO_TARGET_SECONDS] = callbacks.target.seconds_to_target
-    tags = {Tag.DIVERGED: str(callbacks.divergence.diverged).lower(), Tag.THREADS: str(cfg.backend.threads)}
+    tags = {Tag.DIVERGED: str(callbacks.divergence.diverged).lower()}
     if device == "cpu":  # how far from what this machine can do (see mnist_bench.roofline)
         roof = roofline.cached(cfg.backend.threads)
         floor = roof.epoch_floor_seconds(n_train, n_features, np.dtype(cfg.dtype).itemsize)

@@ -123,7 +123,7 @@ def scripted_run(key: tuple, rng: np.random.Generator) -> dict:
         "final_test_accuracy": history["test_accuracy"][-1],
         "final_train_accuracy": history["train_accuracy"][-1],
         "best_test_accuracy": np.nanmax(history["test_accuracy"]),
-        "samples_per_second": N_TRAIN * epochs / seconds.sum(),
+        "samples_per_second": N_TRAIN / np.median(seconds),
     }
     reached = np.flatnonzero(test_acc >= TARGET)
     if reached.size:
@@ -205,7 +205,7 @@ def dies(callback):
 
 recording = test_report.recording(json.loads(history), np.eye(10))
 recording = test_report.dataclasses.replace(recording, fit=dies)
-experiment.record(client, experiment_id, cfg, experiment.run_params(cfg), tags, parent_id, recording)
+experiment.record(client, experiment_id, cfg, experiment.run_params(cfg, sweep_name), tags, parent_id, recording)
 """
 
 
@@ -233,7 +233,7 @@ def log_child(
     predictions = run["predictions"] if with_predictions else None
     scripted = recording(run["history"], run["confusion"], predictions, failing_epoch=2 if key == FAILED else None)
     try:
-        experiment.record(client, experiment_id, cfg, experiment.run_params(cfg), tags, parent_id, scripted)
+        experiment.record(client, experiment_id, cfg, experiment.run_params(cfg, sweep_name), tags, parent_id, scripted)
     except ValueError as err:
         assert key == FAILED and tracking.error_text(err) == ERROR
 
@@ -838,6 +838,17 @@ def test_an_unreliable_speed_verdict_names_each_unstable_run_once() -> None:
     speed = tables.speed_table(runs, histories, reading.BASE_CONFIG).set_index("model")["speed_verdict"]
     both = f"unreliable: numpy-sigmoid-lr0.1-s0-e3: {busy}; tf-softmax-lr0.1-s0-e3: {busy}"
     assert (speed["tf-softmax"], speed["numpy-softmax"]) == (both, f"unreliable: numpy-sigmoid-lr0.1-s0-e3: {busy}")
+
+
+def test_the_csvs_write_the_full_batch_as_full_as_the_report_does() -> None:
+    runs, histories = hand_made({"numpy": 0.0, "tf": 0.001})
+    metrics = dict.fromkeys(reading.METRICS, 0.9)
+    runs = runs.assign(batch_size="None", status="finished", run_name=runs["run_id"], timing_unstable="", **metrics)
+    summary = tables.summary_table(runs, reading.BASE_CONFIG)
+    files = document.csv_files(summary, runs, histories, {}, reading.BASE_CONFIG)
+    for name in ("summary.csv", "comparisons.csv"):
+        written = pd.read_csv(io.BytesIO(files[name]), dtype=str, keep_default_na=False)
+        assert len(written) and set(written["batch_size"]) == {"full"}, name
 
 
 def test_coinciding_backends_are_named_and_drawn_apart() -> None:

@@ -188,6 +188,8 @@ def test_grid_children_params_match_their_cell(grid: Sweep) -> None:
         assert params["activation"] == run.data.tags["activation"]
         assert float(params["lr"]) in {float(lr) for lr in LRS}
         assert run.info.run_name == f"numpy-{params['activation']}-lr{params['lr']}-s0-e{EPOCHS}"
+        assert params["sweep_name"] == run.data.tags[Tag.SWEEP_NAME]  # the name it has, not the null given
+        assert "backend.threads" not in params and int(run.data.tags[Tag.THREADS]) >= 1  # null: the tag says
 
 
 def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
@@ -209,6 +211,7 @@ def test_grid_children_log_every_epoch_and_a_summary(grid: Sweep) -> None:
         assert metrics["train_seconds"] == pytest.approx(sum(p.value for p in history["epoch_seconds"]))
         epoch_seconds = [p.value for p in history["epoch_seconds"]]
         assert metrics["seconds_per_epoch"] == pytest.approx(np.median(epoch_seconds))  # one definition
+        assert metrics["samples_per_second"] == pytest.approx(TRAIN_LIMIT / metrics["seconds_per_epoch"])
         assert metrics["system/timing_stable"] == float(Tag.TIMING_UNSTABLE not in run.data.tags)
         assert 0 < metrics["train_seconds"] <= metrics["system/wall_seconds"]
         assert 50 < metrics["system/peak_rss_mb"] < 4096  # MiB: a Python process with NumPy, MLflow and the data

@@ -95,6 +95,7 @@ class KerasBackend:
     """keras.Sequential + SGD trained by model.fit, one call per epoch, on the configured engine."""
 
     def resolve_device(self, cfg: TrainingSpec) -> tuple[str, str]:
+        load(cfg.backend.keras_backend)  # Keras itself too: its import is set-up, like every framework's
         return _device(cfg)[1:]
 
     def fit(self, data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback) -> FitResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from mnist_bench import timing, tracking
@@ -37,8 +38,13 @@ def mean_std(row: Mapping[str, object], metric: str) -> str:
 
 
 def _shown_config(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """The configuration columns as a reader wants them: batch_size None is the full batch."""
-    return frame[list(columns)].replace({"batch_size": {"None": "full"}})
+    """The configuration columns as a reader wants them."""
+    return _full_batch_named(frame[list(columns)])
+
+
+def _full_batch_named(frame: pd.DataFrame) -> pd.DataFrame:
+    """batch_size None is the full batch: written "full" in every table and CSV alike."""
+    return frame.replace({"batch_size": {"None": "full"}})
 
 
 def header_blocks(sel: Selection, summary: pd.DataFrame) -> list[Block]:
@@ -331,6 +337,21 @@ def make_plots(sel: Selection, summary: pd.DataFrame) -> tuple[list[Plot], list[
     return [r for r in results if isinstance(r, Plot)], [r for r in results if isinstance(r, str)]
 
 
+def csv_files(
+    summary: pd.DataFrame,
+    runs: pd.DataFrame,
+    histories: pd.DataFrame,
+    predictions: dict[str, np.ndarray],
+    columns: Sequence[str],
+) -> dict[str, bytes]:
+    """summary.csv and comparisons.csv: the report's tables unrounded, settings written as its tables write them."""
+    comparisons = comparisons_table(summary, runs, histories, predictions, columns)
+    return {
+        "summary.csv": to_csv(_full_batch_named(summary)),
+        "comparisons.csv": to_csv(_full_batch_named(comparisons)),
+    }
+
+
 def render(sel: Selection) -> dict[str, bytes]:
     """Every file of the report, in memory: nothing touches the disk until all of it exists."""
     summary = summary_table(sel.runs, sel.columns)
@@ -350,7 +371,6 @@ def render(sel: Selection) -> dict[str, bytes]:
     files = {
         "report.md": to_markdown(title, blocks).encode(),
         "report.html": to_html(title, blocks).encode(),
-        "summary.csv": to_csv(summary),
-        "comparisons.csv": to_csv(comparisons_table(summary, sel.runs, sel.histories, sel.predictions, sel.columns)),
+        **csv_files(summary, sel.runs, sel.histories, sel.predictions, sel.columns),
     }
     return files | {plot.name: plot.png for plot in plots}
