@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mnist_bench import artifacts, data, machine, roofline, timing, tracking
-from mnist_bench.backends import base, get, ready
+from mnist_bench.backends import base, get, numpy_backend, ready
 from mnist_bench.callbacks import Callbacks, History, MetricLogger, ProgressBar, StopAtTarget, StopOnDivergence
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
 from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Metric, Tag
@@ -157,6 +157,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
     recording = Recording(
         fit=lambda callback: backend.fit(train, spec, callback),
         write_artifacts=lambda folder, fit: artifacts.write(folder, cfg, fit, train.x_test, train.y_test),
+        score=lambda fit: numpy_backend.score(train, fit.weights, fit.bias, spec),
         rows={"train": len(train.x_train), "test": len(train.x_test)},
         n_features=train.n_features,
         device=device,
@@ -177,6 +178,7 @@ class Recording:
 
     fit: Callable[[base.EpochCallback], base.FitResult]
     write_artifacts: Callable[[Path, base.FitResult], None]
+    score: Callable[[base.FitResult], base.WeightScores]  # the weights kept, on both splits: the final metrics
     rows: dict[str, int]  # rows of each split: "train" and "test"
     n_features: int
     device: str
@@ -218,7 +220,8 @@ def record(
         conditions = probe.finish([m.epoch_seconds for m in history.epochs])
         unstable = timing.unstable_reasons(conditions, cfg.timing)
         shape = (recording.rows["train"], recording.n_features)
-        summary, closing_tags = run_summary(cfg, callbacks, fit, recording.device, shape, conditions, unstable)
+        kept = recording.score(fit)  # untimed: what final_* say of weights.npz
+        summary, closing_tags = run_summary(cfg, callbacks, fit, kept, recording.device, shape, conditions, unstable)
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             recording.write_artifacts(Path(folder), fit)
             active.log_artifacts(Path(folder))
@@ -227,13 +230,12 @@ def record(
         if startup_seconds is not None:
             clock["startup_seconds"] = startup_seconds
         active.log(summary | system_metrics(clock), tags=closing_tags)  # one transaction for the store
-        final = history.epochs[-1]
         log.info(
             "%s: %s after %d epochs, test accuracy %.4f, %.3f s/epoch (median of the timed epochs)%s",
             name,
             "DIVERGED" if callbacks.divergence.diverged else "FINISHED",
             fit.epochs_run,
-            final.test_accuracy,
+            kept.test_accuracy,
             timing.seconds_per_epoch([m.epoch_seconds for m in history.epochs]),
             f"; timing unstable: {'; '.join(unstable)}" if unstable else "",
         )
@@ -316,20 +318,21 @@ def run_summary(
     cfg: Config,
     callbacks: Callbacks,
     fit: base.FitResult,
+    kept: base.WeightScores,
     device: str,
     train_shape: tuple[int, int],
     conditions: timing.Conditions,
     unstable: list[str],
 ) -> tuple[dict[str, float], dict[str, str]]:
     """The run's summary metrics (results, and how they were measured) and closing tags, derived from the
-    epochs its callbacks saw."""
+    epochs its callbacks saw; the final accuracies are ``kept``'s, the weights the run stores."""
     n_train, n_features = train_shape
     epochs, train_seconds = callbacks.history.epochs, callbacks.history.train_seconds
     epoch_seconds = timing.seconds_per_epoch([m.epoch_seconds for m in epochs])
-    finite = [m.test_accuracy for m in epochs if math.isfinite(m.test_accuracy)]
+    finite = [a for a in (*(m.test_accuracy for m in epochs), kept.test_accuracy) if math.isfinite(a)]
     summary = {
-        Metric.FINAL_TEST_ACCURACY: epochs[-1].test_accuracy,
-        Metric.FINAL_TRAIN_ACCURACY: epochs[-1].train_accuracy,
+        Metric.FINAL_TEST_ACCURACY: kept.test_accuracy,
+        Metric.FINAL_TRAIN_ACCURACY: kept.train_accuracy,
         Metric.BEST_TEST_ACCURACY: max(finite) if finite else float("nan"),
         Metric.EPOCHS_RUN: fit.epochs_run,
         Metric.TRAIN_SECONDS: train_seconds,

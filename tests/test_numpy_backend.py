@@ -22,6 +22,7 @@ from mnist_bench.backends.numpy_backend import (
     NumpyBackend,
     evaluate,
     probabilities_and_loss,
+    score,
     summed_gradients,
 )
 from mnist_bench.config import BackendConfig, Config
@@ -183,10 +184,12 @@ def test_on_saturated_mnist_weights_the_probabilities_rule_scores_lower_and_is_w
     assert trained["probabilities accuracy"] < trained["logits accuracy"]
 
     test = rules(split.x_test, split.y_test, fit.weights, fit.bias)
-    assert history[-1].test_accuracy == test["probabilities accuracy"] < test["logits accuracy"]
+    final = score(split, fit.weights, fit.bias, cfg.spec())  # the run's final metrics, of the weights it keeps
+    assert final.test_accuracy == test["probabilities accuracy"] < test["logits accuracy"]
+    assert final.train_accuracy == trained["probabilities accuracy"]
     artifacts.write(tmp_path, cfg, fit, split.x_test, split.y_test)
     counts = np.loadtxt(tmp_path / "confusion_matrix.csv", delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
-    assert np.trace(counts) / len(split.y_test) == history[-1].test_accuracy
+    assert np.trace(counts) / len(split.y_test) == final.test_accuracy
     predictions = artifacts.parse_predictions((tmp_path / PREDICTIONS_ARTIFACT).read_text())
     np.testing.assert_array_equal(predictions[:, 0], split.y_test)
     np.testing.assert_array_equal(predictions[:, 1], test["probabilities"])  # the rule behind the test accuracy

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from needs import import_extra
 
 from mnist_bench import artifacts, experiment, hydra_app, machine, timing, tracking
-from mnist_bench.backends.base import EpochMetrics, FitResult
+from mnist_bench.backends.base import EpochMetrics, FitResult, WeightScores
 from mnist_bench.config import Config, config_hash, run_name
 from mnist_bench.report import accuracy as acc
 from mnist_bench.report import cli, document, plots, reading, render, tables
@@ -160,10 +160,16 @@ def recording(
                 break
         return FitResult(np.zeros((784, 10)), np.zeros(10), epochs_run=epoch, warmup_seconds=0.5)
 
+    def score(fit: FitResult) -> WeightScores:  # the kept weights are those the last epoch replayed describes
+        return WeightScores(
+            *(float(history[name][fit.epochs_run - 1]) for name in (f.name for f in dataclasses.fields(WeightScores)))
+        )
+
     conditions = dataclasses.replace(QUIET, epoch_spread=timing.epoch_spread(history["epoch_seconds"]))
     return experiment.Recording(
         fit=fit,
         write_artifacts=write_artifacts,
+        score=score,
         rows={"train": N_TRAIN, "test": N_TEST},
         n_features=784,
         device="cpu",

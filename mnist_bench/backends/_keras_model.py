@@ -158,29 +158,38 @@ def _row_metrics(cfg: TrainingSpec) -> list[keras.metrics.Metric]:
 
 
 class _EpochReporter(keras.callbacks.Callback):
-    """Times each epoch, evaluates the test set after it, hands the EpochMetrics to ``on_epoch`` and
-    stops training when that returns True. Keras' epoch logs average the loss and accuracy over the
-    epoch's rows, each batch's taken before its update: the same train numbers as the other backends."""
+    """Times each epoch, evaluates the test set, hands the EpochMetrics to ``on_epoch`` and stops training
+    when that returns True. Keras' epoch logs average the loss and accuracy over the epoch's rows, each
+    batch's taken before its update: the same train numbers as the other backends. A full-batch epoch's
+    numbers describe the weights it started with (EpochMetrics): they are put back to be tested, and kept on
+    a stop; otherwise the updated weights return."""
 
-    def __init__(self, on_epoch: EpochCallback, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    def __init__(self, on_epoch: EpochCallback, x_test: np.ndarray, y_test: np.ndarray, full_batch: bool) -> None:
         super().__init__()
-        self.on_epoch, self.x_test, self.y_test = on_epoch, x_test, y_test
+        self.on_epoch, self.x_test, self.y_test, self.full_batch = on_epoch, x_test, y_test, full_batch
         self.epochs_run = 0
         self._start = 0.0
+        self._starting: list[np.ndarray] = []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._starting = self.model.get_weights() if self.full_batch else []
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         train_loss, train_accuracy, tied = float(logs["loss"]), float(logs["accuracy"]), float(logs["tied"])
         seconds = time.perf_counter() - self._start  # after the floats above, which wait for the last step
+        updated = self.model.get_weights() if self.full_batch else []
+        if self.full_batch:
+            self.model.set_weights(self._starting)
         test = self.model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0, return_dict=True)
         self.epochs_run = epoch + 1
         metrics = EpochMetrics(
             epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), seconds
         )
         if self.on_epoch(metrics):
-            self.model.stop_training = True
+            self.model.stop_training = True  # keeping the weights its numbers describe
+        elif self.full_batch:
+            self.model.set_weights(updated)
 
 
 def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: AbstractContextManager) -> FitResult:
@@ -191,7 +200,7 @@ def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: 
     with placement, _floatx(cfg.dtype):
         model = build_model(cfg, data.n_features, steps)
         warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs)
-        reporter = _EpochReporter(on_epoch, data.x_test, data.one_hot(data.y_test))
+        reporter = _EpochReporter(on_epoch, data.x_test, data.one_hot(data.y_test), full_batch=steps == 1)
         for epoch in range(cfg.epochs):
             order = epoch_order(cfg, n_samples, epoch)
             rows = slice(None) if order is None else order

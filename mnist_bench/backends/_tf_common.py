@@ -166,7 +166,7 @@ def count(rows: tf.Tensor) -> tf.Tensor:
 
 
 def evaluate(
-    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable, bias: tf.Variable, cfg: TrainingSpec
+    x: tf.Tensor, y: tf.Tensor, weights: tf.Variable | tf.Tensor, bias: tf.Variable | tf.Tensor, cfg: TrainingSpec
 ) -> tuple[float, float]:
     """Mean loss and accuracy of the given parameters on one split, in one pass."""
     loss_sum, correct = _loss_sum_and_correct(x, y, weights, bias, cfg.activation, cfg.predict_from)

@@ -25,13 +25,20 @@ class BackendUnavailable(UserError, ImportError):
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """One epoch's numbers.
+    """One epoch's numbers, the same way on every backend.
 
-    Train loss and accuracy are averaged over the epoch's batches, each taken in the forward
-    pass just before that batch's update (for full-batch GD: the weights at the epoch's start).
-    Test numbers are for the weights after the epoch. ``epoch_seconds`` is training compute only.
-    ``tied_prediction_fraction`` is the share of training rows (in the same forward passes) whose largest
-    activated output is shared by two or more classes: see ``tied_rows``.
+    Full-batch GD (one update an epoch): every number describes the weights the epoch starts with. The
+    train loss and accuracy come from the forward pass that computes the epoch's update, the test loss and
+    accuracy from those same weights; ``on_epoch`` sees them before the update is kept, and a stop keeps
+    those weights, as the tutorial's loop checked its accuracy, then broke, before updating.
+
+    Minibatch SGD (Keras' convention): train loss and accuracy are running figures, averaged over the
+    epoch's batches, each taken in the forward pass just before that batch's update; the test numbers
+    describe the weights after the epoch's last update, which a stop keeps.
+
+    ``epoch_seconds`` is training compute only. ``tied_prediction_fraction`` is the share of training rows
+    (in the same forward passes as the train numbers) whose largest activated output is shared by two or
+    more classes: see ``tied_rows``.
     """
 
     epoch: int
@@ -41,6 +48,16 @@ class EpochMetrics:
     test_loss: float
     test_accuracy: float
     epoch_seconds: float
+
+
+@dataclass(frozen=True)
+class WeightScores:
+    """One set of weights scored on both splits: a run's final metrics, of the weights it keeps."""
+
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
 
 
 # Called after every epoch; returns True to stop training (target reached, divergence).

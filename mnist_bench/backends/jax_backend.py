@@ -183,19 +183,23 @@ class JaxBackend:
         epochs_run = 0
         for epoch in range(cfg.epochs):
             epoch_rows, epoch_lrs = order(epoch), lrs[epoch]
+            starting = state.params  # immutable: full batch, the weights the epoch's numbers describe
             start = time.perf_counter()
             state, (loss_sum, correct, tied) = train_epoch(state, x_train, y_train, epoch_rows, epoch_lrs)
             train_loss = float(loss_sum) / n_samples  # waits for the epoch
             seconds = time.perf_counter() - start
             train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
-            test_loss, test_accuracy = evaluate(state.params, x_test, y_test)
+            described = starting if steps == 1 else state.params  # see EpochMetrics
+            test_loss, test_accuracy = evaluate(described, x_test, y_test)
             epochs_run = epoch + 1
             metrics = EpochMetrics(
                 epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
             )
             if on_epoch(metrics):
-                break
-        weights, bias = (np.array(a) for a in state.params)
+                break  # keeping the weights its numbers describe
+        else:
+            described = state.params  # no stop: the weights after the last update
+        weights, bias = (np.array(a) for a in described)
         return FitResult(weights, bias, epochs_run, warmup_seconds)
 
 

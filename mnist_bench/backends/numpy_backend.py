@@ -27,6 +27,7 @@ from mnist_bench.backends.base import (
     EpochMetrics,
     FitResult,
     TrainData,
+    WeightScores,
     batch_plan,
     epoch_order,
     initial_parameters,
@@ -120,16 +121,19 @@ class NumpyBackend:
             velocity = (np.zeros_like(weights), np.zeros_like(bias)) if cfg.momentum else None
             epochs_run = 0
             for epoch in range(cfg.epochs):
+                # Full batch: the epoch's numbers describe the weights it starts with (see EpochMetrics).
+                described = (weights.copy(), bias.copy()) if steps == 1 else (weights, bias)
                 start = time.perf_counter()
                 order = epoch_order(cfg, len(data.x_train), epoch)
                 train_loss, train_accuracy, tied = self._train_epoch(
                     data, y_train, weights, bias, lrs[epoch], order, batch_size, cfg, velocity
                 )
                 seconds = time.perf_counter() - start
-                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, weights, bias, cfg)
+                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, *described, cfg)
                 epochs_run = epoch + 1
                 metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, tied, test_loss, test_accuracy, seconds)
                 if on_epoch(metrics):
+                    weights, bias = described  # a stop keeps the weights its numbers describe
                     break
         return FitResult(weights, bias, epochs_run, warmup_seconds)
 
@@ -194,6 +198,14 @@ def evaluate(
     """Mean loss and accuracy of the given parameters on one split, in one pass."""
     loss, predicted = losses_and_predictions(x, y_onehot, weights, bias, cfg)
     return float(loss.mean()), float((predicted == labels).mean())
+
+
+def score(data: TrainData, weights: np.ndarray, bias: np.ndarray, cfg: TrainingSpec) -> WeightScores:
+    """The loss and accuracy of the given parameters on both splits: a run's final metrics, of the weights
+    it keeps, scored by this one rule whichever backend trained them."""
+    train = evaluate(data.x_train, data.y_train, data.one_hot(data.y_train), weights, bias, cfg)
+    test = evaluate(data.x_test, data.y_test, data.one_hot(data.y_test), weights, bias, cfg)
+    return WeightScores(*train, *test)
 
 
 def create() -> NumpyBackend:

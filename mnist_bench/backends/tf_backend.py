@@ -152,19 +152,25 @@ class TensorFlowBackend:
             epochs_run = 0
             for epoch in range(cfg.epochs):
                 order, epoch_lrs = _order(cfg, n_samples, epoch), tf.constant(lrs[epoch])
+                # Full batch: the epoch's numbers describe the weights it starts with (see EpochMetrics).
+                described = (variables.weights, variables.bias)
+                if steps == 1:
+                    described = tuple(tf.identity(variable) for variable in described)  # their values now
                 start = time.perf_counter()
                 loss_sum, correct, tied = train_epoch(x_train, y_train, order, epoch_lrs, variables)
                 train_loss = float(loss_sum.numpy()) / n_samples  # waits for the epoch
                 seconds = time.perf_counter() - start
                 train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
-                test_loss, test_accuracy = common.evaluate(x_test, y_test, variables.weights, variables.bias, cfg)
+                test_loss, test_accuracy = common.evaluate(x_test, y_test, *described, cfg)
                 epochs_run = epoch + 1
                 metrics = EpochMetrics(
                     epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
                 )
                 if on_epoch(metrics):
-                    break
-        return FitResult(variables.weights.numpy(), variables.bias.numpy(), epochs_run, warmup_seconds)
+                    break  # keeping the weights its numbers describe
+            else:
+                described = (variables.weights, variables.bias)  # no stop: the weights after the last update
+        return FitResult(described[0].numpy(), described[1].numpy(), epochs_run, warmup_seconds)
 
 
 def create() -> TensorFlowBackend:
