@@ -17,6 +17,7 @@ TUTORIAL_TF_TRAIN_ACCURACY = 0.9092
 SEED_TF_FLOOR = 0.75  # the lowest seed measured anywhere: 0.7719
 SEED_TF_TOP_TOLERANCE = 0.01  # the best seed measured 0.9037-0.9064 (1 and 2 threads, two kernels)
 TUTORIAL_NUMPY_STOP_EPOCH = 32
+SEED_NUMPY_TEST_FLOOR = 0.79  # the tutorial's code over 15 seeds: 0.803-0.850 at its stop
 
 
 def sweep(run_cli, folder: Path, *overrides: str) -> list:
@@ -38,8 +39,9 @@ def test_seed_numpy_reaches_080_train_accuracy_for_every_seed_around_the_tutoria
     assert len(runs) == 5
     assert {r.data.params["grad_reduction"] for r in runs} == {"sum"}
     assert {r.data.params["predict_from"] for r in runs} == {"probabilities"}
-    for run in runs:  # stopped at the target, as the tutorial did
+    for run in runs:  # stopped at the target, as the tutorial did, keeping the weights that met it
         assert run.data.metrics["final_train_accuracy"] >= 0.80
+        assert run.data.metrics["final_test_accuracy"] >= SEED_NUMPY_TEST_FLOOR  # measured 0.8105-0.8310
         assert "time_to_target_seconds" in run.data.metrics
     stops = sorted(int(r.data.metrics["epochs_run"]) for r in runs)
     assert stops[0] <= TUTORIAL_NUMPY_STOP_EPOCH <= stops[-1] < 100, stops
