@@ -65,8 +65,15 @@ class ConfigurationComparison:
 
 
 def configuration(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    """What makes two runs the same experiment, seeds aside: every param that changes the numbers."""
-    return tuple(sorted((k, normalise(v)) for k, v in params.items() if changes_numbers(k) and k not in NOT_IDENTITY))
+    """What makes two runs the same experiment, seeds aside: every param that changes the numbers. A null
+    param is one left out: runs leave backend.threads out where null, where older runs logged None."""
+    return tuple(
+        sorted(
+            (k, normalise(v))
+            for k, v in params.items()
+            if changes_numbers(k) and k not in NOT_IDENTITY and normalise(v) != normalise(None)
+        )
+    )
 
 
 def label(config: tuple[tuple[str, str], ...], varying: set[str]) -> str:

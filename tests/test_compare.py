@@ -40,6 +40,15 @@ def compare(run_cli, folder: Path, baseline: str, candidate: str) -> tuple[int, 
     return done.returncode, json.loads(out.read_text()), done.stdout + done.stderr
 
 
+def test_a_null_param_and_a_left_out_one_are_one_configuration() -> None:
+    """Runs leave backend.threads out where it is null; runs logged before said None: the same setting."""
+    logged_before = {"backend.threads": "None", "lr": "0.1", "batch_size": "None", "seed": "0"}
+    logged_now = {"lr": "0.10", "batch_size": "None", "seed": "1"}
+    assert compare_tool.configuration(logged_before) == compare_tool.configuration(logged_now)
+    assert compare_tool.configuration({**logged_now, "backend.threads": "2"}) != compare_tool.configuration(logged_now)
+    assert compare_tool.configuration({**logged_now, "batch_size": "128"}) != compare_tool.configuration(logged_now)
+
+
 # Every run counts as stable, whatever other processes or the hypervisor take.
 PERMISSIVE = ["timing.max_other_cpu_share=1", "timing.max_cpu_steal_share=1", "timing.max_epoch_spread=100"]
 
