@@ -53,6 +53,7 @@ from mnist_bench.tracking.sweeps import (
     read_sweep,
     read_sweeps,
     share_sweep_view,
+    sweep_cells,
     sweep_name,
 )
 from mnist_bench.tracking.uris import holds_password, is_server, redact, resolve_uri, sqlite_uri
@@ -64,5 +65,5 @@ __all__ = [
     "find_finished", "find_sweep", "has_failed_child", "holds_password", "import_store", "is_server", "job_sweep_name",
     "log_dataset", "log_sweep_plan", "metric_history", "open_existing", "open_store", "open_sweep", "process_tags",
     "read_artifact", "read_sweep", "read_sweeps", "reap", "redact", "resolve_uri", "share_sweep_view",
-    "sigterm_raises", "sqlite_uri", "store_failure", "sweep_name", "tracked_run",
+    "sigterm_raises", "sqlite_uri", "store_failure", "sweep_cells", "sweep_name", "tracked_run",
 ]  # fmt: skip
