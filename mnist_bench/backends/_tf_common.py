@@ -25,11 +25,13 @@ from mnist_bench.config import ConfigError, TrainingSpec
 # whatever TF_CPP_MIN_LOG_LEVEL says: at import, absl's notice and cudart_stub's "Could not find cuda drivers"
 # (printed before TF's log level applies, tensorflow/tensorflow#100442); when the runtime starts, "failed call
 # to cuInit". TensorFlow calls cuInit whatever the device (CUDA_VISIBLE_DEVICES="" or -1 only changes the
-# error it reports), so instead of preventing the probe these lines are kept off the terminal.
+# error it reports), so instead of preventing the probe these lines are kept off the terminal. TensorFlow 2.21
+# also says, at its first start, that oneDNN's custom operations are on, before TF_CPP_MIN_LOG_LEVEL applies.
 NO_CUDA_NOISE = re.compile(
     r"All log messages before absl::InitializeLog\(\) is called"
     r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
     r"|\] failed call to cuInit"
+    r"|port\.cc:\d+\] oneDNN custom operations are on"
 )
 
 
