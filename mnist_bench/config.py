@@ -156,6 +156,8 @@ class TimingConfig:
 
 
 SERVER_PATIENCE_S = 120.0
+HEARTBEAT_TIMEOUT_S = 60.0  # covers a run's start (its warm-up and first epoch) on a slow, loaded node
+MIN_HEARTBEAT_TIMEOUT_S = 6.0  # a run beats every timeout / 3 s: at most every 2 s
 DEFAULT_EXPERIMENT = "mnist-bench"  # the experiment every run and tool uses unless told otherwise
 
 
@@ -169,6 +171,9 @@ class TrackingConfig:
     # How long one call to a tracking server that does not answer is tried again before the run fails
     # (it sets MLflow's MLFLOW_HTTP_REQUEST_* variables; MLflow's own default is about 4 minutes a call).
     patience_s: float = SERVER_PATIENCE_S
+    # How long a RUNNING run may go without a heartbeat, beyond 3 of its own longest epochs, before any
+    # reaper (mnist-bench reap, a sweep's start, a sweep watching its lost jobs) marks it KILLED.
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         _require(
@@ -182,6 +187,12 @@ class TrackingConfig:
             "tracking.patience_s",
             self.patience_s,
             "seconds from 1 to 3600",
+        )
+        _require(
+            math.isfinite(self.heartbeat_timeout_s) and MIN_HEARTBEAT_TIMEOUT_S <= self.heartbeat_timeout_s <= 86400,
+            "tracking.heartbeat_timeout_s",
+            self.heartbeat_timeout_s,
+            f"seconds from {MIN_HEARTBEAT_TIMEOUT_S:g} to 86400 (default {HEARTBEAT_TIMEOUT_S:g})",
         )
 
 

@@ -202,7 +202,8 @@ def record(
     report's tests alike (with scripted epochs), so that the two cannot drift apart."""
     wall_start = time.time() if wall_start is None else wall_start
     name = run_name(cfg)
-    with tracking.tracked_run(client, experiment_id, name, params, tags, parent_run_id) as active:
+    beat_timeout_s = cfg.tracking.heartbeat_timeout_s
+    with tracking.tracked_run(client, experiment_id, name, params, tags, parent_run_id, beat_timeout_s) as active:
         files = ("train_images", "train_labels", "test_images", "test_labels")
         checksums = {file: getattr(cfg.dataset, file).sha256 for file in files}
         tracking.log_dataset(client, active.run_id, cfg.dataset.name, recording.data_source, checksums, recording.rows)

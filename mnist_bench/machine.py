@@ -55,6 +55,17 @@ def process_start_ticks(pid: int) -> str | None:
 
 
 @functools.cache
+def pid_namespace() -> str:
+    """This process's PID namespace, as the boot it belongs to and the namespace's inode: a pid means the
+    same process only to a reader in the same namespace ("" where the OS cannot say)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+@functools.cache
 def blas_library() -> str:
     """The BLAS NumPy calls, e.g. ``openblas 0.3.31 (Haswell)``: NumPy's own, not another package's
     (SciPy, loaded by TensorFlow, bundles an OpenBLAS of its own)."""

@@ -90,6 +90,10 @@ class Tag:
     HOST = PREFIX + "host"  # host, pid and pid_start let the reaper tell a live run from a dead one
     PID = PREFIX + "pid"
     PID_START = PREFIX + "pid_start"
+    PID_NAMESPACE = PREFIX + "pid_namespace"  # where the pid means this process: the reaper trusts it only there
+    HEARTBEAT = PREFIX + "heartbeat"  # the wall-clock time (unix seconds) of the run's last beat
+    HEARTBEAT_TIMEOUT_S = PREFIX + "heartbeat_timeout_s"  # how long a silence after that beat is still alive
+    RAY_NODE = "ray_node"  # the id of the Ray node a job of hydra/launcher=ray ran on
     HARNESS_VERSION = PREFIX + "version"
 
 

@@ -1,9 +1,9 @@
-"""A run's lifecycle, with the final status ours to decide, and the reaper of runs whose process is gone.
+"""A run's lifecycle, with the final status ours to decide (whether one left RUNNING is alive: ``liveness``).
 
 We use ``MlflowClient`` rather than the fluent ``mlflow.start_run``: the fluent API's exit hook
 records a crash as FINISHED and SIGTERM leaves a run RUNNING. Here a run ends FINISHED only on
 success, FAILED (with the error as a tag) on an exception, KILLED on Ctrl-C or SIGTERM; a run
-whose process died without a word (SIGKILL) is marked KILLED by ``reap``.
+whose process died without a word (SIGKILL, a lost node) is marked KILLED by ``liveness.reap``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, TypeVar
 
 from mnist_bench import machine
 from mnist_bench.schema import RunStatus, Tag
+from mnist_bench.tracking.liveness import HEARTBEAT_TIMEOUT_S, Heartbeat
 from mnist_bench.tracking.patience import unreachable
-from mnist_bench.tracking.store import SEARCH_LIMIT, TrackingError, error_line, store_failure
+from mnist_bench.tracking.store import TrackingError, error_line, store_failure
 from mnist_bench.tracking.uris import redact
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 FINISHED, FAILED, KILLED = RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED
@@ -62,15 +62,23 @@ def log_dataset(
     retried(lambda: client.log_inputs(run_id, datasets=inputs), DATASET_RETRY_DELAYS_S)
 
 
+# Set in a job's process by hydra/launcher=ray: the id of the Ray node it runs on.
+RAY_NODE_ENV = "MNIST_BENCH_RAY_NODE"
+
+
 def process_tags() -> dict[str, str]:
-    """Who runs this: lets the reaper tell a live run from one whose process is gone."""
+    """Who runs this, and where: lets the reaper tell a live run from one whose process is gone."""
     pid = os.getpid()
-    return {
+    tags = {
         Tag.HOST: machine.hostname(),
         Tag.PID: str(pid),
         Tag.PID_START: machine.process_start_ticks(pid) or "",
+        Tag.PID_NAMESPACE: machine.pid_namespace(),
         Tag.HARNESS_VERSION: machine.harness_version(),
     }
+    if node := os.environ.get(RAY_NODE_ENV):
+        tags[Tag.RAY_NODE] = node
+    return tags
 
 
 # How long metrics given to ``TrackedRun.log`` may wait, between epochs, before they are stored.
@@ -84,10 +92,11 @@ class TrackedRun:
     slower (it holds the GIL that a NumPy minibatch loop needs; docs/performance.md). To keep the store's
     cost small, metrics and tags wait and go in one ``log_batch`` once FLUSH_INTERVAL_S has passed since the
     last one (long epochs: every epoch, so MLflow's UI follows a run live) and at ``flush``, which the end
-    of a run calls before its status is set."""
+    of a run calls before its status is set. The run's heartbeat rides on those same calls (``liveness``)."""
 
     client: MlflowClient
     run_id: str
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
     _metrics: list = field(default_factory=list)
     _tags: dict[str, str] = field(default_factory=dict)
     _last_flush: float = field(default_factory=time.monotonic)
@@ -99,6 +108,7 @@ class TrackedRun:
         stamp = int(time.time() * 1000)
         self._metrics += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
         self._tags |= {k: str(v) for k, v in (tags or {}).items()}
+        self.heartbeat.epoch_ended()
         if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
@@ -106,7 +116,7 @@ class TrackedRun:
         """Store everything ``log`` holds in one transaction; raises what the store raises."""
         from mlflow.entities import RunTag
 
-        metrics, tags, self._metrics, self._tags = self._metrics, self._tags, [], {}
+        metrics, tags, self._metrics, self._tags = self._metrics, self._tags | self.heartbeat.due(), [], {}
         if metrics or tags:
             self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         self._last_flush = time.monotonic()
@@ -145,15 +155,18 @@ def tracked_run(
     params: Mapping[str, object],
     tags: Mapping[str, str],
     parent_run_id: str | None = None,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
 ) -> Iterator[TrackedRun]:
-    """Open a run and close it with the status the harness decides, whatever happens inside."""
+    """Open a run and close it with the status the harness decides, whatever happens inside; the run beats
+    (``liveness``) until then, judged dead after a silence of ``heartbeat_timeout_s`` plus its longest epochs."""
     from mlflow.entities import Param
 
-    all_tags = {**tags, **process_tags()}
+    heartbeat = Heartbeat(heartbeat_timeout_s)
+    all_tags = {**tags, **process_tags(), **heartbeat.tags()}
     if parent_run_id:
         all_tags[Tag.PARENT] = parent_run_id
     run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
-    active = TrackedRun(client, run_id)
+    active = TrackedRun(client, run_id, heartbeat)
     status = FAILED
     try:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -229,37 +242,3 @@ def has_failed_child(client: MlflowClient, experiment_id: str, parent_run_id: st
         max_results=1,
     )
     return bool(runs)
-
-
-def reap(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None, wait_s: float = 0.0) -> list[str]:
-    """Mark KILLED every RUNNING run of this host whose process is gone (of one sweep, given its parent run);
-    returns their ids. ``wait_s``: how long processes still alive get to go first (a stopped sweep's
-    parallel workers are being shut down, and a worker killed outright cannot close its own run).
-
-    A pid alone can be reused, so the process's start time (tagged at creation) must match too.
-    """
-    host = machine.hostname()
-    wanted = f"attributes.status = '{RunStatus.RUNNING}'"
-    if parent_run_id is not None:
-        wanted += f" and tags.`{Tag.PARENT}` = '{parent_run_id}'"
-    running = [
-        run
-        for run in client.search_runs([experiment_id], filter_string=wanted, max_results=SEARCH_LIMIT)
-        if run.data.tags.get(Tag.HOST) == host and run.data.tags.get(Tag.PID, "").isdigit()
-    ]
-
-    def alive(run: Run) -> bool:
-        tags = run.data.tags
-        return machine.process_start_ticks(int(tags[Tag.PID])) == tags.get(Tag.PID_START)
-
-    deadline = time.monotonic() + wait_s
-    while any(alive(run) for run in running) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    reaped = []
-    for run in running:
-        if alive(run):
-            continue
-        client.set_tag(run.info.run_id, Tag.ERROR, "process gone (killed or crashed); marked by the reaper")
-        client.set_terminated(run.info.run_id, KILLED)
-        reaped.append(run.info.run_id)
-    return reaped

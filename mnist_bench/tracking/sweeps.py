@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from mnist_bench.config import DEFAULT_EXPERIMENT
 from mnist_bench.schema import CELLS_ARTIFACT, KIND_SWEEP, Cell, RunStatus, Status, SweepParam, Tag, status_of
-from mnist_bench.tracking.runs import find_finished, process_tags, reap
+from mnist_bench.tracking.liveness import reap
+from mnist_bench.tracking.runs import find_finished, process_tags
 from mnist_bench.tracking.store import SEARCH_LIMIT, TrackingError, open_existing
 from mnist_bench.tracking.uris import redact
 
