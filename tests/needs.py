@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import subprocess
 from types import ModuleType
 from typing import NoReturn
 
@@ -39,3 +40,20 @@ def import_extra(name: str, extra: str) -> ModuleType:
     if importlib.util.find_spec(name) is None:
         missing(f"{name} is not installed: pip install -e '.[{extra}]'")
     return importlib.import_module(name)
+
+
+NO_PID_NAMESPACE = "this machine allows no PID namespace here (unshare --pid --fork --mount-proc is refused)"
+
+
+def pid_namespace_prefix(own_proc: bool = True) -> list[str] | None:
+    """The command prefix that starts a process in a PID namespace of its own (as root, or through a user
+    namespace), or None where neither is allowed: containers often refuse both. ``own_proc``: with a /proc of
+    that namespace, as a container has; without, the process still sees this one's processes there."""
+    for prefix in (["unshare"], ["unshare", "--user", "--map-root-user"]):
+        command = [*prefix, "--pid", "--fork", *(["--mount-proc"] if own_proc else [])]
+        try:
+            if subprocess.run([*command, "true"], capture_output=True, timeout=30).returncode == 0:
+                return command
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return None

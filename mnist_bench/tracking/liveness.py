@@ -46,31 +46,34 @@ def beat_interval(timeout_s: float) -> float:
 @dataclass
 class Heartbeat:
     """A run's side: the beat tags, due once ``beat_interval`` has passed; ``epoch_ended`` measures the
-    longest silence the run's own work has needed so far (from its start to its first epoch's end, then
-    between epochs), which the silence it is allowed grows with."""
+    longest time between two epochs' ends so far, which the silence the run is allowed grows with. Its start
+    (the warm-up and first epoch) has the timeout alone."""
 
     timeout_s: float = HEARTBEAT_TIMEOUT_S
     _last_beat: float = field(default_factory=time.monotonic)
-    _last_epoch: float = field(default_factory=time.monotonic)
+    _last_epoch: float | None = None
     _longest_epoch_s: float = 0.0
+    _sent_allowance: str = ""
 
     def epoch_ended(self) -> None:
         now = time.monotonic()
-        self._longest_epoch_s = max(self._longest_epoch_s, now - self._last_epoch)
+        if self._last_epoch is not None:
+            self._longest_epoch_s = max(self._longest_epoch_s, now - self._last_epoch)
         self._last_epoch = now
 
-    def tags(self) -> dict[str, str]:
-        """A beat now: when, and how long a silence after it is still alive."""
-        allowed = self.timeout_s + EPOCH_MARGIN * self._longest_epoch_s
-        return {Tag.HEARTBEAT: f"{time.time():.3f}", Tag.HEARTBEAT_TIMEOUT_S: f"{allowed:.1f}"}
+    def beat(self) -> dict[str, str]:
+        """A beat now: its time, and how long a silence after it is still alive when that has changed since the
+        last beat (each tag costs the store about as much again as the rest of a flush)."""
+        self._last_beat = time.monotonic()
+        tags = {Tag.HEARTBEAT: f"{time.time():.3f}"}
+        allowed = f"{self.timeout_s + EPOCH_MARGIN * self._longest_epoch_s:.1f}"
+        if allowed != self._sent_allowance:
+            tags[Tag.HEARTBEAT_TIMEOUT_S] = self._sent_allowance = allowed
+        return tags
 
     def due(self) -> dict[str, str]:
-        """The beat tags if a beat is due, else nothing."""
-        now = time.monotonic()
-        if now - self._last_beat < beat_interval(self.timeout_s):
-            return {}
-        self._last_beat = now
-        return self.tags()
+        """A beat if one is due, else nothing."""
+        return self.beat() if time.monotonic() - self._last_beat >= beat_interval(self.timeout_s) else {}
 
 
 def silence(run: Run, now: float) -> tuple[float, float] | None:

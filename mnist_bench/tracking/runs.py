@@ -162,7 +162,7 @@ def tracked_run(
     from mlflow.entities import Param
 
     heartbeat = Heartbeat(heartbeat_timeout_s)
-    all_tags = {**tags, **process_tags(), **heartbeat.tags()}
+    all_tags = {**tags, **process_tags(), **heartbeat.beat()}
     if parent_run_id:
         all_tags[Tag.PARENT] = parent_run_id
     run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
