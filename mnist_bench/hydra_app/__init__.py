@@ -29,11 +29,13 @@ def register() -> None:
     """What the app's configs need before Hydra composes them: the schema, the sweeper, the launcher's resolver."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.mnist_bench_launcher import MnistBenchRayLauncher
     from hydra_plugins.mnist_bench_sweeper import MnistBenchSweeper
 
     config.register()
-    # Hydra finds plugins by scanning the hydra_plugins namespace, which misses it in an editable install.
+    # Hydra finds plugins by scanning the hydra_plugins namespace, which misses them in an editable install.
     Plugins.instance().register(MnistBenchSweeper)
+    Plugins.instance().register(MnistBenchRayLauncher)
     # The GPUs a job asks Ray for (conf/hydra/launcher/ray.yaml): one for device=gpu, none otherwise.
     OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device == "gpu"), replace=True)
     # conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.
@@ -69,7 +71,6 @@ def main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from mnist_bench.hydra_app.job import job
-    from mnist_bench.hydra_app.launchers import lost_job
     from mnist_bench.paths import conf_dir
     from mnist_bench.tracking import Terminated
 
@@ -90,9 +91,4 @@ def main(argv: list[str]) -> int:
         return errors.fail(PROG, err)
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else EXIT_FAILED
-    except BaseException as err:
-        if (lost := lost_job(err)) is None:
-            raise
-        errors.say(PROG, lost)
-        return EXIT_FAILED
     return EXIT_OK

@@ -1,5 +1,5 @@
-"""What only a launcher's config knows: how many jobs it runs at once, joblib's workers prepared ahead, and
-what a job lost with its Ray worker or node looks like."""
+"""What only a launcher's config knows: how many jobs it runs at once, whether they run in this process, and
+joblib's workers prepared ahead (hydra/launcher=ray is ``ray_launcher``)."""
 
 from __future__ import annotations
 
@@ -68,9 +68,10 @@ class JoblibWorkers:
             log.info("joblib workers ready ahead of the launch: pids %s", ", ".join(map(str, sorted(set(self.pids)))))
 
 
-def lost_job(err: BaseException) -> str | None:
-    """What to tell the user when ``hydra/launcher=ray`` lost a job with its worker or node; None for any
-    other error."""
-    if not type(err).__module__.startswith("ray."):
-        return None
-    return f"a sweep job was lost ({one_line(err)}); run the same sweep again to resume it: FINISHED cells are skipped"
+# Hydra's own launcher (hydra/launcher=basic), named only to be recognised: its jobs run in the sweep's process.
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def jobs_elsewhere(launcher: Mapping) -> bool:
+    """Whether the launcher runs the jobs in other processes (joblib's workers, Ray's nodes), not this one."""
+    return launcher.get("_target_") != BASIC_LAUNCHER

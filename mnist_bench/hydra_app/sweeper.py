@@ -15,7 +15,7 @@ import shlex
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
 from mnist_bench.errors import EXIT_FAILED, UserError
 from mnist_bench.hydra_app.composition import CellComposer, ComposedCells, grid, validated_cells
-from mnist_bench.hydra_app.launchers import JoblibWorkers, parallel_jobs
+from mnist_bench.hydra_app.launchers import JoblibWorkers, jobs_elsewhere, parallel_jobs
 from mnist_bench.schema import Cell, Tag
 
 log = logging.getLogger("mnist_bench")
@@ -107,7 +107,7 @@ class ValidatingSweeper(Sweeper):
         # Probe the machine once here, not in every parallel job at the same moment (it is cached).
         roofline.cached(experiment.resolve_threads(first, parallel_jobs(self.config.hydra.launcher)))
         for run_id in tracking.reap(client, experiment_id):
-            log.warning("marked run %s KILLED: its process is gone", run_id)
+            log.warning("marked run %s KILLED: its process is gone or its heartbeat stopped", run_id)
 
         planned = [
             Cell([tracking.redact(o) for o in overrides], config_hash(cfg), run_name(cfg)) for overrides, cfg in cells
@@ -131,9 +131,10 @@ class ValidatingSweeper(Sweeper):
                     workers.wait()
                 jobs = [overrides for overrides, _ in cells]
                 size = self.max_batch_size or len(jobs)
-                for start in range(0, len(jobs), size):
-                    for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
-                        _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
+                with self.lost_jobs_reaped(client, experiment_id, parent_id, first):
+                    for start in range(0, len(jobs), size):
+                        for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
+                            _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
             failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
             view_key = sweep_view(client, experiment_id, name, uri)  # what the link below opens
             print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
@@ -149,6 +150,27 @@ class ValidatingSweeper(Sweeper):
             tracking.close(client, parent_id, status)
         if failures:
             raise SystemExit(EXIT_FAILED)
+
+    @contextlib.contextmanager
+    def lost_jobs_reaped(self, client: Any, experiment_id: str, parent_id: str, first: Config) -> Iterator[None]:
+        """Where jobs run in other processes: while they run, a thread that marks this sweep's lost runs KILLED
+        (jobs run in this process could not be lost, and its store calls would sit beside their timed epochs);
+        once the launcher has returned them all, the lost runs not yet marked, as soon as they are silent."""
+        from mnist_bench import tracking
+
+        assert self.config is not None
+        if not jobs_elsewhere(self.config.hydra.launcher):
+            yield
+            return
+        every_s = tracking.beat_interval(first.tracking.heartbeat_timeout_s)
+        with tracking.Watchdog(client, experiment_id, parent_id, every_s, _say_lost):
+            yield
+        for run_id in tracking.reap_lost(client, experiment_id, parent_id):
+            _say_lost(run_id)
+
+
+def _say_lost(run_id: str) -> None:
+    log.warning("marked run %s KILLED: its job was lost (no heartbeat, or its process is gone)", run_id)
 
 
 def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
