@@ -19,7 +19,7 @@ SUBCOMMANDS = {
     "report": ("mnist_bench.report.cli", "a sweep's report: headline, speed verdicts, tables and plots"),
     "check": ("mnist_bench.check.cli", "hold runs and benchmarks to conf/thresholds.yaml: a CI verdict"),
     "compare": ("mnist_bench.compare", "two sweeps, configuration by configuration: a regression gate"),
-    "reap": ("mnist_bench.reaper", "mark runs whose process is gone KILLED"),
+    "reap": ("mnist_bench.reaper", "mark runs whose process is gone or heartbeat stopped KILLED"),
     "roofline": ("mnist_bench.roofline", "what this machine can do: the floor under an epoch"),
     "bench": ("mnist_bench.bench", "every backend side by side against the roofline and Keras+Adam"),
     "server": ("mnist_bench.server", "the cluster's MLflow server (PostgreSQL store, proxied artifacts)"),

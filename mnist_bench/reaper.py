@@ -1,7 +1,7 @@
-"""``mnist-bench reap``: mark KILLED every RUNNING run whose process is gone.
+"""``mnist-bench reap``: mark KILLED every RUNNING run whose process is gone or whose heartbeat stopped.
 
-MLflow leaves a run RUNNING forever when its process is SIGKILLed or the machine dies. Sweeps
-and reports reap automatically; this command does it on demand (e.g. from cron).
+MLflow leaves a run RUNNING forever when its process is SIGKILLed or its machine dies. Sweeps
+and reports reap automatically; this command does it on demand, from any host (e.g. from cron).
 """
 
 from __future__ import annotations
