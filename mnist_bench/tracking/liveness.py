@@ -132,7 +132,8 @@ def reap(client: MlflowClient, experiment_id: str, parent_run_id: str | None = N
         time.sleep(POLL_S)
     reaped = []
     for run, why in verdicts:
-        if why is not None:
+        # Read again just before: a run that ended meanwhile keeps its own status (MLflow has no compare-and-set).
+        if why is not None and client.get_run(run.info.run_id).info.status == RunStatus.RUNNING:
             client.set_tag(run.info.run_id, Tag.ERROR, why)
             client.set_terminated(run.info.run_id, RunStatus.KILLED)
             reaped.append(run.info.run_id)
