@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_bench import atomic, backends, data, experiment, hydra_app, machine, roofline, timing
+from mnist_bench import atomic, backends, data, experiment, hydra_app, machine, peers, roofline, timing
 from mnist_bench.backends import base
 from mnist_bench.config import KERAS_BACKENDS, BackendConfig, Config, DatasetConfig, TimingConfig, TrainingSpec
 from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
@@ -49,6 +49,16 @@ from mnist_bench.stepper import EpochStepper
 PROG = "mnist-bench bench"
 # A backend, tf/keras with backend.xla=true ("tf+xla"), or Keras on its JAX engine ("keras[jax]").
 BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "keras[jax]", "jax")
+# How each label's epoch runs: the form its figures are of.
+FORMS = {
+    "numpy": "Python loop over NumPy/BLAS calls",
+    "tf": "one tf.function per epoch (graph, no XLA)",
+    "tf+xla": "one tf.function per epoch, XLA-compiled (jit_compile)",
+    "keras": "model.fit, its tf.function train step",
+    "keras+xla": "model.fit, its train step XLA-compiled",
+    "keras[jax]": "model.fit on JAX, its train step jitted (XLA)",
+    "jax": "one jax.jit per epoch, lax.scan over batches (XLA)",
+}
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
 MAX_REFERENCE_EPOCHS = 10
@@ -68,6 +78,21 @@ class EpochFigure:
     threads: int
     seconds: timing.Spread
     floor_ratio: float
+    form: str
+
+
+@dataclass(frozen=True)
+class PeerFigure:
+    """A backend's minibatch epoch over its hand-written same-work peer's (mnist_bench.peers), timed in the
+    same alternating rounds: the ratio of medians (> 1: the harness is slower), its 95% interval, the verdict."""
+
+    backend: str
+    batch: str
+    peer_seconds: timing.Spread
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    verdict: str
 
 
 @dataclass(frozen=True)
@@ -135,8 +160,11 @@ def epoch_rounds(
 ) -> tuple[dict[str, list[float]], dict[str, int], timing.ConditionsProbe]:
     """Each backend's epoch seconds (softmax SGD at lr 0.1, after its warm-up and one untimed epoch), timed
     in alternating rounds, A B C A B C ..., so that a drift in the machine's speed hits every backend alike;
-    the threads each used; and the probe of the conditions, started with the first round."""
+    the threads each used; and the probe of the conditions, started with the first round. With minibatches,
+    each backend that has a hand-written peer (mnist_bench.peers) is followed in every round by the peer's
+    epoch at the same batch size, rate and threads, under ``peer_key(label)``."""
     steppers: dict[str, EpochStepper] = {}
+    peer_steppers: dict[str, peers.PeerStepper] = {}
     used: dict[str, int] = {}
     try:
         for label in labels:
@@ -146,15 +174,24 @@ def epoch_rounds(
             backend, spec = _ready(cfg)
             steppers[label] = EpochStepper(backend, train, spec)
             used[label] = spec.backend.threads
+            if batch_size is not None and peers.peer_file(label):
+                peer_steppers[label] = peers.PeerStepper(label, train, batch_size, spec.lr, spec.backend.threads)
         probe = timing.ConditionsProbe()
-        seconds = {label: [] for label in labels}
+        seconds = {label: [] for label in labels} | {peer_key(label): [] for label in peer_steppers}
         for _ in range(rounds):
             for label, stepper in steppers.items():
                 seconds[label].append(stepper.step())
+                if label in peer_steppers:
+                    seconds[peer_key(label)].append(peer_steppers[label].step())
     finally:
         for stepper in steppers.values():
             stepper.close()
     return seconds, used, probe
+
+
+def peer_key(label: str) -> str:
+    """Where epoch_rounds keeps the seconds of a backend's peer."""
+    return f"{label} peer"
 
 
 def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
@@ -263,6 +300,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _peer_figures(
+    batch: str, times: dict[str, list[float]], probe: timing.ConditionsProbe, unstable: dict[str, str]
+) -> list[PeerFigure]:
+    """Each backend timed beside a peer (epoch_rounds) over that peer, printed: ratio > 1 when ours is slower."""
+    figures = []
+    for name, reason in unstable.items():
+        if peer_key(name) not in times:
+            continue
+        peer_seconds = times[peer_key(name)]
+        peer_unstable = "; ".join(timing.unstable_reasons(probe.finish(peer_seconds), TimingConfig()))
+        why = "; ".join(f"{n}: {r}" for n, r in ((name, reason), ("its peer", peer_unstable)) if r)
+        verdict = timing.compare_paired(times[name], peer_seconds, why)
+        figure = PeerFigure(
+            name, batch, timing.Spread.of(peer_seconds), verdict.ratio, verdict.low, verdict.high, verdict.verdict
+        )
+        if not figures:
+            print("  each backend over its hand-written same-work peer (tests/benchmarks/peers), same rounds:")
+        note = f"  {timing.UNRELIABLE} ({why})" if why else ""
+        shown = f"{verdict.ratio:.2f} [{verdict.low:.2f}-{verdict.high:.2f}]"
+        print(f"    {name:10s} {shown}  peer {figure.peer_seconds}{note}")
+        figures.append(figure)
+    return figures
+
+
 def _load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -290,6 +351,7 @@ def _main(argv: Sequence[str]) -> int:
 
     epochs: list[EpochFigure] = []
     pairs: list[PairFigure] = []
+    peer_figures: list[PeerFigure] = []
     for batch, size in (("full", None), (f"b{args.batch_size}", args.batch_size)):
         print(f"\n{batch} epochs in {args.repeats} alternating rounds: seconds, median (min-max), x the floor")
         times, threads, probe = epoch_rounds(args.backends, train, args.threads, size, args.repeats)
@@ -298,10 +360,11 @@ def _main(argv: Sequence[str]) -> int:
             conditions = probe.finish(times[name])
             unstable[name] = "; ".join(timing.unstable_reasons(conditions, TimingConfig()))
             seconds = timing.Spread.of(times[name])
-            figure = EpochFigure(name, batch, threads[name], seconds, seconds.median / floor(threads[name]))
+            ratio = seconds.median / floor(threads[name])
+            figure = EpochFigure(name, batch, threads[name], seconds, ratio, FORMS[name])
             epochs.append(figure)
             note = f"  unstable: {unstable[name]}" if unstable[name] else ""
-            print(f"  {name:10s} {threads[name]} threads  {seconds!s:24s} {figure.floor_ratio:6.1f}x{note}")
+            print(f"  {name:10s} {threads[name]} threads  {seconds!s:24s} {ratio:6.1f}x  {figure.form}{note}")
         print("  each pair, round by round (first's seconds over second's, 95% interval):")
         for first, second in itertools.combinations(args.backends, 2):
             why = "; ".join(f"{n}: {unstable[n]}" for n in (first, second) if unstable[n])
@@ -310,6 +373,7 @@ def _main(argv: Sequence[str]) -> int:
             shown = f"{verdict.ratio:.2f} [{verdict.low:.2f}-{verdict.high:.2f}]"
             said = f"{timing.UNRELIABLE} (unstable above)" if why else verdict.verdict
             print(f"    {second} vs {first}: {shown}  {second} {said}")
+        peer_figures.extend(_peer_figures(batch, times, probe, unstable))
 
     print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
     contenders: dict[str, Callable[[int], Attempt]] = {
@@ -346,6 +410,7 @@ def _main(argv: Sequence[str]) -> int:
             ],
             "epochs": [asdict(e) for e in epochs],
             "pairs": [asdict(p) for p in pairs],
+            "peers": [asdict(p) for p in peer_figures],
             "time_to_target": {"target": TARGET, "figures": [asdict(t) for t in targets]},
             "keras_adam_over": speedups,
         }

@@ -34,13 +34,18 @@ def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path
         assert 0 < seconds["min"] <= seconds["median"] <= seconds["max"]
         assert figure["floor_ratio"] == pytest.approx(seconds["median"] / floors[figure["threads"]])
         assert figure["floor_ratio"] > 1  # no epoch beats what the machine can do
+        assert figure["form"] == "Python loop over NumPy/BLAS calls"
+    (peer,) = report["peers"]  # minibatches only, timed beside tests/benchmarks/peers/numpy_peer.py
+    assert peer["backend"] == "numpy" and peer["batch"] == "b256"
+    assert peer["ratio"] == pytest.approx(figures["b256"]["seconds"]["median"] / peer["peer_seconds"]["median"])
+    assert peer["ratio_low"] <= peer["ratio"] <= peer["ratio_high"]
 
     (fast,) = report["time_to_target"]["figures"]
     assert fast["contender"] == "numpy fast" and fast["epochs"] == [1, 1, 1]
     assert min(fast["final_test_accuracy"]) >= report["time_to_target"]["target"] == 0.92
     assert fast["seconds"]["median"] > 0
     assert report["keras_adam_over"] == {} and report["pairs"] == []  # one backend: no pair to compare
-    assert "x the floor" in done.stdout and "load average before" in done.stdout
+    assert "x the floor" in done.stdout and "same-work peer" in done.stdout and "load average before" in done.stdout
 
 
 @pytest.mark.slow
@@ -61,6 +66,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
     for pair in report["pairs"]:
         assert pair["speed_ratio_low"] <= pair["speed_ratio"] <= pair["speed_ratio_high"]
         assert pair["speed_verdict"].startswith(("faster", "slower", "within noise", "unreliable: "))
+    assert {p["backend"] for p in report["peers"]} == {"numpy", "tf", "tf+xla", "jax"}  # Keras has no peer
     figures = {f["contender"]: f for f in report["time_to_target"]["figures"]}
     assert list(figures) == [f"{label} fast" for label in labels] + ["keras model.fit + Adam"]
     adam = figures.pop("keras model.fit + Adam")

@@ -1,7 +1,7 @@
 """A same-work minibatch epoch in plain NumPy (see __init__.py), one BLAS thread as the caller sets it.
 
-    z = x W + b,  log p = z - max z - log sum e^(z - max z),  loss = -log p[label]
-    d loss / d z = (p - onehot) / B,  W -= lr x^T dz,  b -= lr sum dz
+z = x W + b,  log p = z - max z - log sum e^(z - max z),  loss = -log p[label]
+d loss / d z = (p - onehot) / B,  W -= lr x^T dz,  b -= lr sum dz
 """
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ import tensorflow as tf
 
 
 class Peer:
-    def __init__(self, x: np.ndarray, labels: np.ndarray, batch_size: int, lr: float, jit_compile: bool = False):
+    def __init__(self, x: np.ndarray, labels: np.ndarray, batch_size: int, lr: float, xla: bool = False):
         self.x, self.labels, self.batch_size, self.lr = tf.constant(x), tf.constant(labels), batch_size, lr
         self.weights = tf.Variable(tf.zeros((x.shape[1], 10), x.dtype))
         self.bias = tf.Variable(tf.zeros(10, x.dtype))
-        self.train_epoch = tf.function(self._train_epoch, jit_compile=jit_compile)
+        self.train_epoch = tf.function(self._train_epoch, jit_compile=xla)
 
     def _step(self, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x, labels = tf.gather(self.x, rows), tf.gather(self.labels, rows)
