@@ -12,7 +12,7 @@ import yaml
 
 from mnist_bench import cli
 from mnist_bench.check import cli as check
-from mnist_bench.check.thresholds import ROOFLINE, load_thresholds
+from mnist_bench.check.thresholds import PEER, ROOFLINE, load_thresholds
 from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_OK
 from mnist_bench.errors import EXIT_FAILED as EXIT_BREACH
 
@@ -115,7 +115,8 @@ def scaled(report: dict, name: str, factor: float) -> dict:
 def test_slowed_epoch_breaches_its_ratio_ceiling(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     report = committed_baseline()
     repository = yaml.safe_load((REPO / "conf" / "thresholds.yaml").read_text())
-    numpy_only = [t for t in repository["benchmarks"] if "requires" not in t]  # no TensorFlow import needed
+    # No TensorFlow import needed; the baseline predates the peer ratios (test_slowed_epoch_breaches_its_peer_ceiling).
+    numpy_only = [t for t in repository["benchmarks"] if "requires" not in t and t["ratio"][1] != PEER]
     thresholds = write(tmp_path, {"benchmarks": numpy_only})
     good = write(tmp_path, report, "good.json")
     assert run_check(capsys, "--thresholds", thresholds, "--benchmark-json", good)[0] == EXIT_OK
@@ -128,6 +129,27 @@ def test_slowed_epoch_breaches_its_ratio_ceiling(tmp_path: Path, capsys: pytest.
     assert status == EXIT_BREACH
     [line] = breaches(err)
     assert "test_epoch[numpy-*-b128] / roofline" in line and f"allowed <= {ceiling['max']:g}" in line
+
+
+def test_slowed_epoch_breaches_its_peer_ceiling(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The ``peer`` denominator is the numerator's own extra_info.peer_epoch_seconds: the committed baseline's
+    NumPy minibatch epoch, given a peer exactly as fast, passes the repository's ceiling; slowed past it, breaches."""
+    repository = yaml.safe_load((REPO / "conf" / "thresholds.yaml").read_text())
+    [ceiling] = [t for t in repository["benchmarks"] if t["ratio"] == ["test_epoch_over_peer[numpy]", PEER]]
+    thresholds = write(tmp_path, {"benchmarks": [ceiling]})
+    report = committed_baseline()
+    [epoch] = [b for b in report["benchmarks"] if b["name"] == "test_epoch[numpy-softmax-b128]"]
+    peer = {"peer_epoch_seconds": [epoch["stats"]["min"]]}
+    epoch = epoch | {"name": "test_epoch_over_peer[numpy]", "extra_info": peer}
+    report = report | {"benchmarks": [epoch]}
+    good = write(tmp_path, report, "good.json")
+    assert run_check(capsys, "--thresholds", thresholds, "--benchmark-json", good)[0] == EXIT_OK
+
+    slow = write(tmp_path, scaled(report, epoch["name"], 2 * ceiling["max"]), "slow.json")
+    status, _, err = run_check(capsys, "--thresholds", thresholds, "--benchmark-json", slow)
+    assert status == EXIT_BREACH
+    [line] = breaches(err)
+    assert "test_epoch_over_peer[numpy] / peer" in line and f"allowed <= {ceiling['max']:g}" in line
 
 
 MALFORMED = {

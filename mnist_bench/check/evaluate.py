@@ -1,6 +1,7 @@
 """Thresholds against what was measured: run thresholds on a sweep's runs that count
 (schema.Status.counts: finished, not diverged; the worst value must pass),
-benchmark thresholds on a pytest-benchmark JSON file (ratios of fastest rounds, or to each one's roofline floor)."""
+benchmark thresholds on a pytest-benchmark JSON file (ratios of fastest rounds, or to each one's roofline floor
+or peer epoch)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_bench import backends
-from mnist_bench.check.thresholds import ROOFLINE, CheckError, Threshold, Thresholds
+from mnist_bench.check.thresholds import OWN_DENOMINATORS, CheckError, Threshold, Thresholds
 from mnist_bench.schema import counted, normalise
 
 PASS, FAIL, NO_DATA, SKIP = "pass", "FAIL", "no data", "skip"
@@ -71,10 +72,11 @@ def _pattern(text: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True)
 class Timing:
-    """A benchmark's fastest round, and the lowest of the roofline floors probed beside its rounds (if any)."""
+    """A benchmark's fastest round, and the lowest of each of its own denominators measured beside its rounds
+    (OWN_DENOMINATORS: the roofline floor, the peer's epoch), by denominator name."""
 
     fastest: float
-    floor: float | None
+    own: dict[str, float]
 
 
 def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> list[ThresholdResult]:
@@ -86,8 +88,8 @@ def evaluate_benchmarks(thresholds: Thresholds, timings: dict[str, Timing]) -> l
             continue
         top, bottom = t.ratio
         numerators = [timing for name, timing in timings.items() if _pattern(top).fullmatch(name)]
-        if bottom == ROOFLINE:
-            ratios = [n.fastest / n.floor for n in numerators if n.floor]
+        if bottom in OWN_DENOMINATORS:
+            ratios = [n.fastest / n.own[bottom] for n in numerators if bottom in n.own]
         else:
             denominators = [timing.fastest for name, timing in timings.items() if _pattern(bottom).fullmatch(name)]
             ratios = [n.fastest / min(denominators) for n in numerators] if denominators else []
@@ -104,9 +106,10 @@ def read_benchmarks(path: Path) -> dict[str, Timing]:
         report = json.loads(path.read_text())
         timings = {}
         for bench in report["benchmarks"]:
-            floors = bench.get("extra_info", {}).get("roofline_floor_seconds")
-            timing = Timing(float(bench["stats"]["min"]), float(min(floors)) if floors else None)
-            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, timing.floor) if t is not None):
+            extra = bench.get("extra_info", {})
+            own = {name: float(min(extra[key])) for name, key in OWN_DENOMINATORS.items() if extra.get(key)}
+            timing = Timing(float(bench["stats"]["min"]), own)
+            if not all(math.isfinite(t) and t > 0 for t in (timing.fastest, *own.values())):
                 raise ValueError(f"benchmark {bench['name']!r} has a timing that is not a number > 0")
             timings[bench["name"]] = timing
         return timings

@@ -16,6 +16,9 @@ from mnist_bench.errors import UserError
 from mnist_bench.schema import flatten
 
 ROOFLINE = "roofline"  # a ratio's denominator: extra_info.roofline_floor_seconds of the numerator itself
+PEER = "peer"  # a ratio's denominator: extra_info.peer_epoch_seconds, its peer's epochs (test_peer_ratio.py)
+# Denominators a benchmark carries itself, measured right before each of its rounds: the extra_info list each reads.
+OWN_DENOMINATORS = {ROOFLINE: "roofline_floor_seconds", PEER: "peer_epoch_seconds"}
 
 
 _TOP_KEYS = {"scope", "gate", "runs", "benchmarks"}
@@ -38,7 +41,8 @@ class CheckError(UserError):
 class Threshold:
     """One bound: on an MLflow metric of the runs that match ``where``, or on the ratio of the fastest
     rounds of two benchmarks (``ratio``: numerator and denominator name patterns, ``*`` = any text; the
-    denominator ``roofline`` is the numerator's own epoch floor, probed before each of its rounds)."""
+    denominator ``roofline`` is the numerator's own epoch floor, probed before each of its rounds, and
+    ``peer`` its hand-written peer's epoch, run before each of its rounds)."""
 
     metric: str
     selection: str
