@@ -171,6 +171,10 @@ class _EpochReporter(keras.callbacks.Callback):
         self._start = 0.0
         self._starting: list[np.ndarray] = []
 
+    def test_scores(self, model: keras.Sequential) -> dict[str, float]:
+        """``model.evaluate`` on the test set, in one batch: its loss and the harness's metrics."""
+        return model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0, return_dict=True)
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._starting = self.model.get_weights() if self.full_batch else []
         self._start = time.perf_counter()
@@ -181,7 +185,7 @@ class _EpochReporter(keras.callbacks.Callback):
         updated = self.model.get_weights() if self.full_batch else []
         if self.full_batch:
             self.model.set_weights(self._starting)
-        test = self.model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0, return_dict=True)
+        test = self.test_scores(self.model)
         self.epochs_run = epoch + 1
         metrics = EpochMetrics(
             epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), seconds
@@ -199,8 +203,8 @@ def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: 
     x_train, y_train = data.x_train, data.one_hot(data.y_train)
     with placement, _floatx(cfg.dtype):
         model = build_model(cfg, data.n_features, steps)
-        warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs)
         reporter = _EpochReporter(on_epoch, data.x_test, data.one_hot(data.y_test), full_batch=steps == 1)
+        warmup_seconds = _warm_up(model, x_train, y_train, batch_size, cfg.backend.warmup_epochs, reporter)
         for epoch in range(cfg.epochs):
             order = epoch_order(cfg, n_samples, epoch)
             rows = slice(None) if order is None else order
@@ -231,14 +235,18 @@ def _floatx(dtype: str) -> Iterator[None]:
         keras.config.set_floatx(previous)
 
 
-def _warm_up(model: keras.Sequential, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int) -> float:
-    """Seconds to fit ``epochs`` epochs (tracing and compiling the training step), after which the
-    parameters and the optimizer (step counter, momentum) are put back as they were."""
+def _warm_up(
+    model: keras.Sequential, x: np.ndarray, y: np.ndarray, batch_size: int, epochs: int, reporter: _EpochReporter
+) -> float:
+    """Seconds to fit ``epochs`` epochs and score the test set as ``reporter`` does after each epoch: all
+    that Keras traces and compiles (fit's training step, evaluate's test step), so that none of it falls
+    between timed epochs. Then the parameters and the optimizer (step counter, momentum) are put back."""
     if epochs == 0:
         return 0.0
     parameters = model.get_weights()
     start = time.perf_counter()
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0)
+    reporter.test_scores(model)
     seconds = time.perf_counter() - start
     model.set_weights(parameters)
     for variable in model.optimizer.variables:
