@@ -10,6 +10,9 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
    so a drift in the machine's speed hits them alike, and each pair gets its ratio with a 95% interval
    that resamples whole rounds, and a verdict by the rules of ``mnist_bench.timing`` (the conditions of
    the rounds, load and other processes' CPU share, make a verdict ``unreliable`` as they would a run's);
+   each figure names its form (``FORMS``: a Python loop, one compiled function per epoch, XLA or not,
+   ``model.fit``). With minibatches, each backend with a hand-written same-work peer (``mnist_bench.peers``)
+   is followed in every round by the peer's epoch, and gets its ratio to it (> 1: our loop is slower);
 3. the training seconds each backend takes to reach the target test accuracy (0.92) with the fast
    preset (conf/experiment/fast.yaml), and the same for the model most Keras users would write:
    ``Dense(10, softmax)`` trained by ``model.fit`` with Adam at Keras' defaults (lr 0.001, batch 32).
@@ -84,7 +87,8 @@ class EpochFigure:
 @dataclass(frozen=True)
 class PeerFigure:
     """A backend's minibatch epoch over its hand-written same-work peer's (mnist_bench.peers), timed in the
-    same alternating rounds: the ratio of medians (> 1: the harness is slower), its 95% interval, the verdict."""
+    same alternating rounds: the ratio of medians (> 1: the harness is slower), its 95% interval, and the
+    verdict on the peer (``faster``: the peer beats our loop beyond the interval)."""
 
     backend: str
     batch: str
