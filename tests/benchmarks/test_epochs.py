@@ -7,6 +7,7 @@ carries from one machine to another and means what a run's ``roofline_ratio`` me
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from needs import missing
@@ -37,18 +38,28 @@ def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str
     backend_config = dataclasses.replace(bench.backend_config(name, THREADS), warmup_epochs=0)
     spec = Config(backend=backend_config, activation=activation, batch_size=BATCHES[batch], epochs=100).spec()
     backend.resolve_device(spec)  # sets TF's thread pools before its runtime starts, as a run does
-    floors: list[float] = []
+    time_epochs(
+        benchmark,
+        EpochStepper(backend, train_data, spec),
+        lambda: roofline.measure(THREADS, repeats=1).epoch_floor_for(train_data.x_train),
+        "roofline_floor_seconds",
+    )
 
-    def probe() -> tuple[tuple, dict]:
-        """Runs (untimed by the benchmark) before every round, so each epoch has a floor measured next to it."""
-        roof = roofline.measure(THREADS, repeats=1)
-        floors.append(roof.epoch_floor_for(train_data.x_train))
+
+def time_epochs(
+    benchmark, stepper: EpochStepper, before_each: Callable[[], float], key: str, rounds: int = ROUNDS
+) -> None:
+    """One epoch a round, ``before_each`` run right before every round (untimed by the benchmark) so that what
+    it measures sits next to each epoch, kept in ``extra_info[key]`` beside the backend's own epoch timings."""
+    measured: list[float] = []
+
+    def setup() -> tuple[tuple, dict]:
+        measured.append(before_each())
         return (), {}
 
-    stepper = EpochStepper(backend, train_data, spec)
     try:
-        benchmark.pedantic(stepper.step, setup=probe, warmup_rounds=WARMUP, rounds=ROUNDS)
+        benchmark.pedantic(stepper.step, setup=setup, warmup_rounds=WARMUP, rounds=rounds)
     finally:
         stepper.close()
-    benchmark.extra_info["roofline_floor_seconds"] = floors
+    benchmark.extra_info[key] = measured
     benchmark.extra_info["backend_epoch_seconds"] = stepper.epoch_seconds[1:]
