@@ -81,6 +81,11 @@ def broken_store_left_as_it_was(folder: Path) -> None:
     assert (folder / "broken.db").read_bytes() == NOT_A_DATABASE
 
 
+def lock_that_is_a_folder(folder: Path) -> tuple[list[str], dict[str, str | None]]:
+    (folder / "mlflow.db.lock").mkdir()
+    return [], {}
+
+
 CASES: dict[str, Case] = {
     "unknown-backend": Case(["backend=mxnet"], ["backend/mxnet", *options_in("backend")]),
     "unknown-activation": Case(["activation=relu"], ["activation='relu'", "sigmoid", "softmax"]),
@@ -106,6 +111,12 @@ CASES: dict[str, Case] = {
         ["tracking store sqlite:///{folder}/broken.db cannot be opened", "file is not a database", "tracking.uri="],
         setup=store_that_is_not_a_database,
         after=broken_store_left_as_it_was,
+    ),
+    "store-lock-a-folder": Case(
+        [], ["lock file {folder}/mlflow.db.lock is a folder", "rmdir"], setup=lock_that_is_a_folder
+    ),
+    "sweep-store-lock-a-folder": Case(
+        ["-m", "lr=0.1,0.2"], ["lock file {folder}/mlflow.db.lock is a folder", "rmdir"], setup=lock_that_is_a_folder
     ),
     "store-unknown-scheme": Case(["tracking.uri=garbage://x"], ["tracking store garbage://x cannot be opened"]),
     "numpy-on-gpu": Case(["device=gpu", "backend=numpy"], ["device=gpu", "backend=numpy", "tf or keras"]),

@@ -21,6 +21,7 @@ import pytest
 
 from mnist_bench import machine, tracking
 from mnist_bench.schema import Tag
+from mnist_bench.tracking.store import LOCK_NOTICE_S
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mnist-bench"
@@ -271,6 +272,44 @@ def test_a_store_locked_by_another_process_is_one_line_saying_so(store) -> None:
             assert "wait for that process" in message and "\n" not in message
     finally:
         holder.close()
+
+
+def test_a_lock_file_that_is_a_folder_is_one_line_naming_it(store) -> None:
+    """It was an IsADirectoryError traceback from the sweep, the single run and the report."""
+    lock = Path(f"{store.path}.lock")
+    lock.mkdir()
+    for opening in (tracking.open_store, tracking.open_existing):
+        with pytest.raises(tracking.TrackingError) as info:
+            opening(store.uri, EXPERIMENT)
+        assert str(info.value) == (
+            f"tracking store {store.uri}: its lock file {lock} is a folder: remove it (rmdir {lock}) and run this again"
+        )
+
+
+def test_a_held_store_lock_is_named_within_seconds_and_the_wait_ends_at_the_patience(
+    store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock held by another process made the sweep wait in silence (150 s and counting)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import filelock, time; lock = filelock.FileLock('{store.path}.lock'); lock.acquire(); "
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        start = time.time()
+        with pytest.raises(tracking.TrackingError) as info:
+            tracking.open_store(store.uri, EXPERIMENT, patience_s=7)
+        waited = time.time() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    [notice] = [r for r in caplog.records if "waiting for its lock" in r.getMessage()]
+    assert notice.created - start < LOCK_NOTICE_S + 1  # said within seconds
+    assert f"held by pid {holder.pid} (" in notice.getMessage() and "giving up after 7 s" in notice.getMessage()
+    assert 7 <= waited < 9, waited
+    message = str(info.value)
+    assert f"stayed held by pid {holder.pid}" in message and "tracking.patience_s" in message and "\n" not in message
 
 
 def test_metrics_logged_within_the_flush_interval_wait_and_are_all_stored_before_the_run_is_finished(store) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from mnist_bench.config import SERVER_PATIENCE_S
 from mnist_bench.errors import UserError
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is re
     from mlflow.entities import Experiment
     from mlflow.tracking import MlflowClient
 
+log = logging.getLogger("mnist_bench")
 SEARCH_LIMIT = 50000  # the SQL store's limit for one search: every query of a sweep's runs uses it
 
 
@@ -87,11 +88,63 @@ def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
-def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+LOCK_NOTICE_S = 5.0  # a wait for the store's lock longer than this says what it waits for
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str, patience_s: float) -> Iterator[None]:
     """Held while MLflow opens a SQLite store: opening runs its schema creation and migrations, which
-    race when two processes do it at once (jobs die, the file can become unopenable)."""
+    race when two processes do it at once (jobs die, the file can become unopenable). Opening holds it for
+    seconds: a wait for it says within LOCK_NOTICE_S what it waits for and ends after ``patience_s``."""
     db = sqlite_path(uri)
-    return FileLock(f"{db}.lock") if db is not None else contextlib.nullcontext()
+    if db is None:
+        yield
+        return
+    path = Path(f"{db}.lock")
+    if path.exists() and not path.is_file():
+        raise TrackingError(
+            f"tracking store {redact(uri)}: its lock file {path} is a folder: "
+            f"remove it (rmdir {path}) and run this again"
+        )
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=min(LOCK_NOTICE_S, patience_s))
+    except Timeout:
+        log.warning(
+            "tracking store %s: waiting for its lock %s, held by %s; giving up after %g s",
+            redact(uri), path, _lock_holder(path), patience_s,
+        )  # fmt: skip
+        try:
+            lock.acquire(timeout=max(0.0, patience_s - LOCK_NOTICE_S))
+        except Timeout:
+            raise TrackingError(
+                f"tracking store {redact(uri)}: its lock {path} stayed held by {_lock_holder(path)} for"
+                f" {patience_s:g} s (tracking.patience_s): let that process end (or stop it) and run this again"
+            ) from None
+    except OSError as err:
+        raise TrackingError(
+            f"tracking store {redact(uri)}: its lock file {path} cannot be opened ({error_line(err)}); "
+            "remove it or choose another store with tracking.uri= (or --tracking-uri)"
+        ) from err
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _lock_holder(path: Path) -> str:
+    """Which process holds the flock on ``path``, from /proc/locks: "pid N (its command)", or words that
+    say we cannot tell."""
+    try:
+        inode = path.stat().st_ino
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                command = Path(f"/proc/{fields[4]}/cmdline").read_bytes().decode(errors="replace")
+                return f"pid {fields[4]} ({redact(' '.join(command.replace(chr(0), ' ').split()))[:120]})"
+    except OSError:
+        pass
+    return "another process"
 
 
 def error_line(err: BaseException) -> str:
@@ -126,7 +179,7 @@ def open_store(uri: str, experiment: str, patience_s: float = SERVER_PATIENCE_S)
     _quiet_store_errors()
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
+    with _store_lock(uri, patience_s), _store_errors(uri), _no_stray_folder(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -175,7 +228,7 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
     _quiet_store_errors()
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri), _store_errors(uri), _no_stray_folder(uri):
+    with _store_lock(uri, SERVER_PATIENCE_S), _store_errors(uri), _no_stray_folder(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
     if found is None:
