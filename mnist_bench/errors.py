@@ -8,6 +8,8 @@ a sweep with failed or missing cells, or a check that finds a breach, exits ``EX
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -43,6 +45,21 @@ def one_line(err: BaseException) -> str:
     if type(err).__module__.startswith("hydra.") and cause is not None and str(cause).strip():
         message = f"{message} ({str(cause).splitlines()[0]})"  # Hydra wraps the error that says what is wrong
     return message
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EEXIST)
+
+
+def write_failure(err: BaseException, where: object) -> str | None:
+    """A write the OS refused (a full disk, a read-only or forbidden folder, a folder where a file goes) as
+    one line saying what to do; None for any other error. ``where``: what was being written, where the error
+    does not name it (a write that fills the disk names no file)."""
+    if not isinstance(err, OSError) or err.errno not in (*_DISK_FULL, *_NOT_WRITABLE):
+        return None
+    fix = "free space on its disk" if err.errno in _DISK_FULL else "choose a place you can write"
+    target = os.path.abspath(err.filename) if isinstance(err.filename, str) else where
+    return f"cannot write {target} ({err.strerror}): {fix}"
 
 
 def say(prog: str, message: str) -> None:

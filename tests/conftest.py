@@ -7,6 +7,7 @@ caches and Hydra output folders all live under pytest's tmp dirs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -209,3 +210,52 @@ def serve_loopback() -> Iterator[Callable[[type[BaseHTTPRequestHandler]], str]]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+@contextlib.contextmanager
+def mounted(folder: Path, *mount_args: str) -> Iterator[Path]:
+    """``folder`` with a filesystem mounted on it for the block (``mount *mount_args folder``), unmounted after.
+    Mounting needs root: elsewhere the test skips (fails in CI, whose .ci/run runs as root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", *mount_args, str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        missing(f"cannot mount here ({done.stderr.strip() or 'mount failed'}): run the test as root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB filesystem (tmpfs), so that what is written there can run out of space."""
+    with mounted(tmp_path / "disk", "-t", "tmpfs", "-o", "size=8m", "tmpfs") as disk:
+        yield disk
+
+
+def fill(disk: Path, leave_bytes: int = 0) -> None:
+    """Fill ``disk`` until ``leave_bytes`` are left free."""
+    free = os.statvfs(disk)
+    (disk / "filler").write_bytes(bytes(max(0, free.f_bavail * free.f_frsize - leave_bytes)))
+
+
+@pytest.fixture
+def full_disk(small_disk: Path) -> Path:
+    """A filesystem with no space left: writing any file's content there fails with ENOSPC."""
+    fill(small_disk)
+    return small_disk
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder nothing can be written in: without write permission, or, for root (whom permissions do not
+    stop), a read-only bind mount."""
+    folder = tmp_path / "unwritable"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    with mounted(folder, "--bind", "-o", "ro", str(folder)):
+        yield folder

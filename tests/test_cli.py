@@ -204,23 +204,41 @@ def test_bad_input_exits_2_with_one_line_and_no_run(name: str, launched, runs_of
         case.after(job.folder)
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="running as root: a read-only folder does not stop writes"
-)
-def test_read_only_store_folder_exits_2(tmp_path: Path, run_cli, hydra_args, runs_of) -> None:
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        uri = f"sqlite:///{folder}/mlflow.db"
-        proc = run_cli([f"tracking.uri={uri}", *hydra_args(tmp_path)], tmp_path)
-    finally:
-        folder.chmod(0o755)
+def test_a_store_in_an_unwritable_folder_exits_2(unwritable_folder: Path, tmp_path: Path, run_cli, hydra_args) -> None:
+    uri = f"sqlite:///{unwritable_folder}/mlflow.db"
+    for sweep in ([], ["-m", "lr=0.1,0.2"]):
+        proc = run_cli([*sweep, f"tracking.uri={uri}", *hydra_args(tmp_path)], tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not writable" in lines[0] and "tracking.uri" in lines[0], proc.stderr
+    assert list(unwritable_folder.iterdir()) == []
+
+
+def test_a_single_run_in_an_unwritable_folder_exits_2_in_one_line(unwritable_folder: Path, run_cli) -> None:
+    """It ended in Hydra's traceback (OSError: [Errno 30] ... 'outputs'), exit 1."""
+    proc = run_cli([], unwritable_folder)
     assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not writable" in lines[0] and "tracking.uri" in lines[0], proc.stderr
-    assert not (folder / "mlflow.db").exists()
-    assert runs_of(uri) == []
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"mnist-bench: error: cannot write {unwritable_folder}/outputs ("), line
+    assert "hydra.run.dir=" in line and "tracking.uri=" in line, line
+
+
+def test_a_single_run_on_a_full_disk_exits_2_and_leaves_nothing_half_written(
+    full_disk: Path, tmp_path: Path, run_cli, hydra_args
+) -> None:
+    """It ended in a traceback ([Errno 28]) and left a 0-byte mlflow.db: Hydra's outputs and the store on the
+    full disk, then the store alone."""
+    proc = run_cli([], full_disk)
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert f"cannot write {full_disk}/outputs/" in line and "No space left on device): free space" in line, line
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]  # Hydra's half-written config files went
+
+    proc = run_cli(hydra_args(tmp_path), full_disk)
+    assert proc.returncode == 2, proc.stderr
+    [line] = [x for x in proc.stderr.strip().splitlines() if "Creating initial MLflow database" not in x]
+    assert line == f"mnist-bench: error: the disk holding sqlite:///{full_disk}/mlflow.db is full: free space on it"
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]  # no 0-byte mlflow.db, no lock file
 
 
 def test_cfg_job_prints_the_config_from_another_directory(tmp_path: Path, run_cli, hydra_args) -> None:

@@ -8,13 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fetch_runs, job_runs
+from conftest import fetch_runs, fill, job_runs
 from mlflow.tracking import MlflowClient
-from needs import missing
 
 from mnist_bench.schema import Tag
 
@@ -173,22 +171,6 @@ def test_two_identical_sweeps_started_at_once_train_each_cell_once(tmp_path: Pat
     assert shown == [("active", "FINISHED"), ("deleted", "KILLED")]  # the refused parent shadows nothing
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB filesystem (tmpfs) for the store, so that it can run out of space."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        missing(f"a small tmpfs cannot be mounted here ({mounted.stderr.strip() or 'mount failed'}); run as root")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
-
-
 def test_a_store_whose_disk_fills_fails_each_job_in_one_line_and_leaves_nothing_running(
     small_disk: Path, tmp_path: Path
 ) -> None:
@@ -199,8 +181,7 @@ def test_a_store_whose_disk_fills_fails_each_job_in_one_line_and_leaves_nothing_
         return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
     assert sweep("lr=0.1", "epochs=1").returncode == 0  # the store exists, with one run
-    free = os.statvfs(small_disk)
-    (small_disk / "filler").write_bytes(bytes(free.f_bavail * free.f_frsize - 90 * 1024))  # about 90 KiB left
+    fill(small_disk, leave_bytes=90 * 1024)
     done = sweep("lr=0.5,0.6,0.7", "epochs=3", "batch_size=256")
     output = done.stdout + done.stderr
     lines = output.strip().splitlines()

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from mnist_bench import config, errors
 from mnist_bench.config import Config, validate
-from mnist_bench.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
+from mnist_bench.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UserError
 
 PROG = "mnist-bench"
 # Hydra's own long flags (as its argument parser, hydra._internal.utils.get_args_parser, defines them).
@@ -64,6 +66,46 @@ def check_flags(argv: Sequence[str]) -> None:
             raise UserError(f"{flag} is not an option: settings are key=value overrides, write {flag[2:]}={given}")
 
 
+def _unwritten_output(err: OSError) -> str | None:
+    """A write refused by the OS (a read-only folder, a full disk) as one line, once what Hydra had begun to
+    write before the job (its output folder, the config files in it) is removed; None for other errors."""
+    from mnist_bench.hydra_app import job
+
+    output_dir = _hydra_output_dir(err)
+    line = errors.write_failure(err, output_dir or Path.cwd())
+    if line is None:
+        return None
+    if output_dir is not None and not job.started:  # no run exists: nothing of it stays either
+        _remove_hydra_files(output_dir)
+    return f"{line}, or set hydra.run.dir= (Hydra's output folder) and tracking.uri= (the store) elsewhere"
+
+
+def _hydra_output_dir(err: BaseException) -> Path | None:
+    """The job's output folder, where the error came from Hydra's run_job writing it (Hydra has reset its
+    HydraConfig by the time the error arrives, so run_job's own frame is where the folder is still known)."""
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_name == "run_job" and isinstance(frame.f_locals.get("output_dir"), str):
+            return Path(frame.f_locals["output_dir"]).absolute()
+    return None
+
+
+def _remove_hydra_files(output_dir: Path) -> None:
+    """What Hydra writes into a job's output folder before the job starts, and the folders it made for it
+    (outputs/DATE/TIME, under the launch folder) as far as they are left empty."""
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (output_dir / ".hydra" / name).unlink(missing_ok=True)
+    for log in output_dir.glob("*.log"):
+        if log.stat().st_size == 0:
+            log.unlink()
+    launch_dir = Path.cwd()
+    for folder in (output_dir / ".hydra", output_dir, *output_dir.parents):
+        if folder == launch_dir or not folder.is_dir() or any(folder.iterdir()):
+            break
+        folder.rmdir()
+        if launch_dir not in folder.parents:  # outside the launch folder only Hydra's own folder goes
+            break
+
+
 def main(argv: list[str]) -> int:
     """Run the Hydra app with ``argv`` as its overrides and flags; returns the exit status."""
     import hydra
@@ -91,4 +133,9 @@ def main(argv: list[str]) -> int:
         return errors.fail(PROG, err)
     except SystemExit as err:
         return err.code if isinstance(err.code, int) else EXIT_FAILED
+    except OSError as err:
+        if full_errors or (line := _unwritten_output(err)) is None:
+            raise
+        errors.say(PROG, line)
+        return EXIT_BAD_INPUT
     return EXIT_OK

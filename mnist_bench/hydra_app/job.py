@@ -17,6 +17,7 @@ from mnist_bench.hydra_app.composition import PARENT_RUN_ENV, validated_cells
 from mnist_bench.hydra_app.launchers import parallel_jobs
 
 log = logging.getLogger("mnist_bench")
+started = False  # whether this process has begun a job: what Hydra wrote before one is its own to clean up
 
 
 def job(cfg: DictConfig) -> str | None:
@@ -26,6 +27,8 @@ def job(cfg: DictConfig) -> str | None:
 
     from mnist_bench import experiment, tracking
 
+    global started
+    started = True
     hydra_cfg = HydraConfig.get()
     launch_dir = Path(hydra_cfg.runtime.cwd)
     if hydra_cfg.output_subdir is not None:

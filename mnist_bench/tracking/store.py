@@ -106,6 +106,7 @@ def _store_lock(uri: str, patience_s: float) -> Iterator[None]:
             f"tracking store {redact(uri)}: its lock file {path} is a folder: "
             f"remove it (rmdir {path}) and run this again"
         )
+    new = not path.exists()
     lock = FileLock(path)
     try:
         lock.acquire(timeout=min(LOCK_NOTICE_S, patience_s))
@@ -130,6 +131,8 @@ def _store_lock(uri: str, patience_s: float) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if new and not db.exists():  # the store was not created: its lock file goes too
+            path.unlink(missing_ok=True)
 
 
 def _lock_holder(path: Path) -> str:
@@ -179,7 +182,7 @@ def open_store(uri: str, experiment: str, patience_s: float = SERVER_PATIENCE_S)
     _quiet_store_errors()
     from mlflow.tracking import MlflowClient
 
-    with _store_lock(uri, patience_s), _store_errors(uri), _no_stray_folder(uri):
+    with _store_lock(uri, patience_s), _store_errors(uri), _no_stray_folder(uri), _no_half_created_store(uri):
         client = MlflowClient(uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
@@ -197,6 +200,21 @@ def import_store(uri: str) -> None:
 
     if "://" in uri and not (is_server(uri) or uri.startswith("file:")):
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
+@contextlib.contextmanager
+def _no_half_created_store(uri: str) -> Iterator[None]:
+    """A SQLite store this call creates is deleted if creating it fails (a full disk left a 0-byte mlflow.db):
+    it holds nothing, and a half-migrated one would fail every later opening. Entered under the store's lock."""
+    db = sqlite_path(uri)
+    new = db is not None and not db.exists()
+    try:
+        yield
+    except BaseException:
+        if new:
+            for leftover in (db, Path(f"{db}-journal")):
+                leftover.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
