@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,3 +33,28 @@ def replacing(target: Path) -> Iterator[Path]:
 def write(path: Path, content: bytes) -> None:
     with replacing(path) as tmp:
         tmp.write_bytes(content)
+
+
+def write_files(folder: Path, files: Mapping[str, bytes]) -> None:
+    """All of ``files`` in ``folder``, or none of them and no folder made for them: they are written into a
+    temp folder beside it, which becomes ``folder`` (or whose files replace their namesakes in an existing
+    ``folder``) only once every one is whole. A full disk left a report folder holding only report.md."""
+    made = list(itertools.takewhile(lambda path: not path.exists(), [folder, *folder.parents]))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
+        staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
+        if folder in made:
+            staging.rename(folder)
+        else:
+            for name in files:
+                os.replace(staging / name, folder / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for parent in made[1:]:  # the folders made for it, innermost first, as far as they are empty
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)

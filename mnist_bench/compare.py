@@ -28,7 +28,7 @@ from pathlib import Path
 
 from mnist_bench import atomic, timing, tracking
 from mnist_bench.config import changes_numbers
-from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool, write_failure
 from mnist_bench.schema import Metric, Tag, counted, normalise
 
 PROG = "mnist-bench compare"
@@ -191,6 +191,8 @@ def parse_args(argv: Sequence[str]):
         raise UserError(f"--max-accuracy-drop {args.max_accuracy_drop} must be a number >= 0")
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None and args.json.is_dir():
+        raise UserError(f"--json {args.json} is a folder: name a file, e.g. --json {args.json / 'compare.json'}")
     return args
 
 
@@ -224,7 +226,11 @@ def _main(argv: Sequence[str]) -> int:
     if any(only):
         print(f"  not compared: {only[0]} configuration(s) only in the baseline, {only[1]} only in the candidate")
     if args.json is not None:
-        atomic.write(args.json, json.dumps([asdict(row) for row in rows], indent=2).encode())
+        try:
+            atomic.write(args.json, json.dumps([asdict(row) for row in rows], indent=2).encode())
+        except OSError as err:
+            why = write_failure(err, f"--json {args.json}") or f"cannot write --json {args.json} ({err})"
+            raise UserError(f"{why} (or choose another --json)") from None
     regressions = [row for row in rows if row.regression]
     for row in regressions:
         print(f"REGRESSION {row.configuration}: {row.regression}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -53,13 +52,11 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENO
 
 def write_failure(err: BaseException, where: object) -> str | None:
     """A write the OS refused (a full disk, a read-only or forbidden folder, a folder where a file goes) as
-    one line saying what to do; None for any other error. ``where``: what was being written, where the error
-    does not name it (a write that fills the disk names no file)."""
+    one line naming ``where`` (what was being written) and what to do; None for any other error."""
     if not isinstance(err, OSError) or err.errno not in (*_DISK_FULL, *_NOT_WRITABLE):
         return None
     fix = "free space on its disk" if err.errno in _DISK_FULL else "choose a place you can write"
-    target = os.path.abspath(err.filename) if isinstance(err.filename, str) else where
-    return f"cannot write {target} ({err.strerror}): {fix}"
+    return f"cannot write {where} ({err.strerror}): {fix}"
 
 
 def say(prog: str, message: str) -> None:

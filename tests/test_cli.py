@@ -219,7 +219,7 @@ def test_a_single_run_in_an_unwritable_folder_exits_2_in_one_line(unwritable_fol
     proc = run_cli([], unwritable_folder)
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"mnist-bench: error: cannot write {unwritable_folder}/outputs ("), line
+    assert line.startswith(f"mnist-bench: error: cannot write {unwritable_folder}/outputs/"), line
     assert "hydra.run.dir=" in line and "tracking.uri=" in line, line
 
 

@@ -102,3 +102,31 @@ def test_an_empty_sweep_name_is_one_line_and_exit_2(sweeps: str, capsys: pytest.
     assert compare_tool.main([sweeps, "b"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names an empty sweep" in err[0] and "NAME1,NAME2" in err[0], err
+
+
+@pytest.fixture(scope="module")
+def one_sweep(tmp_path_factory: pytest.TempPathFactory, run_cli, hydra_args) -> Path:
+    """A folder whose store holds one tiny real sweep, named "a"."""
+    folder = tmp_path_factory.mktemp("one-sweep")
+    tiny = ["dataset.train_limit=600", "dataset.test_limit=200", "progress=none", "epochs=1", "sweep_name=a"]
+    done = run_cli(["-m", *tiny, f"tracking.uri=sqlite:///{folder}/mlflow.db", *hydra_args(folder)], folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.mark.usefixtures("mnist_dir")
+@pytest.mark.parametrize("fault", ["a folder", "full_disk", "unwritable_folder"])
+def test_json_it_cannot_write_is_one_line_and_exit_2(
+    one_sweep: Path, fault: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture
+) -> None:
+    """--json to a folder, or to a path it cannot write, ended in a traceback."""
+    place = one_sweep if fault == "a folder" else request.getfixturevalue(fault)
+    target = place if fault == "a folder" else place / "compare.json"
+    before = sorted(place.iterdir())
+    uri = f"sqlite:///{one_sweep}/mlflow.db"
+    assert compare_tool.main(["a", "a", "--tracking-uri", uri, "--json", str(target)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mnist-bench compare: error: "), err
+    expected = f"--json {target} is a folder: name a file" if fault == "a folder" else f"cannot write --json {target} ("
+    assert expected in err[0], err
+    assert sorted(place.iterdir()) == before

@@ -740,8 +740,33 @@ def test_out_naming_a_file_is_one_line_exit_2(sweep_store: LoggedSweep, tmp_path
     taken.write_text("mine")
     assert cli.main(["--tracking-uri", sweep_store.uri, "--out", str(taken)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"mnist-bench report: error: cannot write the report to {taken}") and err.count("\n") == 1
+    assert err.startswith(f"mnist-bench report: error: cannot write the report to {taken} (") and err.count("\n") == 1
     assert taken.read_text() == "mine"
+
+
+@pytest.mark.parametrize("fault", ["full_disk", "unwritable_folder"])
+def test_a_report_it_cannot_write_is_one_line_exit_2_and_leaves_no_file(
+    sweep_store: LoggedSweep, fault: str, request: pytest.FixtureRequest, capsys
+) -> None:
+    """On a full disk it was a traceback, and a report folder holding only report.md."""
+    place = request.getfixturevalue(fault)
+    before = sorted(place.iterdir())
+    out = place / "reports" / "sweep"
+    assert run_report(sweep_store, out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mnist-bench report: error: cannot write the report to {out} (") and err.count("\n") == 1
+    assert err.endswith(" (or choose another --out)\n"), err
+    assert sorted(place.iterdir()) == before
+
+
+def test_a_report_written_again_replaces_its_files_and_keeps_others(sweep_store: LoggedSweep, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "report.md").write_text("an older report")
+    assert run_report(sweep_store, out) == 0
+    assert (out / "notes.txt").read_text() == "mine" and "an older report" not in (out / "report.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
 def test_a_long_sweep_name_makes_a_bounded_folder_name_that_stays_its_own() -> None:

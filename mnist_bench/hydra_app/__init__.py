@@ -72,7 +72,8 @@ def _unwritten_output(err: OSError) -> str | None:
     from mnist_bench.hydra_app import job
 
     output_dir = _hydra_output_dir(err)
-    line = errors.write_failure(err, output_dir or Path.cwd())
+    named = Path(err.filename).absolute() if isinstance(err.filename, str) else Path.cwd()
+    line = errors.write_failure(err, output_dir or named)
     if line is None:
         return None
     if output_dir is not None and not job.started:  # no run exists: nothing of it stays either

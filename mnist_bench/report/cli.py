@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from mnist_bench import atomic, tracking
-from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, run_tool, say
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, run_tool, say, write_failure
 from mnist_bench.report.document import render
 from mnist_bench.report.reading import ReportError, Selection, select
 
@@ -82,16 +82,16 @@ def _main(argv: Sequence[str]) -> int:
     files = render(sel)
     folder, artifact_path = destinations(sel, args.out)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # --out names a file, or a folder it cannot create
-        raise ReportError(f"cannot write the report to {folder}: {err.strerror or err}; choose another --out") from None
-    for name, content in files.items():
-        atomic.write(folder / name, content)
+        atomic.write_files(folder, files)
+    except OSError as err:  # a full disk, a folder it cannot write, --out naming a file
+        why = write_failure(err, f"the report to {folder}") or f"cannot write the report to {folder} ({err})"
+        raise ReportError(f"{why} (or choose another --out)") from None
     try:
         for name in files:
             client.log_artifact(sel.parent.info.run_id, str(folder / name), artifact_path)
     except (MlflowException, OSError) as err:
-        say(PROG, f"wrote {folder} but could not log it to run {sel.parent.info.run_id}: {err}")
+        why = write_failure(err, "the run's artifacts") or tracking.error_line(err)
+        say(PROG, f"wrote {folder} but could not log it to run {sel.parent.info.run_id}: {why}")
         return EXIT_FAILED
     print(
         f"report of sweep {sel.name}: {folder / 'report.html'} (open it in a browser; report.md beside it; "
