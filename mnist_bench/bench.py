@@ -277,7 +277,9 @@ def _positive(text: str) -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--threads", type=_positive, help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)"
+        "--threads",
+        type=machine.measured_threads,
+        help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)",
     )
     parser.add_argument("--repeats", type=_positive, default=5, help="epochs, and seeds, per figure (default 5)")
     parser.add_argument(
@@ -339,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     train = load_mnist()
+    if args.batch_size > len(train.x_train):  # before anything is measured
+        raise BenchError(
+            f"--batch-size {args.batch_size}: MNIST has {len(train.x_train)} training images; give 1 to that"
+        )
 
     load_before = _load_average()
     print(f"cpu: {machine.cpu_model()}, {machine.cpu_count()} cores; load average {load_before}")

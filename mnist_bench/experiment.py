@@ -146,7 +146,7 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
 
     backend, device, device_name, import_seconds = ready(spec)
     train, data_source = _prepared(cfg)
-    _check_batch_size(cfg, len(train.x_train))
+    check_data_limits(cfg, len(train.x_train))
     settle_heap()
 
     sweep_name = tracking.job_sweep_name(client, parent_run_id) if parent_run_id else None
@@ -300,14 +300,21 @@ def _description(cfg: Config, train: base.TrainData, device: str) -> str:
     )
 
 
-def _check_batch_size(cfg: Config, n_train: int) -> None:
-    """A batch larger than the training set is bad input (only known once the data is loaded)."""
+def check_data_limits(cfg: Config, n_train: int) -> None:
+    """The limits only known with the training set's size: a batch no larger than it, and the update cap
+    (base.MAX_UPDATES). Checked before any run: a sweep checks every cell's before its first job."""
     if cfg.batch_size is not None and cfg.batch_size > n_train:
         limit = f" (dataset.train_limit={cfg.dataset.train_limit})" if cfg.dataset.train_limit else ""
         raise ConfigError(
             f"batch_size={cfg.batch_size} is not allowed: the training set has {n_train} images{limit}; "
             f"batch_size must be an integer <= {n_train} or null (full batch)"
         )
+    base.check_updates(cfg.epochs, base.batch_plan(cfg.spec(), n_train)[1])
+
+
+def train_rows(cfg: Config) -> int:
+    """How many training images a run of ``cfg`` uses: its data found (downloaded, verified) and sliced."""
+    return len(data.load(cfg.dataset).x_train)
 
 
 def system_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import platform
@@ -33,6 +34,15 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def measured_threads(text: str) -> int:
+    """A --threads option of a tool that measures this machine (roofline, bench): 1 to its cores. More
+    threads than cores time their contention, not the machine (--threads 100000 gave 0 GFLOP/s)."""
+    cores = cpu_count()
+    if not text.isdigit() or not 1 <= int(text) <= cores:
+        raise argparse.ArgumentTypeError(f"{text} threads: this machine has {cores} cores; give 1 to {cores}")
+    return int(text)
 
 
 def peak_rss_mb() -> float:

@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=machine.cpu_count(), help="BLAS threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=machine.measured_threads,
+        default=machine.cpu_count(),
+        help="BLAS threads (default: all cores)",
+    )
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)
     roof = measure(args.threads)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from needs import import_extra
 
+from mnist_bench import machine
+
 
 def bench(run_cli, folder: Path, *args: str, timeout: float = 300):
     return run_cli(["bench", *args], cwd=folder, timeout=timeout)
@@ -83,8 +85,9 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
         (["--repeats", "0"], ">= 1"),
         (["--reference", "sklearn"], "keras-adam"),
         (["--json", "{missing}/bench.json"], "does not exist"),
+        (["--threads", "100000"], f"--threads: 100000 threads: this machine has {machine.cpu_count()} cores"),
     ],
-    ids=["unknown-backend", "zero-repeats", "unknown-reference", "json-in-missing-folder"],
+    ids=["unknown-backend", "zero-repeats", "unknown-reference", "json-in-missing-folder", "threads"],
 )
 def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: list[str], expected: str) -> None:
     args = [a.format(missing=tmp_path / "missing") for a in args]
@@ -93,3 +96,21 @@ def test_bad_input_is_one_line_and_exit_2(run_cli, tmp_path: Path, args: list[st
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mnist-bench bench: error:") and expected in lines[0], lines
     assert not (tmp_path / "missing").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_roofline_refuses_more_threads_than_cores(run_cli, tmp_path: Path) -> None:
+    """--threads 100000 was accepted and printed 0 GFLOP/s."""
+    done = run_cli(["roofline", "--threads", "100000"], tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("mnist-bench roofline: error: argument --threads: 100000 threads: this machine has")
+    assert done.stdout == ""
+
+
+@pytest.mark.usefixtures("mnist_dir")
+def test_a_batch_larger_than_mnist_is_one_line_before_anything_is_measured(run_cli, tmp_path: Path) -> None:
+    done = bench(run_cli, tmp_path, "--batch-size", "100000", "--backends", "numpy", "--reference", "none")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line == "mnist-bench bench: error: --batch-size 100000: MNIST has 60000 training images; give 1 to that"
+    assert done.stdout == ""

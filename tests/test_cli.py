@@ -100,6 +100,17 @@ CASES: dict[str, Case] = {
     "batch-size-above-training-set": Case(
         ["batch_size=2001", *SLICE], ["batch_size=2001", "2000 images", "<= 2000", "null"], needs_data=True
     ),
+    "updates-over-the-cap": Case(
+        ["epochs=100000", "batch_size=1", *SLICE], ["epochs=100000 with 2,000 batches", "lower epochs"], needs_data=True
+    ),
+    "sweep-with-a-cell-over-the-update-cap": Case(
+        ["-m", "epochs=1,100000", "batch_size=1", *SLICE],
+        ["sweep job [epochs=100000", "200,000,000 updates", "lower epochs"],
+        needs_data=True,
+    ),
+    "sweep-with-a-cell-over-the-training-set": Case(
+        ["-m", "batch_size=100,2001", *SLICE], ["sweep job [batch_size=2001", "<= 2000"], needs_data=True
+    ),
     "target-zero": Case(["target_accuracy=0"], ["target_accuracy=0.0", "(0, 1]"]),
     "target-above-one": Case(["target_accuracy=1.5"], ["target_accuracy=1.5", "(0, 1]"]),
     "unknown-key": Case(["+unknown=1"], ["unknown key 'unknown'", "allowed at the top level", "lr", "epochs"]),

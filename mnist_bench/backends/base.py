@@ -163,14 +163,19 @@ def epoch_order(cfg: TrainingSpec, n_samples: int, epoch: int) -> np.ndarray | N
     return np.random.default_rng([cfg.seed, 1, epoch]).permutation(n_samples)
 
 
+def check_updates(epochs: int, steps_per_epoch: int) -> None:
+    """The update cap (MAX_UPDATES), checked where a config is validated and where the rates are made."""
+    if epochs * steps_per_epoch > MAX_UPDATES:
+        raise ConfigError(
+            f"epochs={epochs} with {steps_per_epoch:,} batches an epoch is {epochs * steps_per_epoch:,} updates,"
+            f" more than {MAX_UPDATES:,}: lower epochs or raise batch_size"
+        )
+
+
 def learning_rates(cfg: TrainingSpec, steps_per_epoch: int) -> np.ndarray:
     """The learning rate of every update, shape (epochs, steps_per_epoch)."""
+    check_updates(cfg.epochs, steps_per_epoch)
     total = cfg.epochs * steps_per_epoch
-    if total > MAX_UPDATES:
-        raise ConfigError(
-            f"epochs={cfg.epochs} with {steps_per_epoch:,} batches an epoch is {total:,} updates, more than"
-            f" {MAX_UPDATES:,}: lower epochs or raise batch_size"
-        )
     progress = np.arange(total) / total
     if cfg.lr_schedule == "constant":
         factor = np.ones(total)

@@ -71,12 +71,17 @@ class ValidatingSweeper(Sweeper):
         assert self.hydra_context is not None and self.config is not None
         given = [f"{key}={value}" for key, value in self.params.items()] + list(arguments)
         compose_cell = CellComposer(self.hydra_context.config_loader, self.config)
+        from mnist_bench.experiment import check_data_limits, train_rows
+
         validated_cells.clear()  # an earlier sweep's in this process, stopped by a bad cell
-        cells = []
+        cells, rows = [], {}
         for overrides in grid(compose_cell.parser.parse_overrides(given)):
             cell = compose_cell.compose(overrides)
             try:
                 cells.append((overrides, validate(cell)))
+                data_key = repr(cells[-1][1].dataset)
+                rows[data_key] = rows.get(data_key) or train_rows(cells[-1][1])
+                check_data_limits(cells[-1][1], rows[data_key])
             except ConfigError as err:
                 raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
             compose_cell.keep(overrides, cell)
