@@ -80,8 +80,8 @@ def label(config: tuple[tuple[str, str], ...], varying: set[str]) -> str:
     return " ".join(f"{k}={v}" for k, v in config if k in varying) or "(one configuration)"
 
 
-def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]]:
-    """A sweep's name and its finished runs, grouped by configuration."""
+def load(uri: str, experiment: str, wanted: str) -> tuple[str, str, dict[tuple, Side]]:
+    """A sweep's name, its parent run's id and its finished runs, grouped by configuration."""
     reading = tracking.read_sweeps(uri, experiment, [wanted])
     client, (sweep,) = reading.client, reading.sweeps
     parent = sweep.parent
@@ -104,13 +104,20 @@ def load(uri: str, experiment: str, wanted: str) -> tuple[str, dict[tuple, Side]
         )
     if not sides:
         raise UserError(f"sweep {tracking.sweep_name(parent)!r} has no finished run to compare")
-    return tracking.sweep_name(parent), sides
+    return tracking.sweep_name(parent), parent.info.run_id, sides
 
 
 def load_side(uri: str, experiment: str, wanted: Sequence[str]) -> tuple[str, dict[tuple, Side]]:
-    """One side's sweeps (one, or repeats of it), their names joined, their runs pooled by configuration."""
-    names, pooled = [], {}
-    for name, sides in (load(uri, experiment, one) for one in wanted):
+    """One side's sweeps (one, or repeats of it), their names joined, their runs pooled by configuration. A
+    sweep named twice (by name, id or latest) is refused: its runs counted twice would narrow the interval."""
+    names, pooled, seen = [], {}, {}
+    for given, (name, parent_id, sides) in ((one, load(uri, experiment, one)) for one in wanted):
+        if parent_id in seen:
+            raise UserError(
+                f"{seen[parent_id]!r} and {given!r} are the same sweep ({name}, parent run {parent_id}): counted twice"
+                " it would narrow the interval; name each sweep of a side once (repeats are different sweeps)"
+            )
+        seen[parent_id] = given
         names.append(name)
         for config, side in sides.items():
             pooled[config] = pooled[config] + side if config in pooled else side

@@ -130,3 +130,19 @@ def test_json_it_cannot_write_is_one_line_and_exit_2(
     expected = f"--json {target} is a folder: name a file" if fault == "a folder" else f"cannot write --json {target} ("
     assert expected in err[0], err
     assert sorted(place.iterdir()) == before
+
+
+@pytest.mark.usefixtures("mnist_dir")
+@pytest.mark.parametrize("side", ["a,a", "a,latest"])
+def test_a_sweep_named_twice_on_a_side_is_refused_in_one_line(
+    one_sweep: Path, side: str, capsys: pytest.CaptureFixture
+) -> None:
+    """compare A,A B counted one sweep twice as two repeats, which narrowed the interval."""
+    uri = f"sqlite:///{one_sweep}/mlflow.db"
+    for args in ([side, "a"], ["a", side]):
+        assert compare_tool.main([*args, "--tracking-uri", uri]) == EXIT_BAD_INPUT
+        out, err = capsys.readouterr()
+        [line] = err.strip().splitlines()
+        first, second = side.split(",")
+        assert line.startswith(f"mnist-bench compare: error: {first!r} and {second!r} are the same sweep (a, "), line
+        assert "counted twice" in line and out == "", (out, line)
