@@ -432,6 +432,36 @@ def test_a_server_killed_mid_sweep_is_named_within_10_s_and_the_sweep_gives_up_w
     assert output.count("is not answering") <= 3 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S, output[-3000:]
 
 
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.slow
+def test_no_password_reaches_any_file_param_tag_or_line_of_a_sweep(postgres: Postgres, tmp_path: Path) -> None:
+    """An unquoted tracking.uri with user:password@ reached Hydra's "#0 :" launch line, .hydra/overrides.yaml,
+    hydra.yaml and the sweep's sweep_cells.json; a dataset.mirrors entry with one reached all but params."""
+    store = f"postgresql+psycopg2://{postgres.user}:{postgres.password}@127.0.0.1:{postgres.port}/{postgres.database}"
+    mirror_secret = secrets.token_hex(8)
+    experiment = f"secrets-{secrets.token_hex(4)}"
+    args = ["-m", "lr=0.1,0.2", "epochs=1", *SMALL, f"tracking.uri={store}", f"tracking.experiment={experiment}",
+            f"dataset.mirrors=[https://mirror:{mirror_secret}@mirror.invalid/mnist/]",
+            f"hydra.sweep.dir={tmp_path}/multirun", f"hydra.run.dir={tmp_path}/outputs"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_bench", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    said = done.stdout + done.stderr
+    assert "#0 : " in said and "sweep summary: finished 2" in said, said[-3000:]
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "sweep_cells.json" for path in written) and any(p.name == "hydra.yaml" for p in written)
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    recorded = [json.dumps([run.data.params, run.data.tags]) for run in runs]
+    for secret in (postgres.password, mirror_secret):
+        assert secret not in said
+        assert not [path for path in written if secret.encode() in path.read_bytes()]
+        assert not [text for text in recorded if secret in text]
+
+
 # Quick checks of the server's input handling: no database needed.
 
 

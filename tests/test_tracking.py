@@ -509,6 +509,16 @@ def test_parallel_processes_open_a_brand_new_store(tmp_path: Path, readers: int)
         ("https://h/x?a=1&Token=s3cret#f", "https://h/x?a=1&Token=***#f"),
         ("mirrors:\n- https://bob:s3cret@mirror.example/mnist/\n", "mirrors:\n- https://mirror.example/mnist/\n"),
         ("tracking.uri=sqlite:////tmp/m.db lr=0.1,0.5", "tracking.uri=sqlite:////tmp/m.db lr=0.1,0.5"),
+        # as Hydra writes an unquoted override (launch line, .hydra files, a sweep's planned cells)
+        (
+            "#0 : tracking.uri=postgresql+psycopg2\\://bob\\:s3cret@db/m",
+            "#0 : tracking.uri=postgresql+psycopg2\\://db/m",
+        ),
+        ("dataset.mirrors=[https\\://bob\\:s3cret@m.example/mnist/]", "dataset.mirrors=[https\\://m.example/mnist/]"),
+        (
+            "- tracking.uri=sqlite\\:////tmp/m.db?password\\=s3cret",
+            "- tracking.uri=sqlite\\:////tmp/m.db?password\\=***",
+        ),
     ],
 )
 def test_one_redaction_for_every_text(text: str, expected: str) -> None:

@@ -25,10 +25,12 @@ def resolve_uri(uri: str | None, launch_dir: Path) -> str:
     return uri
 
 
-# A URL's user:password@ part, and the value of a query parameter that names a secret.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s'\"]*@")
+# A URL's user:password@ part, and the value of a query parameter that names a secret. Hydra writes an
+# unquoted override's value with its ":" escaped (postgresql\://user\:pw@host, in its launch line, its
+# .hydra files and the overrides a sweep plans), so a ":" may follow a backslash.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*\\?://)[^/\s'\"]*@")
 _SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|sslpassword)=)[^&;#\s'\"]*",
+    r"(?P<key>[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|apikey|sslpassword)\\?=)[^&;#\s'\"]*",
     re.IGNORECASE,
 )
 
