@@ -145,6 +145,36 @@ def test_sigterm_to_a_joblib_sweeps_main_process_leaves_no_run_running(tmp_path:
     assert workers and not left, "a worker process outlived its sweep"
 
 
+def test_sigkill_to_a_joblib_sweeps_main_process_stops_its_workers(tmp_path: Path) -> None:
+    """Nothing can close a SIGKILLed sweep's runs, but its workers trained to the end (alive 90 s later). They
+    see their parent gone and stop within seconds, closing their runs KILLED; the reaper takes the parent."""
+    overrides = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2,3", "epochs=3000", "batch_size=50")
+    sweep = subprocess.Popen(sweep_args(tmp_path, *overrides), cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while sum(r.info.status == "RUNNING" for r in child_runs(tmp_path)) < 2:  # both workers training
+            assert time.monotonic() < deadline and sweep.poll() is None, "the two jobs never ran at once"
+            time.sleep(0.5)
+        workers = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+        sweep.kill()
+        killed_at = time.monotonic()
+        output = sweep.communicate(timeout=60)[0]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    while (left := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < killed_at + 15:
+        time.sleep(0.2)
+    assert workers and not left, f"workers {left} outlived their sweep by 15 s"
+    assert output.count("the sweep's process (pid ") == 2, output[-2000:]  # each training worker says why
+    assert sorted(r.info.status for r in child_runs(tmp_path)) == ["KILLED", "KILLED"]
+    reaped = subprocess.run(
+        [sys.executable, "-m", "mnist_bench", "reap", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert reaped.returncode == 0, reaped.stderr
+    assert "RUNNING" not in {r.info.status for r in fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")}
+
+
 def _children_after_one(tmp: Path) -> list:
     """Child runs, once at least one job has FINISHED (so the kill lands mid-sweep)."""
     runs = child_runs(tmp)  # safe while the sweep is still creating the store: see fetch_runs

@@ -14,7 +14,7 @@ from mnist_bench.config import run_name, validate
 from mnist_bench.errors import UserError, one_line
 from mnist_bench.hydra_app import PROG
 from mnist_bench.hydra_app.composition import PARENT_RUN_ENV, validated_cells
-from mnist_bench.hydra_app.launchers import parallel_jobs
+from mnist_bench.hydra_app.launchers import leave_if_orphaned, parallel_jobs, watch_sweep_process
 
 log = logging.getLogger("mnist_bench")
 started = False  # whether this process has begun a job: what Hydra wrote before one is its own to clean up
@@ -38,11 +38,13 @@ def job(cfg: DictConfig) -> str | None:
             return experiment.run(validate(cfg), launch_dir)
         except UserError as err:  # one line, not Hydra's "Error executing job" report
             raise SystemExit(errors.fail(PROG, err)) from None
+    watch_sweep_process()
     job_config = validated_cells.get(tuple(hydra_cfg.overrides.task)) or validate(cfg)
     try:
         parent = os.environ[PARENT_RUN_ENV]
         return experiment.run(job_config, launch_dir, parallel_jobs(hydra_cfg.launcher), parent)
     except (KeyboardInterrupt, tracking.Terminated):
+        leave_if_orphaned()
         raise
     except Exception as err:  # recorded in MLflow (as far as the store allows); the summary counts it
         store = tracking.resolve_uri(job_config.tracking.uri, launch_dir)

@@ -4,14 +4,23 @@ joblib's workers prepared ahead (hydra/launcher=ray is ``ray_launcher``)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 
 from mnist_bench import machine
 from mnist_bench.config import Config
-from mnist_bench.errors import one_line
+from mnist_bench.errors import EXIT_INTERRUPTED, one_line
 
 log = logging.getLogger("mnist_bench")
+
+SWEEP_PID_ENV = "MNIST_BENCH_SWEEP_PID"  # the sweep's own process, which its parallel workers watch
+ORPHAN_CHECK_S = 1.0  # how often a worker looks whether the sweep's process is still its parent
+ORPHAN_GRACE_S = 20.0  # how long a worker told to stop may take to close its run before it exits anyway
+_watching = False
+_orphaned = threading.Event()  # the sweep's process is gone: this worker stops
 
 
 def parallel_jobs(launcher: Mapping) -> int:
@@ -75,3 +84,38 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 def jobs_elsewhere(launcher: Mapping) -> bool:
     """Whether the launcher runs the jobs in other processes (joblib's workers, Ray's nodes), not this one."""
     return launcher.get("_target_") != BASIC_LAUNCHER
+
+
+def mark_sweep_process() -> None:
+    """Called by the sweep's own process before it starts workers: they inherit its pid, to watch it."""
+    os.environ[SWEEP_PID_ENV] = str(os.getpid())
+
+
+def watch_sweep_process() -> None:
+    """In a joblib worker of a sweep (a child of the sweep's process): once that process is gone (SIGKILL),
+    stop rather than train to the end for no one. A thread sees the parent change (the worker is adopted),
+    then sends this process SIGTERM, which closes an open run as KILLED between two steps of training (or
+    ends an idle worker), and exits after ORPHAN_GRACE_S whatever happened; a run it could not close is the
+    reaper's. Elsewhere (the sweep's own process, a Ray worker) it does nothing."""
+    global _watching
+    sweep_pid = int(os.environ.get(SWEEP_PID_ENV) or 0)
+    if _watching or sweep_pid in (0, os.getpid()) or os.getppid() != sweep_pid:
+        return
+    _watching = True
+
+    def watch() -> None:
+        while os.getppid() == sweep_pid:
+            time.sleep(ORPHAN_CHECK_S)
+        log.error("the sweep's process (pid %d) is gone: this worker (pid %d) stops", sweep_pid, os.getpid())
+        _orphaned.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="mnist-bench-sweep-watch", daemon=True).start()
+
+
+def leave_if_orphaned() -> None:
+    """Once a stopped worker's job has closed its run: exit now, rather than wait for its pool to notice."""
+    if _orphaned.is_set():
+        os._exit(EXIT_INTERRUPTED)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
 from mnist_bench.errors import EXIT_FAILED, UserError
 from mnist_bench.hydra_app.composition import CellComposer, ComposedCells, grid, validated_cells
-from mnist_bench.hydra_app.launchers import JoblibWorkers, jobs_elsewhere, parallel_jobs
+from mnist_bench.hydra_app.launchers import JoblibWorkers, jobs_elsewhere, mark_sweep_process, parallel_jobs
 from mnist_bench.schema import Cell, Tag
 
 log = logging.getLogger("mnist_bench")
@@ -107,6 +107,7 @@ class ValidatingSweeper(Sweeper):
         compose_cell, cells = self.cells(arguments)
         first = cells[0][1]
         uri = tracking.resolve_uri(first.tracking.uri, Path(self.config.hydra.runtime.cwd))
+        mark_sweep_process()
         workers = JoblibWorkers.start(self.config.hydra.launcher, [cfg for _, cfg in cells], uri)
         client, experiment_id = tracking.open_store(uri, first.tracking.experiment, first.tracking.patience_s)
         # Probe the machine once here, not in every parallel job at the same moment (it is cached).
