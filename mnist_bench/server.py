@@ -19,10 +19,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 from pathlib import Path
 
-from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool
+from mnist_bench.errors import EXIT_FAILED, EXIT_OK, ArgumentParser, UserError, run_tool, write_failure
 from mnist_bench.tracking import holds_password, redact
 
 PASSWORD_ENV = "MNIST_BENCH_DB_PASSWORD"
@@ -167,7 +168,13 @@ def _artifacts_destination(value: str) -> str:
     if "://" in value:
         return value
     folder = Path(value).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):  # a folder that exists but takes no file fails here, not mid-run
+            pass
+    except OSError as err:
+        why = write_failure(err, f"--artifacts-destination {folder}") or f"cannot use {folder} ({err})"
+        raise ServerError(f"{why} (or choose another --artifacts-destination)") from None
     return str(folder)
 
 
@@ -182,8 +189,8 @@ def _main(argv: list[str]) -> int:
     uri = check_store_uri(args.db)
     if not args.no_check:
         check_database(uri, password or None)
-    check_port_free(args.host, args.port)
     artifacts = _artifacts_destination(args.artifacts_destination)
+    check_port_free(args.host, args.port)
     env = dict(os.environ)
     env.pop(PASSWORD_ENV, None)
     if password:

@@ -491,6 +491,20 @@ def test_server_refuses_a_store_that_is_not_postgresql(capsys: pytest.CaptureFix
     assert "must be PostgreSQL" in capsys.readouterr().err
 
 
+def test_server_refuses_an_artifacts_destination_it_cannot_write(
+    unwritable_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It ended in a traceback from mkdir."""
+    db = "postgresql://mnist@127.0.0.1:5432/mlflow"
+    for destination in (unwritable_folder / "artifacts", unwritable_folder):
+        assert server.main(["--db", db, "--no-check", "--artifacts-destination", str(destination)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"mnist-bench server: error: cannot write --artifacts-destination {destination} (")
+        assert "(or choose another --artifacts-destination)" in err
+    assert list(unwritable_folder.iterdir()) == []
+
+
 def test_server_command_binds_loopback_and_proxies_artifacts(tmp_path: Path) -> None:
     args = server.parse_args(["--db", "postgresql://u@db:5432/m", "--artifacts-destination", str(tmp_path)])
     command = server.mlflow_command(args, server.check_store_uri(args.db), str(tmp_path))

@@ -3,6 +3,7 @@ reaping, and many processes opening a brand-new store at once."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import multiprocessing
 import os
@@ -99,6 +100,7 @@ def health_server(serve_loopback) -> tuple[str, list[str], dict[str, object]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             seen.append(self.path)
+            knobs["authorization"] = self.headers.get("Authorization")
             if len(seen) <= knobs["struggles"]:
                 if knobs["how"] == "503":
                     self.send_error(503)
@@ -134,13 +136,22 @@ def test_a_server_that_never_answers_in_time_fails_naming_the_timeout(health_ser
     assert 1 <= len(seen) <= 4
 
 
+def test_a_uri_with_user_and_password_is_asked_with_basic_auth(health_server) -> None:
+    """urllib took "alice:s3cret@127.0.0.1" for a host name: "Name or service not known", though the server
+    answered at that URL."""
+    uri, seen, knobs = health_server
+    tracking.check_reachable(uri.replace("http://", "http://alice:s%40cret@") + "/?x=1")
+    assert seen == ["/health"]
+    assert knobs["authorization"] == "Basic " + base64.b64encode(b"alice:s@cret").decode()
+
+
 def test_a_refused_connection_fails_without_asking_again(monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[str] = []
     real_urlopen = urllib.request.urlopen
 
-    def counting_urlopen(url: str, timeout: float):
-        attempts.append(url)
-        return real_urlopen(url, timeout=timeout)
+    def counting_urlopen(request: urllib.request.Request, timeout: float):
+        attempts.append(request.full_url)
+        return real_urlopen(request, timeout=timeout)
 
     monkeypatch.setattr(urllib.request, "urlopen", counting_urlopen)
     with pytest.raises(tracking.TrackingError, match=r"unreachable .*refused.*; start it or set tracking\.uri="):
@@ -310,6 +321,19 @@ def test_a_held_store_lock_is_named_within_seconds_and_the_wait_ends_at_the_pati
     assert 7 <= waited < 9, waited
     message = str(info.value)
     assert f"stayed held by pid {holder.pid}" in message and "tracking.patience_s" in message and "\n" not in message
+
+
+def test_a_servers_experiment_opened_through_its_database_is_one_line_naming_the_fix(store) -> None:
+    """A sweep pointed at the PostgreSQL database behind mnist-bench server ended in an MlflowException
+    traceback about mlflow-artifacts URIs: the experiment is the server's, whose artifacts it keeps."""
+    store.client.create_experiment(EXPERIMENT, artifact_location="mlflow-artifacts:/1")
+    for opening in (tracking.open_store, tracking.open_existing):
+        with pytest.raises(tracking.TrackingError) as info:
+            opening(store.uri, EXPERIMENT)
+        assert str(info.value) == (
+            f"experiment {EXPERIMENT!r} in {store.uri} belongs to a tracking server, which keeps its artifacts: log"
+            " through the server, with its http URI as tracking.uri (mnist-bench server prints it)"
+        )
 
 
 def test_metrics_logged_within_the_flush_interval_wait_and_are_all_stored_before_the_run_is_finished(store) -> None:

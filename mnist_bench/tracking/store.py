@@ -5,11 +5,13 @@ Readers (report, check, compare) open an existing store and create nothing; jobs
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,11 +73,11 @@ def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: f
 def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
     """A refused connection or an unknown host fails at once. A timeout or a 5xx is asked again until
     patience runs out: a sweep's jobs all start at once, and on a few busy cores the server answers late."""
-    url = uri.rstrip("/") + "/health"
+    request = _health_request(uri)
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=attempt_s) as response:
+            with urllib.request.urlopen(request, timeout=attempt_s) as response:
                 response.read()
             return
         except (urllib.error.URLError, OSError) as err:
@@ -89,6 +91,19 @@ def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
 
 
 LOCK_NOTICE_S = 5.0  # a wait for the store's lock longer than this says what it waits for
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET of the server's /health, a URI's user:password@ sent as basic auth (as MLflow's requests sends it):
+    urllib took "user:password@host" for the host name ("Name or service not known")."""
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.netloc.rpartition("@")[2]
+    url = parts._replace(netloc=netloc, query="", fragment="").geturl().rstrip("/") + "/health"
+    request = urllib.request.Request(url)
+    if parts.username is not None:
+        login = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    return request
 
 
 @contextlib.contextmanager
@@ -256,7 +271,14 @@ def open_existing(uri: str, experiment: str) -> tuple[MlflowClient, str]:
 
 
 def _active(experiment: Experiment, uri: str) -> str:
-    """The id of an experiment that is not deleted (MLflow refuses runs in a deleted one, with a traceback)."""
+    """The id of an experiment that is not deleted (MLflow refuses runs in a deleted one, with a traceback) and
+    whose artifacts this store can reach: a server's experiment keeps them behind the server (mlflow-artifacts:),
+    which its database alone cannot write (MLflow's traceback said so about the URI scheme, not the fix)."""
+    if experiment.artifact_location.startswith("mlflow-artifacts:") and not is_server(uri):
+        raise TrackingError(
+            f"experiment {experiment.name!r} in {redact(uri)} belongs to a tracking server, which keeps its"
+            " artifacts: log through the server, with its http URI as tracking.uri (mnist-bench server prints it)"
+        )
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(
             f"experiment {experiment.name!r} in {redact(uri)} is deleted: restore it (MLFLOW_TRACKING_URI={redact(uri)}"
