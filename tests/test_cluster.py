@@ -386,6 +386,142 @@ def test_jobs_that_start_together_share_one_dataset_input(mlflow_server) -> None
         assert json.loads(logged.dataset.profile)["sha256"] == checksums
 
 
+def plain_server(folder: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on a SQLite store in ``folder`` (its log: folder/server.log), once it answers."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = folder / "server.log"
+    with log.open("a") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: answers(f"http://127.0.0.1:{port}"), 120, "mlflow server's /health", server, log)
+    return server
+
+
+def metrics_logged(uri: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    return any(r.data.metrics for r in MlflowClient(uri).search_runs(["1"], max_results=10))
+
+
+class Gate:
+    """The server's address as workers see it: a port on 127.0.0.1 that forwards to the server while open and
+    refuses connections while closed (nothing listens there), with the connections it carried cut. A server
+    stopped and started again, without the minute its start-up takes on a loaded machine."""
+
+    def __init__(self, server_port: int) -> None:
+        self.port, self.server_port = free_port(), server_port
+        self.carried: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.open()
+
+    def open(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def close(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that close() alone leaves listening
+        self.listener.close()
+        for connection in self.carried:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.server_port))
+                self.carried += [client, server]
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("mnist_dir")
+def test_a_server_stopped_and_started_within_the_patience_loses_no_job(tmp_path: Path) -> None:
+    """Refused connections used up MLflow's retries in 30-37 s whatever tracking.patience_s said: a server
+    back after 37 s still failed the job."""
+    server_port = free_port()
+    server = plain_server(tmp_path, server_port)
+    gate = Gate(server_port)
+    uri = f"http://127.0.0.1:{gate.port}"
+    run_log = tmp_path / "run.log"
+    job = [sys.executable, "-m", "mnist_bench", f"tracking.uri={uri}", "epochs=3000", *SMALL]  # patience: 120 s
+    with run_log.open("w") as out:
+        run = subprocess.Popen(job, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: metrics_logged(uri), 120, "the run's first epochs", run, run_log)
+        gate.close()  # refused from now on
+        time.sleep(37)
+        gate.open()
+        run.wait(timeout=300)
+    finally:
+        gate.close()
+        stop(server)
+        if run.poll() is None:
+            run.kill()
+    output = run_log.read_text()
+    assert run.returncode == 0, output[-3000:]
+    assert f"tracking server {uri} is not answering" in output and "Traceback" not in output, output[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    [finished] = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_runs(["1"])
+    assert finished.info.status == "FINISHED" and finished.data.metrics["epochs_run"] == 3000
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("mnist_dir")
+def test_a_frozen_server_fails_the_later_jobs_at_once_and_the_summary_in_one_line(tmp_path: Path) -> None:
+    """With a server frozen (SIGSTOP) and tracking.patience_s=10, each later job waited about 65 s on /health,
+    and the sweep's summary died in a 141-line MlflowException with its parent run left RUNNING."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    run_log = tmp_path / "run.log"
+    server = plain_server(tmp_path, port)
+    sweep = [sys.executable, "-m", "mnist_bench", "-m", "lr=0.1,0.2,0.3", "epochs=100000", f"tracking.uri={uri}",
+             "tracking.patience_s=10", f"hydra.sweep.dir={tmp_path}/multirun", *SMALL]  # fmt: skip
+    with run_log.open("w") as out:
+        run = subprocess.Popen(sweep, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: metrics_logged(uri), 120, "the first job's epochs", run, run_log)
+        os.killpg(server.pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        run.wait(timeout=120)
+        gave_up_s = time.monotonic() - frozen
+        os.killpg(server.pid, signal.SIGCONT)
+        reaped = subprocess.run(
+            [sys.executable, "-m", "mnist_bench", "reap", "--tracking-uri", uri], capture_output=True, text=True
+        )
+        from mlflow.tracking import MlflowClient
+
+        statuses = sorted(r.info.status for r in MlflowClient(uri).search_runs(["1"]))
+    finally:
+        os.killpg(server.pid, signal.SIGCONT)
+        stop(server)
+        if run.poll() is None:
+            run.kill()
+    output = run_log.read_text()
+    assert run.returncode == 2, output[-3000:]
+    assert "Traceback" not in output and "MlflowException" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("mnist-bench: error: ") and f"tracking server {uri} is not answering" in last, last
+    assert "reap" in last, last
+    # the first job's patience, then the later two jobs and the sweep's end a few seconds each
+    assert gave_up_s < 10 + 3 * 8, (gave_up_s, output[-3000:])
+    assert output.count("FAILED: ") == 3, output[-3000:]
+    assert reaped.returncode == 0, reaped.stderr
+    assert "RUNNING" not in statuses, statuses
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("mnist_dir")
 def test_a_server_killed_mid_sweep_is_named_within_10_s_and_the_sweep_gives_up_within_its_patience(
@@ -393,26 +529,17 @@ def test_a_server_killed_mid_sweep_is_named_within_10_s_and_the_sweep_gives_up_w
 ) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server_log, run_log = tmp_path / "server.log", tmp_path / "run.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with server_log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    run_log = tmp_path / "run.log"
+    server = plain_server(tmp_path, port)
     run = None
     try:
-        wait_for(lambda: answers(uri), 120, "mlflow server's /health", server, server_log)
         # A sweep: its jobs log through the record factory that redacts what they print (hydra_app).
         job = [sys.executable, "-m", "mnist_bench", "-m", "lr=0.1,0.2", f"tracking.uri={uri}", "tracking.patience_s=10"]
         job += ["epochs=100000"]
         with run_log.open("w") as out:
             run = subprocess.Popen([*job, *SMALL], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
 
-        def training() -> bool:
-            from mlflow.tracking import MlflowClient
-
-            return any(r.data.metrics for r in MlflowClient(uri).search_runs(["1"], max_results=10))
-
-        wait_for(training, 120, "the run's first epochs", run, run_log)
+        wait_for(lambda: metrics_logged(uri), 120, "the run's first epochs", run, run_log)
         os.killpg(server.pid, signal.SIGKILL)
         killed = time.monotonic()
         wait_for(lambda: "is not answering" in run_log.read_text(), 10, "a line naming the server", run, run_log)

@@ -141,7 +141,7 @@ class ValidatingSweeper(Sweeper):
                     for start in range(0, len(jobs), size):
                         for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
                             _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
-            failures = summarise(tracking.cell_outcomes(client, experiment_id, parent_id, planned))
+            failures = summarise(outcomes(client, experiment_id, parent_id, planned, uri))
             view_key = sweep_view(client, experiment_id, name, uri)  # what the link below opens
             print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
             status = tracking.FAILED if failures else tracking.FINISHED
@@ -192,6 +192,23 @@ def _give_way(client: Any, parent_id: str, running: Any, cells: int) -> None:
         f" these {cells} cells: wait for it to end and run this again (finished cells are skipped; if it died on"
         " another host, run mnist-bench reap there), or pass resume=false to train them twice"
     )
+
+
+def outcomes(client: Any, experiment_id: str, parent_id: str, planned: list[Cell], uri: str) -> list:
+    """Every cell's outcome, read from the store; a store that does not answer (the server that failed the
+    jobs) is one line, with what to run once it is back, where it was a 141-line MlflowException."""
+    from mnist_bench import tracking
+
+    try:
+        return tracking.cell_outcomes(client, experiment_id, parent_id, planned)
+    except Exception as err:
+        if (why := tracking.store_failure(err, uri)) is None:
+            raise
+        tracking.spend_patience(uri)  # the parent's end status tries once, not the whole patience again
+        raise tracking.TrackingError(
+            f"the sweep's outcome could not be read ({why}); once it answers, mnist-bench reap marks the runs left"
+            " RUNNING KILLED, and running this sweep again trains what did not finish"
+        ) from err
 
 
 def sweep_view(client: Any, experiment_id: str, name: str, uri: str) -> str | None:

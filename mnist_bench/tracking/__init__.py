@@ -12,7 +12,7 @@ Names (tags, statuses, metrics, which runs count) are in ``mnist_bench.schema``.
 """
 
 from mnist_bench.tracking.liveness import HEARTBEAT_TIMEOUT_S, Watchdog, beat_interval, reap, reap_lost
-from mnist_bench.tracking.patience import SERVER_NOTICE_EVERY_S, bound_server_waits
+from mnist_bench.tracking.patience import SERVER_NOTICE_EVERY_S, bound_server_waits, spend_patience
 from mnist_bench.tracking.runs import (
     FAILED,
     FINISHED,
@@ -67,6 +67,6 @@ __all__ = [
     "error_line", "error_text", "find_finished", "find_sweep", "has_failed_child", "holds_password", "import_store",
     "is_server", "job_sweep_name", "log_dataset", "log_sweep_plan", "metric_history", "open_existing", "open_store",
     "open_sweep", "process_tags", "read_artifact", "read_sweep", "read_sweeps", "reap", "reap_lost", "redact",
-    "resolve_uri", "share_sweep_view", "sigterm_raises", "sqlite_uri", "store_failure", "sweep_cells", "sweep_name",
-    "tracked_run",
+    "resolve_uri", "share_sweep_view", "sigterm_raises", "spend_patience", "sqlite_uri", "store_failure",
+    "sweep_cells", "sweep_name", "tracked_run",
 ]  # fmt: skip

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 from mnist_bench import machine
 from mnist_bench.schema import RunStatus, Tag
 from mnist_bench.tracking.liveness import HEARTBEAT_TIMEOUT_S, Heartbeat
-from mnist_bench.tracking.patience import unreachable
+from mnist_bench.tracking.patience import patience_spent, spend_patience, unreachable
 from mnist_bench.tracking.store import TrackingError, error_line, store_failure
 from mnist_bench.tracking.uris import redact
 
@@ -185,7 +185,7 @@ def tracked_run(
         raise
     except BaseException as err:
         if unreachable(err):  # the patience is spent: the error tag and the end status try once each
-            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            spend_patience(client.tracking_uri)
         with contextlib.suppress(Exception):  # a store that fails here must not hide the run's own error
             client.set_tag(run_id, Tag.ERROR, error_text(err))
         raise
@@ -214,8 +214,9 @@ def close(client: MlflowClient, run_id: str, status: str) -> None:
     """End a run with ``status``, retrying with bounded backoff while the store refuses (a lock held by
     another process, a server restarting). If it never accepts, a one-line TrackingError says so: the run
     stays RUNNING until ``mnist-bench reap`` (or the next sweep) finds its process gone and marks it KILLED."""
+    delays = () if patience_spent(client.tracking_uri) else CLOSE_RETRY_DELAYS_S  # the server is given up
     try:
-        retried(lambda: client.set_terminated(run_id, status), CLOSE_RETRY_DELAYS_S)
+        retried(lambda: client.set_terminated(run_id, status), delays)
     except Exception as err:
         why = store_failure(err, client.tracking_uri) or error_line(err)
         raise TrackingError(

@@ -21,7 +21,12 @@ from filelock import FileLock, Timeout
 
 from mnist_bench.config import SERVER_PATIENCE_S
 from mnist_bench.errors import UserError
-from mnist_bench.tracking.patience import bound_server_waits, unreachable
+from mnist_bench.tracking.patience import (
+    bound_server_waits,
+    patience_spent,
+    renew_patience,
+    unreachable,
+)
 from mnist_bench.tracking.uris import SQLITE, is_server, local_store, redact, sqlite_path
 
 if TYPE_CHECKING:  # mlflow is imported where a store is opened: bad input is reported without its ~3 s import
@@ -52,10 +57,13 @@ def _quiet_store_errors() -> None:
 
 HEALTH_ATTEMPT_S = 10.0  # one request to a tracking server's /health
 HEALTH_PATIENCE_S = 60.0  # how long a server that answers slowly is asked again before we give up
+SPENT_ATTEMPT_S = 2.0  # one request to a server this process already gave up on: a later job fails at once
 
 
 def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: float = HEALTH_PATIENCE_S) -> None:
-    """Fail fast, before training, on an unwritable store path or a server that does not answer."""
+    """Fail fast, before training, on an unwritable store path or a server that does not answer. A server
+    whose patience this process spent (an earlier job gave up on it) is asked once, briefly: a frozen one
+    made each later job wait out the health check's whole patience (65 s a job)."""
     db = sqlite_path(uri)
     if db is not None:
         target = db if db.exists() else db.parent
@@ -67,7 +75,10 @@ def check_reachable(uri: str, attempt_s: float = HEALTH_ATTEMPT_S, patience_s: f
             raise TrackingError(f"tracking store {uri} is not writable; choose a writable path with tracking.uri=")
         return
     if is_server(uri):
+        if patience_spent(uri):
+            attempt_s, patience_s = min(attempt_s, SPENT_ATTEMPT_S), 0.0
         _await_health(uri, attempt_s, patience_s)
+        renew_patience(uri)
 
 
 def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
@@ -77,7 +88,8 @@ def _await_health(uri: str, attempt_s: float, patience_s: float) -> None:
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            with urllib.request.urlopen(request, timeout=attempt_s) as response:
+            timeout = max(0.1, min(attempt_s, deadline - time.monotonic())) if patience_s else attempt_s
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 response.read()
             return
         except (urllib.error.URLError, OSError) as err:
@@ -192,7 +204,7 @@ def open_store(uri: str, experiment: str, patience_s: float = SERVER_PATIENCE_S)
     creation; the lock makes the first one create it while the others wait. A tracking server's calls
     keep to ``patience_s`` each (bound_server_waits).
     """
-    check_reachable(uri)
+    check_reachable(uri, min(HEALTH_ATTEMPT_S, patience_s), min(HEALTH_PATIENCE_S, patience_s))
     bound_server_waits(uri, patience_s)
     _quiet_store_errors()
     from mlflow.tracking import MlflowClient
