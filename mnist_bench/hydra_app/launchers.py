@@ -18,7 +18,7 @@ log = logging.getLogger("mnist_bench")
 
 SWEEP_PID_ENV = "MNIST_BENCH_SWEEP_PID"  # the sweep's own process, which its parallel workers watch
 ORPHAN_CHECK_S = 1.0  # how often a worker looks whether the sweep's process is still its parent
-ORPHAN_GRACE_S = 20.0  # how long a worker told to stop may take to close its run before it exits anyway
+ORPHAN_GRACE_S = 5.0  # how long a worker told to stop may take to close its run before it exits anyway
 _watching = False
 _orphaned = threading.Event()  # the sweep's process is gone: this worker stops
 
