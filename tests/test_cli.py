@@ -111,6 +111,11 @@ CASES: dict[str, Case] = {
     "sweep-with-a-cell-over-the-training-set": Case(
         ["-m", "batch_size=100,2001", *SLICE], ["sweep job [batch_size=2001", "<= 2000"], needs_data=True
     ),
+    "sweep-with-a-cell-over-the-test-split": Case(
+        ["-m", "dataset.train_limit=2000", "dataset.test_limit=500,20000"],
+        ["sweep job [dataset.train_limit=2000 dataset.test_limit=20000 ", "larger than the test split"],
+        needs_data=True,
+    ),
     "target-zero": Case(["target_accuracy=0"], ["target_accuracy=0.0", "(0, 1]"]),
     "target-above-one": Case(["target_accuracy=1.5"], ["target_accuracy=1.5", "(0, 1]"]),
     "unknown-key": Case(["+unknown=1"], ["unknown key 'unknown'", "allowed at the top level", "lr", "epochs"]),

@@ -82,7 +82,7 @@ class ValidatingSweeper(Sweeper):
                 data_key = repr(cells[-1][1].dataset)
                 rows[data_key] = rows.get(data_key) or train_rows(cells[-1][1])
                 check_data_limits(cells[-1][1], rows[data_key])
-            except ConfigError as err:
+            except UserError as err:  # a bad value, or data that its limits do not fit
                 raise ConfigError(f"sweep job [{' '.join(overrides)}]: {err}") from err
             compose_cell.keep(overrides, cell)
             validated_cells[tuple(cell.hydra.overrides.task)] = cells[-1][1]
