@@ -38,12 +38,14 @@ class History:
 
 @dataclass
 class MetricLogger:
-    """Each epoch's numbers as the run's per-epoch metrics (step = epoch); the run decides when to store them."""
+    """Each epoch's numbers, with its CPU time where measured, as the run's per-epoch metrics (step = epoch);
+    the run decides when to store them."""
 
     run: TrackedRun
 
     def on_epoch_end(self, epoch: EpochMetrics) -> bool:
-        self.run.log({name: getattr(epoch, name) for name in EPOCH_METRICS}, step=epoch.epoch)
+        numbers = {name: getattr(epoch, name) for name in EPOCH_METRICS}
+        self.run.log(numbers | epoch.cpu_metrics(), step=epoch.epoch)
         return False
 
 

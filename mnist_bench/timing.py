@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -84,6 +85,37 @@ class _CpuTimes:
         return cls((total - idle - iowait - steal) / tick, total / tick, steal / tick, own.user + own.system)
 
 
+class EpochTime(NamedTuple):
+    """One timed epoch: wall seconds, this process's CPU seconds, and the share of all cores' time that
+    other processes used meanwhile (None where /proc/stat is not there); in EpochMetrics' order."""
+
+    seconds: float
+    cpu_seconds: float
+    other_cpu_share: float | None
+
+
+class EpochTimer:
+    """Started just before an epoch's training and stopped just after it, by every backend alike."""
+
+    def __init__(self) -> None:
+        self.cpu_start = _CpuTimes.now()
+        self.process_start = time.process_time()
+        self.start = time.perf_counter()
+
+    def stop(self) -> EpochTime:
+        seconds = time.perf_counter() - self.start
+        cpu_seconds = time.process_time() - self.process_start
+        return EpochTime(seconds, cpu_seconds, _other_share(self.cpu_start, _CpuTimes.now()))
+
+
+def _other_share(start: _CpuTimes | None, end: _CpuTimes | None) -> float | None:
+    """The share of all cores' time between two readings that other processes used (0-1), None unmeasured."""
+    if start is None or end is None or end.total <= start.total:
+        return None
+    busy, own = end.busy - start.busy, end.own - start.own
+    return min(1.0, max(0.0, (busy - own) / (end.total - start.total)))
+
+
 @dataclass(frozen=True)
 class Conditions:
     """What the machine was doing while a run trained; logged as metrics with these names."""
@@ -108,12 +140,9 @@ class ConditionsProbe:
 
     def finish(self, epoch_seconds: Sequence[float]) -> Conditions:
         end = _CpuTimes.now()
-        other = steal = None
-        if self.cpu_start is not None and end is not None and end.total > self.cpu_start.total:
-            total = end.total - self.cpu_start.total
-            own = end.own - self.cpu_start.own
-            other = min(1.0, max(0.0, (end.busy - self.cpu_start.busy - own) / total))
-            steal = (end.steal - self.cpu_start.steal) / total
+        other, steal = _other_share(self.cpu_start, end), None
+        if other is not None:
+            steal = (end.steal - self.cpu_start.steal) / (end.total - self.cpu_start.total)
         return Conditions(self.load_start, os.getloadavg()[0], other, steal, epoch_spread(epoch_seconds))
 
 

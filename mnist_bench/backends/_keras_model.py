@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 import keras
 import numpy as np
 
+from mnist_bench import timing
 from mnist_bench.backends.base import (
     NUM_CLASSES,
     EpochCallback,
@@ -168,7 +169,7 @@ class _EpochReporter(keras.callbacks.Callback):
         super().__init__()
         self.on_epoch, self.x_test, self.y_test, self.full_batch = on_epoch, x_test, y_test, full_batch
         self.epochs_run = 0
-        self._start = 0.0
+        self._timer = timing.EpochTimer()
         self._starting: list[np.ndarray] = []
 
     def test_scores(self, model: keras.Sequential) -> dict[str, float]:
@@ -177,18 +178,18 @@ class _EpochReporter(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._starting = self.model.get_weights() if self.full_batch else []
-        self._start = time.perf_counter()
+        self._timer = timing.EpochTimer()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         train_loss, train_accuracy, tied = float(logs["loss"]), float(logs["accuracy"]), float(logs["tied"])
-        seconds = time.perf_counter() - self._start  # after the floats above, which wait for the last step
+        took = self._timer.stop()  # after the floats above, which wait for the last step
         updated = self.model.get_weights() if self.full_batch else []
         if self.full_batch:
             self.model.set_weights(self._starting)
         test = self.test_scores(self.model)
         self.epochs_run = epoch + 1
         metrics = EpochMetrics(
-            epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), seconds
+            epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), *took
         )
         if self.on_epoch(metrics):
             self.model.stop_training = True  # keeping the weights its numbers describe

@@ -14,6 +14,7 @@ import numpy as np
 from mnist_bench.config import ConfigError, TrainingSpec
 from mnist_bench.data import cast
 from mnist_bench.errors import UserError
+from mnist_bench.schema import SYSTEM_METRIC_PREFIX
 
 NUM_CLASSES = 10
 MAX_UPDATES = 50_000_000  # learning_rates holds one rate per update: 400 MB of float64 at most
@@ -36,7 +37,9 @@ class EpochMetrics:
     epoch's batches, each taken in the forward pass just before that batch's update; the test numbers
     describe the weights after the epoch's last update, which a stop keeps.
 
-    ``epoch_seconds`` is training compute only. ``tied_prediction_fraction`` is the share of training rows
+    ``epoch_seconds`` is training compute only, timed by ``timing.EpochTimer`` as every backend times it,
+    with the process's CPU seconds over the same span and the share of the CPU other processes used
+    meanwhile (``*timer.stop()`` fills the three). ``tied_prediction_fraction`` is the share of training rows
     (in the same forward passes as the train numbers) whose largest activated output is shared by two or
     more classes: see ``tied_rows``.
     """
@@ -48,6 +51,17 @@ class EpochMetrics:
     test_loss: float
     test_accuracy: float
     epoch_seconds: float
+    epoch_cpu_seconds: float | None = None
+    epoch_other_cpu_share: float | None = None
+
+    def cpu_metrics(self) -> dict[str, float]:
+        """The epoch's CPU seconds, beside its seconds, and other processes' CPU share, with how the run was
+        measured (MLflow's system prefix): those that were measured, as the run logs them."""
+        measured = {
+            "epoch_cpu_seconds": self.epoch_cpu_seconds,
+            SYSTEM_METRIC_PREFIX + "epoch_other_cpu_share": self.epoch_other_cpu_share,
+        }
+        return {key: value for key, value in measured.items() if value is not None}
 
 
 @dataclass(frozen=True)

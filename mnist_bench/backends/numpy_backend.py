@@ -15,13 +15,15 @@ backward products read the block from cache (see README, "Benchmarks and CI gate
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
+from contextlib import AbstractContextManager
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
-from mnist_bench import machine
+from mnist_bench import machine, timing
 from mnist_bench.backends.base import (
     EpochCallback,
     EpochMetrics,
@@ -46,6 +48,17 @@ BLOCK_ROWS = 1024
 
 # The arrays this process last ran warm-up epochs on (held weakly), and the (batch size, threads) it ran them with.
 _warmed: tuple[weakref.ref[TrainData], set[tuple[int, int | None]]] | None = None
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS libraries as threadpoolctl finds them: finding them reads every loaded library."""
+    return ThreadpoolController()
+
+
+def _blas_threads(cfg: TrainingSpec) -> AbstractContextManager:
+    """OpenBLAS's threads set to the run's for the duration, then put back."""
+    return _blas_controller().limit(limits=cfg.backend.threads, user_api="blas")
 
 
 def warm_up_epochs(data: TrainData, cfg: TrainingSpec, batch_size: int) -> int:
@@ -112,29 +125,30 @@ class NumpyBackend:
         lrs = learning_rates(cfg, steps).astype(cfg.dtype)
         y_train = data.one_hot(data.y_train)
         y_test = data.one_hot(data.y_test)
-        with (
-            threadpool_limits(limits=cfg.backend.threads, user_api="blas"),
-            np.errstate(over="ignore", invalid="ignore"),
-        ):
-            warm_ups, start = warm_up_epochs(data, cfg, batch_size), time.perf_counter()
-            for _ in range(warm_ups):  # on copies: warms BLAS, changes nothing
-                self._train_epoch(data, y_train, weights.copy(), bias.copy(), lrs[0], None, batch_size, cfg)
-            warmup_seconds = time.perf_counter() - start if warm_ups else 0.0
+        # BLAS threads are set around each epoch, not the whole fit: OpenBLAS's count is the process's, and
+        # a sweep in rounds trains other cells, with threads of their own, between this one's epochs.
+        with np.errstate(over="ignore", invalid="ignore"):
+            with _blas_threads(cfg):
+                warm_ups, start = warm_up_epochs(data, cfg, batch_size), time.perf_counter()
+                for _ in range(warm_ups):  # on copies: warms BLAS, changes nothing
+                    self._train_epoch(data, y_train, weights.copy(), bias.copy(), lrs[0], None, batch_size, cfg)
+                warmup_seconds = time.perf_counter() - start if warm_ups else 0.0
 
             velocity = (np.zeros_like(weights), np.zeros_like(bias)) if cfg.momentum else None
             epochs_run = 0
             for epoch in range(cfg.epochs):
                 # Full batch: the epoch's numbers describe the weights it starts with (see EpochMetrics).
                 described = (weights.copy(), bias.copy()) if steps == 1 else (weights, bias)
-                start = time.perf_counter()
-                order = epoch_order(cfg, len(data.x_train), epoch)
-                train_loss, train_accuracy, tied = self._train_epoch(
-                    data, y_train, weights, bias, lrs[epoch], order, batch_size, cfg, velocity
-                )
-                seconds = time.perf_counter() - start
-                test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, *described, cfg)
+                with _blas_threads(cfg):
+                    timer = timing.EpochTimer()
+                    order = epoch_order(cfg, len(data.x_train), epoch)
+                    train_loss, train_accuracy, tied = self._train_epoch(
+                        data, y_train, weights, bias, lrs[epoch], order, batch_size, cfg, velocity
+                    )
+                    took = timer.stop()
+                    test_loss, test_accuracy = evaluate(data.x_test, data.y_test, y_test, *described, cfg)
                 epochs_run = epoch + 1
-                metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, tied, test_loss, test_accuracy, seconds)
+                metrics = EpochMetrics(epochs_run, train_loss, train_accuracy, tied, test_loss, test_accuracy, *took)
                 if on_epoch(metrics):
                     weights, bias = described  # a stop keeps the weights its numbers describe
                     break

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from mnist_bench import timing
 from mnist_bench.backends.base import (
     NUM_CLASSES,
     BackendUnavailable,
@@ -156,15 +157,15 @@ class TensorFlowBackend:
                 described = (variables.weights, variables.bias)
                 if steps == 1:
                     described = tuple(tf.identity(variable) for variable in described)  # their values now
-                start = time.perf_counter()
+                timer = timing.EpochTimer()
                 loss_sum, correct, tied = train_epoch(x_train, y_train, order, epoch_lrs, variables)
                 train_loss = float(loss_sum.numpy()) / n_samples  # waits for the epoch
-                seconds = time.perf_counter() - start
+                took = timer.stop()
                 train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
                 test_loss, test_accuracy = common.evaluate(x_test, y_test, *described, cfg)
                 epochs_run = epoch + 1
                 metrics = EpochMetrics(
-                    epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
+                    epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, *took
                 )
                 if on_epoch(metrics):
                     break  # keeping the weights its numbers describe
