@@ -25,6 +25,7 @@ from mnist_bench import artifacts, data, machine, roofline, timing, tracking
 from mnist_bench.backends import base, get, numpy_backend, ready
 from mnist_bench.callbacks import Callbacks, History, MetricLogger, ProgressBar, StopAtTarget, StopOnDivergence
 from mnist_bench.config import Config, ConfigError, as_flat_dict, config_hash, is_data_provenance, run_name
+from mnist_bench.rounds import Turn
 from mnist_bench.schema import SYSTEM_METRIC_PREFIX, Metric, Tag
 
 if TYPE_CHECKING:
@@ -47,6 +48,18 @@ def _startup_seconds() -> float | None:
         return None
     boot = time.time() - float(Path("/proc/uptime").read_text().split()[0])
     return time.time() - (boot + int(ticks) / os.sysconf("SC_CLK_TCK"))
+
+
+def _taking_turns(callbacks: Callbacks, run: tracking.TrackedRun, turn: Turn) -> base.EpochCallback:
+    """The callbacks, with the round of each epoch logged beside them and the turn handed on after them."""
+
+    def on_epoch(m: base.EpochMetrics) -> bool:
+        run.log(system_metrics({"round": turn.round}), step=m.epoch)
+        stop = callbacks(m)
+        turn.next_epoch()
+        return stop
+
+    return on_epoch
 
 
 def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
@@ -122,9 +135,12 @@ def run_tags(cfg: Config, cell_hash: str, device: str, device_name: str, sweep_n
     return tags
 
 
-def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None) -> str | None:
+def run(
+    cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str | None = None, turn: Turn | None = None
+) -> str | None:
     """Train and log one run; its id, or None when it was skipped. Raises on bad input before a run exists;
-    a failure inside the run is recorded in MLflow (FAILED, error tag) and re-raised."""
+    a failure inside the run is recorded in MLflow (FAILED, error tag) and re-raised. With a ``turn``, the
+    run trains in a sweep's rounds (mnist_bench.rounds): it hands the turn on after each epoch."""
     startup_seconds, wall_start = _startup_seconds(), time.time()
     name = run_name(cfg)
     in_sweep = parent_run_id is not None
@@ -162,7 +178,10 @@ def run(cfg: Config, launch_dir: Path, jobs_at_once: int = 1, parent_run_id: str
         n_features=train.n_features,
         device=device,
         data_source=data_source,
+        turn=turn,
     )
+    if turn is not None:
+        tags[Tag.ROUNDS] = turn.session
     # The framework's first import in this process is start-up, not the job's: out of its wall time, into
     # its startup_seconds (with the process's own, for its first job).
     if startup_seconds is not None or import_seconds:
@@ -184,6 +203,7 @@ class Recording:
     device: str
     data_source: str
     probe: Callable[[], timing.ConditionsProbe] = timing.ConditionsProbe
+    turn: Turn | None = None  # its turn in a sweep's rounds (mnist_bench.rounds): handed on after each epoch
 
 
 def record(
@@ -213,8 +233,9 @@ def record(
         shown = [ProgressBar(bar)] if bar is not None else []
         callbacks = Callbacks(history, StopOnDivergence(), target, [MetricLogger(active), *shown])
         probe = recording.probe()
+        turn = recording.turn
         try:
-            fit = recording.fit(callbacks)
+            fit = recording.fit(callbacks if turn is None else _taking_turns(callbacks, active, turn))
         finally:
             if bar is not None:
                 bar.close()
@@ -226,8 +247,9 @@ def record(
         with tempfile.TemporaryDirectory(prefix="mnist-bench-") as folder:
             recording.write_artifacts(Path(folder), fit)
             active.log_artifacts(Path(folder))
-        # The job, from its start to its artifacts stored; a process's first job also has its start-up.
-        clock = {"wall_seconds": time.time() - wall_start}
+        # The job, from its start to its artifacts stored, less its waits for its turns in rounds; a process's
+        # first job also has its start-up.
+        clock = {"wall_seconds": time.time() - wall_start - (turn.waited_seconds if turn is not None else 0.0)}
         if startup_seconds is not None:
             clock["startup_seconds"] = startup_seconds
         active.log(summary | system_metrics(clock), tags=closing_tags)  # one transaction for the store

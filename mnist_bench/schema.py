@@ -85,6 +85,7 @@ class Tag:
     KIND = PREFIX + "kind"  # "sweep" on a sweep's parent run
     CONFIG_HASH = PREFIX + "config_hash"  # what resume matches a job by (config.config_hash)
     ERROR = PREFIX + "error"  # why a run FAILED or was KILLED
+    ROUNDS = PREFIX + "rounds"  # the rounds a sweep's job trained in (mnist_bench.rounds): same value, paired
     SWEEP_DIR = PREFIX + "sweep_dir"  # the sweep's output folder: a job finds its parent by it
     CELLS_DIGEST = PREFIX + "cells_digest"  # on a sweep's parent: its cells' config hashes, hashed (any order)
     HOST = PREFIX + "host"  # host, pid and pid_start let the reaper tell a live run from a dead one

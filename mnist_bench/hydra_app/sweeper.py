@@ -26,7 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
 from mnist_bench.errors import EXIT_FAILED, UserError
 from mnist_bench.hydra_app.composition import CellComposer, ComposedCells, grid, validated_cells
+from mnist_bench.hydra_app.job import in_rounds
 from mnist_bench.hydra_app.launchers import JoblibWorkers, jobs_elsewhere, mark_sweep_process, parallel_jobs
+from mnist_bench.rounds import Rounds
 from mnist_bench.schema import Cell, Tag
 
 log = logging.getLogger("mnist_bench")
@@ -139,8 +141,7 @@ class ValidatingSweeper(Sweeper):
                 size = self.max_batch_size or len(jobs)
                 with self.lost_jobs_reaped(client, experiment_id, parent_id, first):
                     for start in range(0, len(jobs), size):
-                        for result in launcher.launch(jobs[start : start + size], initial_job_idx=start):
-                            _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
+                        self.launch_batch(launcher, jobs[start : start + size], start)
             failures = summarise(outcomes(client, experiment_id, parent_id, planned, uri))
             view_key = sweep_view(client, experiment_id, name, uri)  # what the link below opens
             print("\n".join(next_steps(name, uri, first.tracking.experiment, experiment_id, view_key)))
@@ -173,6 +174,25 @@ class ValidatingSweeper(Sweeper):
             yield
         for run_id in tracking.reap_lost(client, experiment_id, parent_id):
             _say_lost(run_id)
+
+    def launch_batch(self, launcher: Any, jobs: list[list[str]], start: int) -> None:
+        """Launch one batch of jobs. With the basic launcher they train in rounds (mnist_bench.rounds): the
+        launch starts each job, which trains its first epoch, then the remaining rounds run here; Ctrl-C or
+        SIGTERM stops every job at the end of the epoch training then, each run closed as KILLED."""
+        from mnist_bench.tracking import Terminated
+
+        assert self.config is not None
+        rounds = None if jobs_elsewhere(self.config.hydra.launcher) else Rounds()  # the basic launcher's jobs
+        try:
+            with in_rounds(rounds):
+                for result in launcher.launch(jobs, initial_job_idx=start):
+                    _ = result.return_value  # raises what a job raised past its own isolation (Ctrl-C)
+            if rounds is not None:
+                rounds.run()
+        except (KeyboardInterrupt, Terminated) as err:
+            if rounds is not None:
+                rounds.stop(err)
+            raise
 
 
 def _say_lost(run_id: str) -> None:

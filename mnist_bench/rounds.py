@@ -1,0 +1,128 @@
+"""A sweep's cells trained in rounds: epoch k of every cell, then epoch k + 1, so that a drift in the machine's
+speed or a passing neighbour hits every cell of a round alike and two cells compare round by round
+(timing.compare_rounds) instead of as whole runs timed minutes apart.
+
+Each cell is its own job, in its own thread of the sweep's process, and exactly one of them runs at any
+moment: a cell holds the turn from the start of its job (set-up, warm-up and first epoch in round 1) and hands
+it on after each epoch, from its epoch callback, so waiting happens between epochs, never inside a timed one.
+Round 1 follows the launcher, which starts the jobs one after another; from round 2 on, each round visits the
+cells still training in an order drawn for that round (seeded), so that no cell always follows the same one.
+A cell that ends (its last epoch done, stopped early, failed or skipped) finishes its run in its own turn and
+leaves the rotation.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+
+class Turn:
+    """One cell's place in the rounds, for its epoch callback."""
+
+    def __init__(self, rounds: Rounds) -> None:
+        self.rounds = rounds
+        self.waited_seconds = 0.0  # in next_epoch, while the other cells trained
+
+    @property
+    def session(self) -> str:
+        """Names the rounds this cell trained in: cells with the same one can be compared round by round."""
+        return self.rounds.session
+
+    @property
+    def round(self) -> int:
+        """The round the cell's current epoch runs in (1 for the first)."""
+        return self.rounds.round
+
+    def next_epoch(self) -> None:
+        """Hand the turn on and wait for it back; raises what stopped the rounds (Ctrl-C, SIGTERM, fail_fast)."""
+        start = time.perf_counter()
+        try:
+            self.rounds.pass_turn(self)
+        finally:
+            self.waited_seconds += time.perf_counter() - start
+
+
+class Rounds:
+    """Turn-taking among a sweep's cells, driven by the sweep's main thread: ``launch`` each job (the
+    launcher calls it through the job function), then ``run`` the remaining rounds, or ``stop`` them."""
+
+    def __init__(self) -> None:
+        self.session = uuid.uuid4().hex[:12]
+        self.round = 1
+        self._changed = threading.Condition()
+        self._holder: Turn | None = None  # whose turn it is; None: the main thread's (launching)
+        self._launching = True
+        self._rotation: list[Turn] = []  # the cells still training, in launch order
+        self._queue: list[Turn] = []  # this round's cells still to take their turn
+        self._stop: BaseException | None = None
+        self._error: BaseException | None = None  # what a cell raised past its job's own isolation
+
+    def launch(self, train: Callable[[Turn], None], name: str) -> None:
+        """Start one cell's job in a thread holding the turn; return once its first turn has ended."""
+        turn = Turn(self)
+        with self._changed:
+            self._rotation.append(turn)
+            self._holder = turn
+        threading.Thread(target=self._cell, args=(train, turn), name=f"mnist-bench {name}", daemon=True).start()
+        with self._changed:
+            self._changed.wait_for(lambda: self._holder is None)
+
+    def run(self) -> None:
+        """After the last launch: rounds 2, 3, ... until every cell has left; then raises what a cell raised
+        past its job's own failure isolation, if one did."""
+        with self._changed:
+            self._launching = False
+            if self._rotation and self._holder is None:  # else a cell interrupted in round 1 still holds it
+                self._hand_on()
+            self._changed.wait_for(lambda: not self._rotation)
+        if self._error is not None:
+            raise self._error
+
+    def halt(self, why: BaseException) -> None:
+        """Every cell raises ``why`` at its next turn, the one training now once its epoch ends."""
+        with self._changed:
+            self._stop = self._stop or why
+
+    def stop(self, why: BaseException) -> None:
+        """``halt``, then wait until every cell has closed its run and left."""
+        self.halt(why)
+        self.run()
+
+    def pass_turn(self, turn: Turn) -> None:
+        with self._changed:
+            self._raise_if_stopped()
+            self._hand_on()
+            self._changed.wait_for(lambda: self._holder is turn)
+            self._raise_if_stopped()
+
+    def _cell(self, train: Callable[[Turn], None], turn: Turn) -> None:
+        try:
+            train(turn)
+        except BaseException as err:
+            if self._stop is None or not isinstance(err, type(self._stop)):
+                self._error = self._error or err
+        finally:
+            with self._changed:
+                self._rotation.remove(turn)
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """The turn to the main thread while it launches, else to the next cell of the round, drawing the next
+        round's order when this one is done (lock held)."""
+        if self._launching:
+            self._holder = None
+        else:
+            self._queue = [turn for turn in self._queue if turn in self._rotation]
+            if not self._queue and self._rotation:
+                self.round += 1
+                self._queue = random.Random(self.round).sample(self._rotation, len(self._rotation))
+            self._holder = self._queue.pop(0) if self._queue else None
+        self._changed.notify_all()
+
+    def _raise_if_stopped(self) -> None:
+        if self._stop is not None:
+            raise type(self._stop)(*self._stop.args)
