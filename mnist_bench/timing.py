@@ -16,6 +16,13 @@ under, whether it can be trusted, and how two sets of timings compare.
   by sqrt(n / (n - 1)) for the n units drawn at the top level, the bootstrap's known narrowness with few
   units. The verdict is ``faster`` or ``slower`` only when the interval excludes 1 and both sides were
   stable, ``within noise`` when it includes 1, and ``unreliable: <why>`` when either side was not stable.
+- **Paired rounds**: runs a sweep trained in rounds (epoch k of every cell, then epoch k + 1) compare round
+  by round instead: each epoch logs its wall and CPU seconds and the share of the machine's CPU other
+  processes used while it ran (``EpochTimer``). A round is clean for a pair when that share stayed within
+  ``timing.max_other_cpu_share`` in each of the pair's epochs of the round; the ratio is the median of the
+  clean rounds' ratios (reference's epoch over candidate's), its 95% interval the distribution-free one
+  from order statistics, and the verdict ``unreliable`` only when fewer clean rounds remain than such an
+  interval needs (MIN_CLEAN_ROUNDS): a burst of foreign load moves rounds out, not the median.
 """
 
 from __future__ import annotations
@@ -229,10 +236,75 @@ def compare_paired(
     return _judged(ratio, ratios, unstable)
 
 
-def _judged(ratio: float, resampled: Sequence[float], unstable: str) -> Comparison:
-    """The ratio with the percentile interval of its resampled values, and the verdict the rules give."""
+MIN_CLEAN_ROUNDS = 6  # the fewest for which an order-statistic interval of the median reaches 95%: 1 - 2 / 2**6
+
+
+@dataclass(frozen=True)
+class RoundEpoch:
+    """One timed epoch of a run trained in rounds: the round it ran in, its seconds, and other processes'
+    share of the CPU meanwhile (None where unmeasured)."""
+
+    round: int
+    seconds: float
+    other_cpu_share: float | None
+
+
+def compare_rounds(
+    reference: Sequence[RoundEpoch], candidate: Sequence[RoundEpoch], max_other_cpu_share: float
+) -> tuple[Comparison, int]:
+    """Compare two sides trained in the same rounds, each given as its runs' epochs; also returns how many
+    clean rounds decided it.
+
+    Each round both sides ran in gives a ratio, the reference's median epoch over the candidate's. A round
+    is dropped when other processes used more than ``max_other_cpu_share`` of the CPU during any of its
+    epochs on either side (an epoch whose share went unmeasured, no /proc/stat or shorter than a clock
+    tick, does not drop it). The ratio is the median of the clean rounds' ratios and its interval the
+    order-statistic one (order_interval): neither assumes how a neighbour's load is distributed, and a
+    burst that slips past the rule shifts the median by one rank, not by its size. With fewer than
+    MIN_CLEAN_ROUNDS clean rounds the verdict is ``unreliable`` (the figures are then of every round).
+    """
+    rounds = sorted({e.round for e in reference} & {e.round for e in candidate})
+    ratios, clean = [], []
+    for number in rounds:
+        sides = [[e for e in side if e.round == number] for side in (reference, candidate)]
+        reference_seconds, candidate_seconds = ([e.seconds for e in side] for side in sides)
+        ratios.append(seconds_per_epoch(reference_seconds) / seconds_per_epoch(candidate_seconds))
+        shares = [e.other_cpu_share for side in sides for e in side if e.other_cpu_share is not None]
+        clean.append(max(shares, default=0.0) <= max_other_cpu_share)
+    kept = [ratio for ratio, ok in zip(ratios, clean, strict=True) if ok]
+    unstable = ""
+    if len(kept) < MIN_CLEAN_ROUNDS:
+        unstable = (
+            f"{len(kept)} of {len(rounds)} paired rounds clean, {MIN_CLEAN_ROUNDS} needed (in the others, other"
+            f" processes used more than {max_other_cpu_share:.0%} of the CPU: timing.max_other_cpu_share)"
+        )
+        kept = ratios
+    if not kept:
+        raise ValueError("paired rounds need at least one round both sides ran in")
+    low, high = order_interval(kept)
+    comparison = _judged(seconds_per_epoch(kept), [], unstable, (low, high))
+    return comparison, int(sum(clean))
+
+
+def order_interval(values: Sequence[float]) -> tuple[float, float]:
+    """The distribution-free CONFIDENCE interval of the median of ``values``: the k-th smallest and k-th
+    largest, for the largest k whose binomial tails (half a chance each value falls below the median) leave
+    it at least CONFIDENCE (for 10 values the 2nd and 9th, 97.9%). Below 6 values no k reaches 95%: then
+    the smallest and largest."""
+    ordered = sorted(values)
+    n, tail, k = len(ordered), (1 - CONFIDENCE) / 2, 1
+    while k < n / 2 and sum(math.comb(n, i) for i in range(k + 1)) / 2**n <= tail:
+        k += 1
+    return ordered[k - 1], ordered[n - k]
+
+
+def _judged(
+    ratio: float, resampled: Sequence[float], unstable: str, interval: tuple[float, float] | None = None
+) -> Comparison:
+    """The ratio with its interval (the percentile one of its resampled values unless given), and the
+    verdict the rules give."""
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = (float(v) for v in np.percentile(resampled, [tail, 100 - tail]))
+    low, high = (float(v) for v in (interval or np.percentile(resampled, [tail, 100 - tail])))
     if unstable:
         verdict = f"{UNRELIABLE}: {unstable}"
     elif low > 1:

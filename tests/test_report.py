@@ -546,6 +546,16 @@ def test_the_headline_says_which_is_more_accurate_and_which_is_faster_as_far_as_
     assert expected in sentence
 
 
+def test_a_verdict_from_paired_rounds_is_said_of_the_models_even_with_one_run_a_side() -> None:
+    """Paired rounds time both models under the same conditions, epoch by epoch: no hedge about one run."""
+    row = {"backend": "tf", "activation": "softmax", "model": "tf-softmax", "accuracy_diff": 0.003}
+    row |= {"beyond_spread": "unknown (n=1: spread unknown)", "speed_verdict": "faster", "timed_runs": 1}
+    row |= {"speed_ratio": 1.5, "speed_ratio_low": 1.2, "speed_ratio_high": 1.8}
+    row |= {"speed_basis": "paired rounds: 9 of 10 clean"}
+    (sentence,) = document._answers(pd.DataFrame([row]), ["backend", "activation"])
+    assert sentence.endswith("and tf-softmax is faster (speed ratio 1.50× (1.20–1.80)).")
+
+
 def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:
     _, selection = reading.select(cli.parse_args(["--tracking-uri", sweep_store.uri]))
     expected = {}

@@ -129,6 +129,59 @@ def test_alternating_rounds_pair_each_round_so_a_drifting_machine_hits_both_side
         timing.compare_paired(first, second[:3])
 
 
+def sides_in_rounds(
+    reference: np.ndarray, candidate: np.ndarray, shares: np.ndarray
+) -> tuple[list[timing.RoundEpoch], list[timing.RoundEpoch]]:
+    """One run a side, epoch k in round k + 1, both epochs of a round seeing the same other processes' share."""
+    return tuple(
+        [
+            timing.RoundEpoch(k + 1, float(v), float(share))
+            for k, (v, share) in enumerate(zip(side, shares, strict=True))
+        ]
+        for side in (reference, candidate)
+    )
+
+
+def test_the_order_statistic_interval_of_a_median_reaches_95_percent() -> None:
+    assert timing.order_interval(list(range(10, 0, -1))) == (2, 9)  # 97.9%: 1 - 2 * P(Binomial(10, 0.5) <= 1)
+    assert timing.order_interval([5.0, 1.0, 3.0, 2.0, 4.0, 6.0]) == (1.0, 6.0)  # 96.9% needs all 6
+    assert timing.order_interval(list(range(12))) == (2, 9)
+
+
+def test_rounds_a_neighbour_disturbed_are_dropped_and_the_rest_decide() -> None:
+    """B is 1.5x faster; in 3 of 10 rounds a neighbour slowed one side 3x: those rounds go, 7 clean decide."""
+    rng = np.random.default_rng(4)
+    reference, candidate = 0.15 * rng.lognormal(0, 0.03, 10), 0.10 * rng.lognormal(0, 0.03, 10)
+    shares = np.full(10, 0.05)
+    shares[[1, 4, 8]] = 0.5
+    reference[[1, 8]] *= 3
+    candidate[4] *= 3
+    result, clean = timing.compare_rounds(*sides_in_rounds(reference, candidate, shares), max_other_cpu_share=0.2)
+    assert clean == 7 and result.verdict == timing.FASTER and 1.4 < result.low <= result.ratio <= result.high < 1.6
+    slower, _ = timing.compare_rounds(*sides_in_rounds(candidate, reference, shares), max_other_cpu_share=0.2)
+    assert slower.verdict == timing.SLOWER
+
+
+def test_with_too_few_clean_rounds_the_verdict_is_unreliable_and_says_how_many() -> None:
+    rng = np.random.default_rng(5)
+    shares = np.r_[np.full(5, 0.05), np.full(5, 0.9)]  # a neighbour saturating the machine from round 6
+    result, clean = timing.compare_rounds(
+        *sides_in_rounds(0.15 * rng.lognormal(0, 0.03, 10), 0.1 * rng.lognormal(0, 0.03, 10), shares), 0.2
+    )
+    assert clean == 5 and result.verdict.startswith("unreliable: 5 of 10 paired rounds clean, 6 needed")
+
+
+def test_paired_rounds_call_identical_sides_different_at_most_about_1_in_20() -> None:
+    """A/A: both sides the same code, the machine drifting 2x over the rounds and each epoch 5% noisy."""
+    rng = np.random.default_rng(6)
+    verdicts = []
+    for _ in range(200):
+        drift = np.linspace(1, 2, 10)
+        same = [0.1 * drift * rng.lognormal(0, 0.05, 10) for _ in range(2)]
+        verdicts.append(timing.compare_rounds(*sides_in_rounds(*same, np.zeros(10)), 0.2)[0].verdict)
+    assert verdicts.count(timing.WITHIN_NOISE) >= 190, verdicts.count(timing.WITHIN_NOISE)
+
+
 def _spin(seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:

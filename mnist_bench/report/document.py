@@ -14,7 +14,7 @@ from mnist_bench.report import accuracy, plots
 from mnist_bench.report.plots import Plot
 from mnist_bench.report.reading import METRICS, Selection
 from mnist_bench.report.render import Block, to_csv, to_html, to_markdown
-from mnist_bench.report.tables import REFERENCE, compared_with, comparisons_table, summary_table
+from mnist_bench.report.tables import REFERENCE, ROUNDS_BASIS, compared_with, comparisons_table, summary_table
 from mnist_bench.schema import CELLS_ARTIFACT, COUNTED, PREDICTIONS_ARTIFACT, SweepParam
 
 PROBLEMS_TITLE = "Incomplete or failed cells"
@@ -175,10 +175,25 @@ def conditions_blocks(sel: Selection) -> list[Block]:
             }
         )
     blocks.append(("table", pd.DataFrame(rows)))
+    if finished["rounds"].ne("").any():
+        blocks.append(("p", ROUNDS_RULE))
     shaky = finished[finished["timing_unstable"].ne("")]
     if not shaky.empty:
         blocks.append(("ul", [f"`{r.run_name}`: {r.timing_unstable}" for r in shaky.itertuples()]))
     return blocks
+
+
+ROUNDS_RULE = (
+    "This sweep trained its cells in rounds: epoch k of every cell, then epoch k + 1, one cell at a time. Two "
+    "models whose runs all trained in the same rounds are compared round by round (speed basis: paired "
+    "rounds): each round's ratio is the reference's epoch over the candidate's (medians where a side has "
+    "several seeds). A round is dropped when other processes used more than timing.max_other_cpu_share of "
+    "the CPU during any of those epochs (the run's limit, logged per epoch as epoch_other_cpu_share); the "
+    "ratio is the median of the clean rounds' ratios, and its 95% interval runs from one order statistic to "
+    "another (for 10 rounds the 2nd and 9th smallest), assuming nothing of how foreign load is spread. "
+    "The run-level stability above does not decide these verdicts: they are unreliable only when fewer "
+    f"than {timing.MIN_CLEAN_ROUNDS} clean rounds remain."
+)
 
 
 HEADLINE_CANDIDATE = "tf-softmax"  # the tutorial's question: its TF-softmax model against its NumPy-sigmoid one
@@ -258,7 +273,8 @@ def _faster(row: Mapping[str, object]) -> str:
     ratio = f"speed ratio {_ratio(row)}"
     if verdict in (timing.FASTER, timing.SLOWER):
         faster = HEADLINE_CANDIDATE if verdict == timing.FASTER else REFERENCE
-        if row["timed_runs"] < 2:  # identical runs of the mission's command have flipped this verdict
+        in_rounds = str(row.get("speed_basis", "")).startswith(ROUNDS_BASIS)
+        if row["timed_runs"] < 2 and not in_rounds:  # identical runs of the mission's command have flipped this
             return (
                 f"{faster} was faster in one run a side ({ratio}, an interval over its epochs that cannot see "
                 "a drift between runs: add seed=0,1,2 to tell)"

@@ -22,6 +22,7 @@ from mnist_bench.schema import (
     CONFUSION_ARTIFACT,
     COUNTED,
     PREDICTIONS_ARTIFACT,
+    SYSTEM_METRIC_PREFIX,
     Cell,
     Status,
     Tag,
@@ -50,6 +51,8 @@ METRICS = {  # per-run value -> heading in the main table
 
 
 HISTORY = ["train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_seconds"]
+# How each epoch was timed, for pairing runs trained in rounds (timing.compare_rounds), as logged.
+TIMING_HISTORY = ["epoch_cpu_seconds", SYSTEM_METRIC_PREFIX + "epoch_other_cpu_share", SYSTEM_METRIC_PREFIX + "round"]
 
 
 MACHINE_TAGS = [Tag.CPU_MODEL, Tag.CPU_COUNT, Tag.DEVICE_NAME]
@@ -74,6 +77,7 @@ def _run_row(run: Run) -> dict[str, object]:
         "status": status_of(run).value,
         "error": tags.get(Tag.ERROR, ""),
         "timing_unstable": tags.get(Tag.TIMING_UNSTABLE, ""),
+        "rounds": tags.get(Tag.ROUNDS, ""),  # the rounds it trained in, if a sweep trained it in rounds
         "threads": tags.get(Tag.THREADS, ""),  # as resolved for the run (the param may be null)
         "blas": tags.get(Tag.BLAS, ""),
         "backend": backend_label(  # keras[jax] for Keras on JAX: a model of its own beside keras (on TensorFlow)
@@ -119,11 +123,14 @@ def load_histories(client: MlflowClient, run_ids: Sequence[str]) -> pd.DataFrame
     records = [
         (run_id, key, epoch, value)
         for run_id in run_ids
-        for key in HISTORY
+        for key in [*HISTORY, *TIMING_HISTORY]
         for epoch, value in tracking.metric_history(client, run_id, key).items()
     ]
-    long = pd.DataFrame(records, columns=["run_id", "metric", "epoch", "value"])
-    wide = long.pivot(index=["run_id", "epoch"], columns="metric", values="value").reindex(columns=HISTORY)
+    long = pd.DataFrame(records, columns=["run_id", "metric", "epoch", "value"]).assign(
+        metric=lambda f: f["metric"].map(metric_name)
+    )
+    wide = long.pivot(index=["run_id", "epoch"], columns="metric", values="value")
+    wide = wide.reindex(columns=[*HISTORY, *map(metric_name, TIMING_HISTORY)])
     return wide.rename_axis(columns=None).reset_index()
 
 

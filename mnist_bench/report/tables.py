@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_bench import timing
+from mnist_bench.config import TimingConfig
 from mnist_bench.report import accuracy
 from mnist_bench.report.reading import METRICS, sort_key
 from mnist_bench.schema import COUNTED, PREDICTIONS_ARTIFACT
@@ -123,16 +124,20 @@ def _paired_verdict(group: pd.DataFrame, predictions: dict[str, np.ndarray], ref
     return accuracy.unknown(f"no seed has a finished run on both sides (no {reference} run of the same seed)")
 
 
-SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict", "timed_runs"]
+SPEED_COLUMNS = ["speed_ratio", "speed_ratio_low", "speed_ratio_high", "speed_verdict", "timed_runs", "speed_basis"]
+RUNS_BASIS, ROUNDS_BASIS = "runs", "paired rounds"  # speed_basis: whole runs, or "paired rounds: C of R clean"
 
 
 def speed_table(
     runs: pd.DataFrame, histories: pd.DataFrame, columns: Sequence[str], reference: str = REFERENCE
 ) -> pd.DataFrame:
-    """Each configuration's speed beside the reference's with the same other settings (timing.compare over
-    their finished runs' timed epochs): the reference's seconds per epoch over this one's (> 1: faster),
-    its 95% interval, the verdict, which is "unreliable" when a run on either side was not stable, and the
-    fewer timed runs of the two sides (with one, the interval sees only its epochs, not run-to-run drift)."""
+    """Each configuration's speed beside the reference's with the same other settings: the reference's
+    seconds per epoch over this one's (> 1: faster), its 95% interval, the verdict, the fewer timed runs of
+    the two sides, and the basis. Where every run of both sides trained in the same rounds of one sweep, the
+    basis is paired rounds (timing.compare_rounds: the median of the clean rounds' ratios, "unreliable" only
+    with too few clean rounds). Otherwise it is whole runs (timing.compare over their timed epochs:
+    "unreliable" when a run on either side was not stable; with one run a side, the interval sees only its
+    epochs, not run-to-run drift)."""
     settings = [c for c in columns if c not in ("backend", "activation")]
     finished = runs[runs["status"].isin(COUNTED)]
     finished = finished.assign(model=finished["backend"] + "-" + finished["activation"])
@@ -146,14 +151,49 @@ def speed_table(
             if model == reference:
                 continue
             both = pd.concat([sides[reference], side])
-            unstable = "; ".join(f"{r.run_name}: {r.timing_unstable}" for r in both.itertuples() if r.timing_unstable)
             timed = [[epochs[i] for i in each["run_id"] if i in epochs.index] for each in (sides[reference], side)]
-            result = timing.compare(*timed, unstable)
-            speed = (result.ratio, result.low, result.high, result.verdict, min(map(len, timed)))
+            if _in_one_rounds(both, histories):
+                result, clean = timing.compare_rounds(
+                    *(_round_epochs(each, histories) for each in (sides[reference], side)), _max_other_share(both)
+                )
+                rounds = histories.loc[histories["run_id"].isin(both["run_id"]), "round"].nunique()
+                basis = f"{ROUNDS_BASIS}: {clean} of {rounds} clean"
+            else:
+                result, basis = timing.compare(*timed, _unstable(both)), RUNS_BASIS
+            speed = (result.ratio, result.low, result.high, result.verdict, min(map(len, timed)), basis)
             rows.append(
                 {**dict(zip(settings, key, strict=True)), "model": model} | dict(zip(SPEED_COLUMNS, speed, strict=True))
             )
     return pd.DataFrame(rows, columns=[*settings, "model", *SPEED_COLUMNS])
+
+
+def _unstable(runs: pd.DataFrame) -> str:
+    """Why the runs' timings cannot be trusted as whole runs: every unstable run's reason."""
+    return "; ".join(f"{r.run_name}: {r.timing_unstable}" for r in runs.itertuples() if r.timing_unstable)
+
+
+def _in_one_rounds(runs: pd.DataFrame, histories: pd.DataFrame) -> bool:
+    """Whether every one of these runs trained in the same rounds of a sweep, with each epoch's round logged."""
+    sessions = set(runs["rounds"]) if "rounds" in runs else {""}  # no column: none in rounds
+    timed = histories[histories["run_id"].isin(runs["run_id"])].dropna(subset=["epoch_seconds"])
+    return len(sessions) == 1 and "" not in sessions and not timed.empty and timed["round"].notna().all()
+
+
+def _round_epochs(runs: pd.DataFrame, histories: pd.DataFrame) -> list[timing.RoundEpoch]:
+    """The runs' timed epochs with their rounds and other processes' CPU share, for timing.compare_rounds."""
+    timed = histories[histories["run_id"].isin(runs["run_id"])].dropna(subset=["epoch_seconds"])
+    return [
+        timing.RoundEpoch(
+            int(r.round), r.epoch_seconds, None if pd.isna(r.epoch_other_cpu_share) else r.epoch_other_cpu_share
+        )
+        for r in timed.itertuples()
+    ]
+
+
+def _max_other_share(runs: pd.DataFrame) -> float:
+    """The runs' timing.max_other_cpu_share (the strictest where they differ; the default where unlogged)."""
+    given = pd.to_numeric(runs.get("timing.max_other_cpu_share", pd.Series(dtype=float)), errors="coerce").dropna()
+    return float(given.min()) if not given.empty else TimingConfig().max_other_cpu_share
 
 
 def compared_with(
