@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -83,8 +84,9 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
 
 def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: Path) -> None:
     # 1,000 epochs keep each job RUNNING about 3 s: at 40 (0.3 s) a job could finish between the poll that saw
-    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI).
-    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50")
+    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI). Two batches of two: the
+    # cells of a batch train in rounds and end together, so the kill lands in the second with the first done.
+    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50", "hydra.sweeper.max_batch_size=2")
     launcher = subprocess.Popen(
         sweep_args(tmp_path, *overrides),
         cwd=tmp_path,
@@ -118,6 +120,18 @@ def test_sigterm_to_a_joblib_sweeps_main_process_leaves_no_run_running(tmp_path:
     down without closing their runs: the sweep must close them (KILLED) before it exits 130."""
     # 1,000 epochs keep each job RUNNING about 3 s, past the poll that sees both running and the signal.
     sweep, workers = _two_workers_training(tmp_path, epochs=1000)
+    _sigterm(sweep)
+    runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    statuses = sorted(run.info.status for run in runs)
+    assert statuses == ["KILLED"] * 3, statuses  # the parent and the two jobs it had started
+    killed = [run for run in runs if run.data.tags.get(Tag.KIND) != "sweep"]
+    assert all("process gone" in run.data.tags[Tag.ERROR] for run in killed)
+    left = _outliving(workers, time.monotonic() + 15)  # loky's resource trackers go once their pipe closes
+    assert workers and not left, "a worker process outlived its sweep"
+
+
+def _sigterm(sweep: subprocess.Popen) -> None:
+    """SIGTERM to the sweep's main process: it must exit 130, saying so in its last line."""
     try:
         sweep.send_signal(signal.SIGTERM)
         _, err = sweep.communicate(timeout=60)
@@ -126,13 +140,20 @@ def test_sigterm_to_a_joblib_sweeps_main_process_leaves_no_run_running(tmp_path:
             sweep.kill()
     assert sweep.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1] == "mnist-bench: terminated by signal 15", err[-2000:]
-    runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
-    statuses = sorted(run.info.status for run in runs)
-    assert statuses == ["KILLED"] * 3, statuses  # the parent and the two jobs it had started
-    killed = [run for run in runs if run.data.tags.get(Tag.KIND) != "sweep"]
-    assert all("process gone" in run.data.tags[Tag.ERROR] for run in killed)
-    left = _outliving(workers, time.monotonic() + 15)  # loky's resource trackers go once their pipe closes
-    assert workers and not left, "a worker process outlived its sweep"
+
+
+def _once_running(tmp: Path, overrides: Sequence[str], running: int) -> tuple[subprocess.Popen, list[str]]:
+    """A sweep, once ``running`` of its jobs are RUNNING at once; and its child processes."""
+    sweep = subprocess.Popen(
+        sweep_args(tmp, *overrides), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while sum(r.info.status == "RUNNING" for r in child_runs(tmp)) < running:
+        if time.monotonic() > deadline or sweep.poll() is not None:
+            sweep.kill()
+            pytest.fail(f"{running} jobs never ran at once")
+        time.sleep(0.5)
+    return sweep, subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
 
 
 def _two_workers_training(tmp: Path, epochs: int) -> tuple[subprocess.Popen, list[str]]:
@@ -144,16 +165,7 @@ def _two_workers_training(tmp: Path, epochs: int) -> tuple[subprocess.Popen, lis
         f"epochs={epochs}",
         "batch_size=50",
     )
-    sweep = subprocess.Popen(
-        sweep_args(tmp, *overrides), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + 300
-    while sum(r.info.status == "RUNNING" for r in child_runs(tmp)) < 2:  # both workers training
-        if time.monotonic() > deadline or sweep.poll() is not None:
-            sweep.kill()
-            pytest.fail("the two jobs never ran at once")
-        time.sleep(0.5)
-    return sweep, subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+    return _once_running(tmp, overrides, running=2)
 
 
 def _outliving(pids: list[str], deadline: float) -> list[str]:
@@ -181,6 +193,17 @@ def test_sigkill_to_a_joblib_sweeps_main_process_stops_its_workers(tmp_path: Pat
     )  # fmt: skip
     assert reaped.returncode == 0, reaped.stderr
     assert "RUNNING" not in {r.info.status for r in fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")}
+
+
+def test_sigterm_to_a_sweep_in_rounds_closes_every_cell_killed(tmp_path: Path) -> None:
+    """The basic launcher trains its cells in rounds, all of them open at once: SIGTERM stops each at its
+    next turn (the one training, at the end of its epoch), every run and the parent closed KILLED, exit 130."""
+    sweep, _ = _once_running(tmp_path, ("seed=0,1,2", "epochs=1000", "batch_size=50"), running=3)  # every cell
+    _sigterm(sweep)
+    runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert sorted(run.info.status for run in runs) == ["KILLED"] * 4  # the parent and its three jobs
+    jobs = [run for run in runs if run.data.tags.get(Tag.KIND) != "sweep"]
+    assert all(run.data.tags[Tag.ERROR] == "Terminated: terminated by signal 15" for run in jobs)
 
 
 def _children_after_one(tmp: Path) -> list:

@@ -40,7 +40,10 @@ GRID = [
     f"dataset.train_limit={TRAIN_LIMIT}",
     f"dataset.test_limit={TEST_LIMIT}",
 ]
-PER_EPOCH = ("train_loss", "train_accuracy", "tied_prediction_fraction", "test_loss", "test_accuracy", "epoch_seconds")
+PER_EPOCH = (
+    *("train_loss", "train_accuracy", "tied_prediction_fraction", "test_loss", "test_accuracy"),
+    *("epoch_seconds", "epoch_cpu_seconds"),
+)
 SUMMARY = (  # what a user compares: the only other metrics on a run page's "Model metrics" tab
     "final_test_accuracy",
     "final_train_accuracy",
