@@ -209,16 +209,17 @@ def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: 
         for epoch in range(cfg.epochs):
             order = epoch_order(cfg, n_samples, epoch)
             rows = slice(None) if order is None else order
-            model.fit(
-                x_train[rows],
-                y_train[rows],
-                batch_size=batch_size,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                shuffle=False,
-                callbacks=[reporter],
-                verbose=0,
-            )
+            with _floatx(cfg.dtype):  # again each epoch: a sweep in rounds trains other cells in between
+                model.fit(
+                    x_train[rows],
+                    y_train[rows],
+                    batch_size=batch_size,
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    shuffle=False,
+                    callbacks=[reporter],
+                    verbose=0,
+                )
             if model.stop_training:
                 break
     weights, bias = model.layers[0].get_weights()
