@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def _isolated(job_config: Config, launch_dir: Path, jobs_at_once: int, turn: Tur
     from mnist_bench import experiment, tracking
 
     try:
-        return experiment.run(job_config, launch_dir, jobs_at_once, os.environ[PARENT_RUN_ENV], turn)
+        with _job_log_kept() if turn is not None else contextlib.nullcontext():
+            return experiment.run(job_config, launch_dir, jobs_at_once, os.environ[PARENT_RUN_ENV], turn)
     except (KeyboardInterrupt, tracking.Terminated):
         leave_if_orphaned()
         raise
@@ -80,6 +82,33 @@ def _isolated(job_config: Config, launch_dir: Path, jobs_at_once: int, turn: Tur
         if turn is not None and job_config.fail_fast:
             turn.rounds.halt(tracking.Terminated(f"stopped: {run_name(job_config)} failed and fail_fast=true"))
         return None
+
+
+class _JobLogFile(logging.Handler):
+    """Hydra points the process's logging at one job's log file at a time, the job it is launching: a job in
+    rounds, which goes on training after its launch, would log its later lines (its FINISHED line) to the
+    terminal only. This hands the records of the job's own thread to its file once Hydra has moved on."""
+
+    def __init__(self, job_files: list[logging.Handler]) -> None:
+        super().__init__()
+        self.job_files, self.thread = job_files, threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread:
+            for handler in self.job_files:
+                if handler not in logging.getLogger().handlers:  # else Hydra's own handler writes it
+                    handler.handle(record)
+
+
+@contextlib.contextmanager
+def _job_log_kept() -> Iterator[None]:
+    """The mnist_bench records of this thread go to the job's log file (Hydra's, as set for it now) throughout."""
+    handler = _JobLogFile([h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)])
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
 
 
 def _redact_files(paths: Iterable[Path]) -> None:
