@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
@@ -29,7 +30,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 TARGET_METRICS = ("test_accuracy", "train_accuracy")
 PROGRESS = ("auto", "bar", "none")
 MAX_EPOCHS = 100_000  # more is a typo: the full-batch tutorial stops within 40
-KERAS_BACKENDS = ("tensorflow", "jax")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 
 
 class ConfigError(UserError, ValueError):
@@ -61,8 +62,13 @@ class BackendConfig:
     threads: int | None = None
     # tf/keras only: compile the training step with XLA (jax, and keras on jax, always do).
     xla: bool = False
-    # keras only: the engine Keras runs on, tensorflow or jax.
+    # keras only: the engine Keras runs on, tensorflow, jax or torch.
     keras_backend: str = "tensorflow"
+    # torch only: run the training step through torch.compile (the warm-up epoch pays for the compile).
+    compile: bool = False
+    # An installed backend's own keys (README, "Your own backend"), checked against the dataclass its module
+    # names ``Options``; the built-in backends take none.
+    options: dict[str, Any] = field(default_factory=dict)
     # Untimed epochs run (and logged as warmup_seconds) before the timed ones; numpy runs them once a process
     # for each data, batch size and thread count, as what they warm outlives a job.
     warmup_epochs: int = 1
@@ -88,6 +94,16 @@ class BackendConfig:
             raise ConfigError(
                 "backend.xla=true is not allowed with backend.keras_backend=jax: Keras on JAX always compiles"
                 " with XLA (leave backend.xla=false)"
+            )
+        if self.xla and self.keras_backend == "torch":
+            raise ConfigError(
+                "backend.xla=true is not allowed with backend.keras_backend=torch: Keras on PyTorch has no XLA"
+                " (leave backend.xla=false, or use backend=torch backend.compile=true for torch.compile)"
+            )
+        if self.compile and self.name != "torch":
+            raise ConfigError(
+                f"backend.compile=true is not allowed with backend={self.name}: it is a torch option"
+                " (tf and keras have backend.xla; jax always compiles)"
             )
 
 
@@ -300,6 +316,9 @@ _NOT_IN_HASH = {"tracking", "timing", "progress", "resume", "fail_fast", "sweep_
 _DATA_LOCATION_KEYS = {"dir", "cache_dir", "mirrors", "download"}
 # Defaults a backend declares for top-level keys: what a run computes is the key it resolved to.
 _BACKEND_DEFAULT_KEYS = {"default_activation"}
+# Backend keys added after runs were logged, with their defaults: hashed only when set otherwise, so that those
+# runs keep their hashes and resume still finds them.
+_LATER_BACKEND_KEYS: dict[str, object] = {"keras_backend": "tensorflow", "compile": False, "options": {}}
 
 
 @functools.cache
@@ -313,7 +332,7 @@ def validate(cfg: DictConfig) -> Config:
     _require_backend_default(cfg)
     try:
         job = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
-        return OmegaConf.to_object(OmegaConf.merge(_schema(), job))
+        checked = OmegaConf.to_object(OmegaConf.merge(_schema(), job))
     except ConfigError:
         raise
     except ConfigKeyError as err:
@@ -326,6 +345,10 @@ def validate(cfg: DictConfig) -> Config:
         key = getattr(err, "full_key", None)
         message = str(err).splitlines()[0]
         raise ConfigError(f"{key}: {message}" if key else message) from err
+    from mnist_bench.backends import options  # here: the read-side tools use this module without the backends
+
+    options(checked.backend)
+    return checked
 
 
 def _require_backend_default(cfg: DictConfig) -> None:
@@ -376,8 +399,8 @@ def as_flat_dict(cfg: Config) -> dict[str, object]:
 def config_hash(cfg: Config) -> str:
     """A short hash of everything that determines a run's numbers (not where it is logged).
 
-    backend.keras_backend counts only when it is not tensorflow, so that the runs logged before it existed
-    (all on tensorflow) keep their hashes and resume still finds them.
+    A backend key added later (backend.keras_backend, compile, options) counts only when it is not at its
+    default, so that the runs logged before it existed keep their hashes and resume still finds them.
     """
     data = asdict(cfg)
     for key in _NOT_IN_HASH:
@@ -386,8 +409,9 @@ def config_hash(cfg: Config) -> str:
         data["dataset"].pop(key)
     for key in _BACKEND_DEFAULT_KEYS:
         data["backend"].pop(key)
-    if data["backend"]["keras_backend"] == KERAS_BACKENDS[0]:
-        data["backend"].pop("keras_backend")
+    for key, default in _LATER_BACKEND_KEYS.items():
+        if data["backend"][key] == default:
+            data["backend"].pop(key)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -91,7 +91,7 @@ def blas_library() -> str:
 
 @functools.cache
 def package_versions(
-    names: tuple[str, ...] = ("numpy", "mlflow", "hydra-core", "tensorflow", "keras", "jax", "jaxlib"),
+    names: tuple[str, ...] = ("numpy", "mlflow", "hydra-core", "tensorflow", "keras", "jax", "jaxlib", "torch"),
 ) -> Mapping[str, str]:
     """The installed versions of the packages a result depends on. Like the other facts here, asked once a
     process: every job of a sweep tagged them, at 4-6 ms a job for the same answer. Read-only, as every

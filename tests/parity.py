@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from mnist_bench.backends import base, get
+from mnist_bench.backends import base, get, split_label
 from mnist_bench.config import BackendConfig, Config, DeviceConfig
 
 RTOL = 1e-9
@@ -31,6 +31,13 @@ X_TRAIN, Y_TRAIN = _images(_RNG, _PROJECTION, 512)
 X_TEST, Y_TEST = _images(_RNG, _PROJECTION, 128)
 
 
+def labelled(label: str, **options) -> Config:
+    """``config`` for the model a label names, as bench names them: ``jax``, ``keras[torch]``, ``torch+compile``."""
+    name, engine, compiler = split_label(label)
+    engine_option = {"keras_backend": engine} if engine else {}
+    return config(name, xla=compiler == "xla", compile=compiler == "compile", **engine_option, **options)
+
+
 def saturating_logits() -> np.ndarray:
     """Logits around 37, where a float64 sigmoid starts to round to exactly 1.0 (on half the classes; the
     others anywhere), and on the first 100 rows below -708.4, where it is a subnormal float."""
@@ -47,11 +54,17 @@ def config(
     xla: bool = False,
     device: str = "cpu",
     keras_backend: str = "tensorflow",
+    compile: bool = False,
     **overrides,
 ) -> Config:
     return Config(
         backend=BackendConfig(
-            name=backend, threads=1, warmup_epochs=warmup_epochs, xla=xla, keras_backend=keras_backend
+            name=backend,
+            threads=1,
+            warmup_epochs=warmup_epochs,
+            xla=xla,
+            keras_backend=keras_backend,
+            compile=compile,
         ),
         device=DeviceConfig(device),
         # uniform(-1, 1) init: weights far from the optimum, so every test run visibly learns

@@ -56,8 +56,20 @@ BAD_VALUES = {
     "numpy-with-xla": ({"backend": {"xla": True}}, ["backend.xla", "backend=numpy"]),
     "threads-zero": ({"backend": {"threads": 0}}, ["backend.threads=0", ">= 1"]),
     "keras-engine": (
-        {"backend": {"name": "keras", "keras_backend": "torch"}},
-        ["backend.keras_backend='torch'", "tensorflow", "jax"],
+        {"backend": {"name": "keras", "keras_backend": "mxnet"}},
+        ["backend.keras_backend='mxnet'", "tensorflow", "jax", "torch"],
+    ),
+    "xla-on-keras-torch": (
+        {"backend": {"name": "keras", "keras_backend": "torch", "xla": True}},
+        ["backend.xla=true", "backend.keras_backend=torch", "backend.compile=true"],
+    ),
+    "compile-without-torch": (
+        {"backend": {"name": "jax", "compile": True}},
+        ["backend.compile=true", "backend=jax", "torch option"],
+    ),
+    "options-on-a-built-in": (
+        {"backend": {"name": "numpy", "options": {"block_rows": 1}}},
+        ["backend.options", "backend=numpy", "declares no options"],
     ),
     "engine-without-keras": (
         {"backend": {"name": "tf", "keras_backend": "jax"}},
@@ -178,6 +190,9 @@ OTHER_NUMBERS = {
     "dataset.name": dataclasses.replace(BASE, dataset=DatasetConfig(name="fashion_mnist")),
     "keras": dataclasses.replace(BASE, backend=BackendConfig(name="keras")),
     "keras_backend": dataclasses.replace(BASE, backend=BackendConfig(name="keras", keras_backend="jax")),
+    "torch": dataclasses.replace(BASE, backend=BackendConfig(name="torch")),
+    "compile": dataclasses.replace(BASE, backend=BackendConfig(name="torch", compile=True)),
+    "options": dataclasses.replace(BASE, backend=BackendConfig(options={"block_rows": 512})),
 }
 
 
@@ -193,8 +208,9 @@ def test_config_hash_changes_with_what_a_run_computes(cfg: Config) -> None:
 
 
 def test_config_hash_of_runs_logged_before_keras_backend_existed_is_kept() -> None:
-    """keras_backend=tensorflow, the only engine before the key existed, adds nothing to the hash: these are
-    the hashes the harness gave before it (055de4a), which resume matches earlier runs by."""
+    """keras_backend=tensorflow, the only engine before the key existed, adds nothing to the hash, nor do
+    compile=false and empty options: these are the hashes the harness gave before them (055de4a), which resume
+    matches earlier runs by."""
     assert config_hash(Config()) == "e2b345401ba389a4"
     assert config_hash(Config(backend=BackendConfig(name="keras"), batch_size=128)) == "38a0f769c92426af"
 
@@ -292,7 +308,7 @@ def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
 def test_as_flat_dict_has_one_dotted_key_per_setting() -> None:
     cfg = Config(lr=0.25, batch_size=64, dataset=DatasetConfig(train_limit=7))
     flat = as_flat_dict(cfg)
-    assert set(flat) == _leaf_keys(Config)
+    assert set(flat) == _leaf_keys(Config) - {"backend.options"}  # an installed backend's keys: none here
     assert {"lr", "backend.name", "device.name", "tracking.uri", "dataset.train_images.sha256"} <= set(flat)
     assert not any(isinstance(v, dict) for v in flat.values())
     assert (flat["lr"], flat["batch_size"], flat["dataset.train_limit"], flat["backend.name"]) == (0.25, 64, 7, "numpy")

@@ -1,6 +1,6 @@
-"""What is Keras' own in backend.keras_backend: one keras.ops code scoring rows on both engines, each job of
+"""What is Keras' own in backend.keras_backend: one keras.ops code scoring rows on every engine, each job of
 one process on the engine it asked for, Keras on JAX without TensorFlow, and the error when JAX is missing.
-Keras on JAX against the NumPy reference: test_jax_backend.py, beside backend=jax."""
+Keras on each engine against the NumPy reference: test_parity.py."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def keras_jax(**options) -> Config:
 # --- one code for both engines --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine", ["jax", "tensorflow"])
+@pytest.mark.parametrize("engine", ["jax", "tensorflow", "torch"])
 def test_keras_ops_saturate_and_tie_where_numpy_does(engine: str) -> None:
     """Logits around 37, where a float64 sigmoid starts to round to exactly 1.0, and below -708.4, where it
     is subnormal: Keras' probabilities (one code in keras.ops) are 1.0 and 0.0 on NumPy's entries on either
     engine, so the same rows tie and each rule predicts NumPy's class."""
-    if engine == "tensorflow":
-        import_extra("tensorflow", "tf")
+    if engine != "jax":
+        import_extra(*{"tensorflow": ("tensorflow", "tf"), "torch": ("torch", "torch")}[engine])
     model = keras_backend.load(engine)
     z = saturating_logits()
     y = np.eye(base.NUM_CLASSES)[np.random.default_rng(1).integers(0, base.NUM_CLASSES, len(z))]
@@ -92,27 +92,31 @@ def job(engine):
     return {{"seen": sorted(seen), "curves": {{k: v.tolist() for k, v in run.curves.items()}}}}
 
 OPTIONS = {{"activation": "softmax", "batch_size": 100, "momentum": 0.9, "epochs": 3}}
+ENGINES = {engines!r}
 out = {{"numpy": {{"curves": {{k: v.tolist() for k, v in t.fit(t.config("numpy", **OPTIONS)).curves.items()}}}}}}
-out["jobs"] = [job(engine) for engine in ("tensorflow", "jax", "tensorflow")]
+out["jobs"] = [job(engine) for engine in ENGINES]
 print(json.dumps(out))
 """
 
 
-def _run_script(script: str) -> dict:
-    """Run ``script`` (formatted with the tests' folder) in a fresh interpreter; the JSON its last line prints."""
-    source = script.format(tests=str(REPO / "tests"))
+def _run_script(script: str, **fields: object) -> dict:
+    """Run ``script`` (formatted with the tests' folder and ``fields``) in a fresh interpreter; the JSON its last
+    line prints."""
+    source = script.format(tests=str(REPO / "tests"), **fields)
     done = subprocess.run([sys.executable, "-c", source], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_jobs_in_one_process_each_train_on_their_engine() -> None:
-    """tensorflow, then jax, then tensorflow again, in one process (as Hydra's basic launcher and a reused
-    joblib worker run a sweep's jobs): each trains on its engine, with the numbers NumPy gives."""
+    """tensorflow, then jax, then torch, then tensorflow again, in one process (as Hydra's basic launcher and a
+    reused joblib worker run a sweep's jobs): each trains on its engine, with the numbers NumPy gives."""
     import_extra("tensorflow", "tf")
-    out = _run_script(_SWITCH_SCRIPT)
-    modules = {"tensorflow": "tensorflow", "jax": "jaxlib"}
-    for engine, job in zip(["tensorflow", "jax", "tensorflow"], out["jobs"], strict=True):
+    import_extra("torch", "torch")
+    engines = ["tensorflow", "jax", "torch", "tensorflow"]
+    out = _run_script(_SWITCH_SCRIPT, engines=engines)
+    modules = {"tensorflow": "tensorflow", "jax": "jaxlib", "torch": "torch"}
+    for engine, job in zip(engines, out["jobs"], strict=True):
         assert job["seen"] == [[engine, True, modules[engine]]]
         for column, values in job["curves"].items():
             np.testing.assert_allclose(values, out["numpy"]["curves"][column], rtol=1e-9, err_msg=column)

@@ -18,7 +18,12 @@ from mnist_bench.backends import base
 from mnist_bench.config import Config, DatasetConfig
 from mnist_bench.hydra_app import compose
 
-FRAMEWORKS = {"tf": ("tensorflow", "tf"), "keras": ("tensorflow", "tf"), "jax": ("jax", "jax")}
+FRAMEWORKS = {
+    "tf": ("tensorflow", "tf"),
+    "keras": ("tensorflow", "tf"),
+    "jax": ("jax", "jax"),
+    "torch": ("torch", "torch"),
+}
 
 
 @pytest.fixture(params=list(FRAMEWORKS))

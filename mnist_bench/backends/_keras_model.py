@@ -1,7 +1,7 @@
 """backend=keras's model, on whichever engine Keras was loaded with (keras_backend.py chooses it first).
 
 The linear model as most Keras users write it: Sequential([Dense(10)]), SGD, compile, fit. Everything
-here is keras and keras.ops, so the same code trains, scores and evaluates on TensorFlow and on JAX.
+here is keras and keras.ops, so the same code trains, scores and evaluates on TensorFlow, JAX and PyTorch.
 These choices keep its numbers those of the other backends:
 - The Dense layer outputs logits and the loss applies the activation (``from_logits=True``). The
   accuracy is not Keras' own, which takes the argmax of whatever the model outputs, but the harness's
@@ -14,7 +14,7 @@ These choices keep its numbers those of the other backends:
   trained: Keras casts float inputs to floatx and keeps its loss tracker in it. The accuracy and tied
   shares are kept in float64 (see ``_row_metrics``).
 - grad_reduction=sum multiplies the kernel gradient by the batch's row count inside the layer
-  (``_SummedKernelGradientDense``), leaving fit's training step as it is.
+  (``_AdjustedDense``), leaving fit's training step as it is; so does a float64 product on PyTorch.
 - The test set is scored after each epoch by ``model.evaluate`` with the same loss and metrics, in one batch.
 """
 
@@ -87,14 +87,17 @@ def hits_and_ties(y, logits, activation: str, predict_from: str):
 
 
 class _RowLoss(keras.losses.Loss):
-    """``row_losses`` as the loss fit and evaluate take the batch mean of."""
+    """The batch mean of ``row_losses``, as each row's loss over the row count, summed ("sum" reduction):
+    Keras' own mean divides by ops.divide_no_nan, which on PyTorch computes a float64 loss, and so its
+    gradient, in float32 (keras.backend.result_type maps float64 to float32 on every engine but TensorFlow)."""
 
     def __init__(self, activation: str, dtype: str) -> None:
-        super().__init__(dtype=dtype)
+        super().__init__(reduction="sum", dtype=dtype)
         self.activation = activation
 
     def call(self, y_true, y_pred):
-        return row_losses(y_true, y_pred, self.activation)
+        losses = row_losses(y_true, y_pred, self.activation)
+        return losses / ops.cast(ops.shape(losses)[0], losses.dtype)
 
 
 class _StepRates(keras.optimizers.schedules.LearningRateSchedule):
@@ -110,18 +113,38 @@ class _StepRates(keras.optimizers.schedules.LearningRateSchedule):
         return ops.take(self.rates, ops.minimum(step, len(self.rates) - 1))
 
 
-class _SummedKernelGradientDense(keras.layers.Dense):
-    """A Dense layer whose kernel gradient is summed over the batch's rows (grad_reduction=sum), not averaged.
+class _AdjustedDense(keras.layers.Dense):
+    """A Dense layer for the two runs plain Dense cannot give the other backends' numbers:
 
-    The product uses  k0 + rows * (k - k0)  with k0 = stop_gradient(k): its value is exactly k (k - k0 is 0)
-    and its derivative with respect to k is rows, so the mean loss's kernel gradient comes out times rows.
-    The bias gradient stays a mean.
+    - ``summed_kernel_gradient`` (grad_reduction=sum): the kernel gradient summed over the batch's rows, not
+      averaged. The product uses  k0 + rows * (k - k0)  with k0 = stop_gradient(k): its value is exactly k
+      (k - k0 is 0) and its derivative with respect to k is rows, so the mean loss's kernel gradient comes out
+      times rows. The bias gradient stays a mean.
+    - ``einsum`` (float64 on PyTorch): the product as ops.einsum, since Keras' matmul on PyTorch computes
+      float64 in float32 (its result_type, see _RowLoss); einsum keeps the inputs' dtype.
     """
 
+    def __init__(self, units: int, summed_kernel_gradient: bool, einsum: bool, **kwargs) -> None:
+        super().__init__(units, **kwargs)
+        self.summed_kernel_gradient, self.einsum = summed_kernel_gradient, einsum
+
     def call(self, inputs, training=None):
-        rows = ops.cast(ops.shape(inputs)[0], self.compute_dtype)
-        frozen = ops.stop_gradient(self.kernel)
-        return ops.matmul(inputs, frozen + rows * (self.kernel - frozen)) + self.bias
+        kernel = self.kernel
+        if self.summed_kernel_gradient:
+            rows = ops.cast(ops.shape(inputs)[0], self.compute_dtype)
+            frozen = ops.stop_gradient(kernel)
+            kernel = frozen + rows * (kernel - frozen)
+        product = ops.einsum("ij,jk->ik", inputs, kernel) if self.einsum else ops.matmul(inputs, kernel)
+        return product + self.bias
+
+
+def _dense(cfg: TrainingSpec) -> keras.layers.Dense:
+    """The model's one layer: keras.layers.Dense as users write it, or _AdjustedDense where a run needs it."""
+    summed = cfg.grad_reduction == "sum"
+    einsum = cfg.dtype == "float64" and keras.config.backend() == "torch"
+    if summed or einsum:
+        return _AdjustedDense(NUM_CLASSES, summed_kernel_gradient=summed, einsum=einsum, dtype=cfg.dtype)
+    return keras.layers.Dense(NUM_CLASSES, dtype=cfg.dtype)
 
 
 def build_model(cfg: TrainingSpec, n_features: int, steps_per_epoch: int) -> keras.Sequential:
@@ -131,8 +154,7 @@ def build_model(cfg: TrainingSpec, n_features: int, steps_per_epoch: int) -> ker
     the process, so an earlier run's floatx would otherwise stick. On JAX, Keras' fit is always jitted
     (XLA): without it every step would run op by op.
     """
-    dense = _SummedKernelGradientDense if cfg.grad_reduction == "sum" else keras.layers.Dense
-    model = keras.Sequential([keras.Input((n_features,), dtype=cfg.dtype), dense(NUM_CLASSES, dtype=cfg.dtype)])
+    model = keras.Sequential([keras.Input((n_features,), dtype=cfg.dtype), _dense(cfg)])
     model.set_weights(initial_parameters(cfg, n_features))
     loss = _RowLoss(cfg.activation, cfg.dtype)
     rates = learning_rates(cfg, steps_per_epoch).astype(cfg.dtype)
@@ -145,17 +167,21 @@ def build_model(cfg: TrainingSpec, n_features: int, steps_per_epoch: int) -> ker
 
 
 def _row_metrics(cfg: TrainingSpec) -> list[keras.metrics.Metric]:
-    """``accuracy`` and ``tied``: the shares of rows whose predicted class is the label, and whose top output
-    is tied (fit's epoch logs average them over the epoch's rows). Kept in float64 whatever the run's dtype,
-    so that a share of n rows is k / n exactly, as the other backends report it."""
+    """``row_loss``, ``accuracy`` and ``tied``: the mean row loss, and the shares of rows whose predicted class
+    is the label and whose top output is tied (fit's epoch logs average them over the epoch's rows). Kept in
+    float64 whatever the run's dtype, so that a share of n rows is k / n exactly and the loss is summed in
+    float64, as the other backends report them. The row loss is not fit's own ``loss``, whose tracker weights
+    each batch's mean by its size in float32 on PyTorch (see _RowLoss)."""
 
-    def share(column: int, name: str) -> keras.metrics.Metric:
+    def mean(column: int, name: str) -> keras.metrics.Metric:
         def rows(y_true, logits):
+            if column < 0:
+                return row_losses(y_true, logits, cfg.activation)
             return hits_and_ties(y_true, logits, cfg.activation, cfg.predict_from)[column]
 
         return keras.metrics.MeanMetricWrapper(rows, name=name, dtype="float64")
 
-    return [share(0, "accuracy"), share(1, "tied")]
+    return [mean(-1, "row_loss"), mean(0, "accuracy"), mean(1, "tied")]
 
 
 class _EpochReporter(keras.callbacks.Callback):
@@ -173,28 +199,37 @@ class _EpochReporter(keras.callbacks.Callback):
         self._starting: list[np.ndarray] = []
 
     def test_scores(self, model: keras.Sequential) -> dict[str, float]:
-        """``model.evaluate`` on the test set, in one batch: its loss and the harness's metrics."""
-        return model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0, return_dict=True)
+        """``model.evaluate`` on the test set, in one batch: its row metrics, as ``_means`` reads them."""
+        model.evaluate(self.x_test, self.y_test, batch_size=len(self.x_test), verbose=0)
+        return _means(model)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._starting = self.model.get_weights() if self.full_batch else []
         self._timer = timing.EpochTimer()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        train_loss, train_accuracy, tied = float(logs["loss"]), float(logs["accuracy"]), float(logs["tied"])
-        took = self._timer.stop()  # after the floats above, which wait for the last step
+        train = _means(self.model)
+        took = self._timer.stop()  # after the values above, which wait for the last step
         updated = self.model.get_weights() if self.full_batch else []
         if self.full_batch:
             self.model.set_weights(self._starting)
         test = self.test_scores(self.model)
         self.epochs_run = epoch + 1
         metrics = EpochMetrics(
-            epoch + 1, train_loss, train_accuracy, tied, float(test["loss"]), float(test["accuracy"]), *took
+            epoch + 1, train["row_loss"], train["accuracy"], train["tied"], test["row_loss"], test["accuracy"], *took
         )
         if self.on_epoch(metrics):
             self.model.stop_training = True  # keeping the weights its numbers describe
         elif self.full_batch:
             self.model.set_weights(updated)
+
+
+def _means(model: keras.Sequential) -> dict[str, float]:
+    """The row metrics of the last fit or evaluate, each its total over its count divided here: a metric's
+    own result() divides in float32 on PyTorch (see _RowLoss), which would round a float64 run's."""
+    metrics = [inner for metric in model.metrics for inner in getattr(metric, "metrics", [metric])]
+    values = {m.name: [float(ops.convert_to_numpy(v)) for v in (m.total, m.count)] for m in metrics}
+    return {name: total / count for name, (total, count) in values.items()}
 
 
 def fit(data: TrainData, cfg: TrainingSpec, on_epoch: EpochCallback, placement: AbstractContextManager) -> FitResult:

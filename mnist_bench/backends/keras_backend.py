@@ -1,5 +1,5 @@
 """backend=keras: keras.Sequential([Dense(10)]) trained by model.fit (_keras_model.py), on the engine
-``backend.keras_backend`` names: tensorflow (the default) or jax.
+``backend.keras_backend`` names: tensorflow (the default), jax or torch.
 
 Keras reads its engine once, from $KERAS_BACKEND when it is first imported, and a sweep may run jobs of
 both engines in one process (Hydra's basic launcher runs them one after another; a joblib worker runs
@@ -10,7 +10,8 @@ several). So every job loads Keras on its own engine before it touches Keras (``
   Nothing of a job's Keras outlives its fit, so no object of the old package is used again.
 $KERAS_BACKEND and ~/.keras/keras.json therefore never choose a run's engine: its config does.
 
-This module imports no framework: TensorFlow is imported only for the tensorflow engine, JAX only for jax.
+This module imports no framework: TensorFlow is imported only for the tensorflow engine, JAX only for jax,
+PyTorch only for torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import importlib.util
 import os
 import sys
 import warnings
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
 
 from mnist_bench.backends.base import BackendUnavailable, EpochCallback, FitResult, TrainData
@@ -37,6 +39,7 @@ _MODEL = "mnist_bench.backends._keras_model"
 _ENGINES = {
     "tensorflow": ("mnist_bench.backends._tf_common", "TensorFlow", "tf"),
     "jax": ("mnist_bench.backends._jax_common", "JAX", "jax"),
+    "torch": ("mnist_bench.backends._torch_common", "PyTorch", "torch"),
 }
 
 
@@ -87,8 +90,20 @@ def _device(cfg: TrainingSpec) -> tuple[AbstractContextManager, str, str]:
 
         device, kind, name = common.resolve_device(cfg)
         return jax.default_device(device), kind, name
+    if cfg.backend.keras_backend == "torch":
+        _, kind, name = common.resolve_device(cfg)
+        return _keras_device(kind), kind, name
     kind, name = common.resolve_device(cfg)
     return common.placement(kind), kind, name
+
+
+@contextmanager
+def _keras_device(kind: str) -> Iterator[None]:
+    """keras.device's scope, entered once Keras is loaded: Keras on PyTorch otherwise takes CUDA where it sees it."""
+    import keras
+
+    with keras.device("gpu" if kind == "gpu" else "cpu"):
+        yield
 
 
 class KerasBackend:

@@ -24,13 +24,14 @@ PER_FIGURE = 12  # lines per panel of a curves figure: more settings than this g
 PLAIN = ("backend", "activation", "device")  # shown by value ("numpy-sigmoid-cpu"), the rest as key=value
 SHORT = {"epochs": "e", "batch_size": "batch"}
 # One look per backend, the same in every figure. The backends compute the same numbers by design, so their
-# lines often lie exactly on top of each other: the markers (hollow circle, x, +, hollow square) still show
-# through one another there, and the line styles tell them apart wherever they do differ.
+# lines often lie exactly on top of each other: the markers (hollow circle, x, +, hollow square and triangle)
+# still show through one another there, and the line styles tell them apart wherever they do differ.
 BACKEND_STYLES: dict[str, dict[str, object]] = {
     "numpy": {"linestyle": "-", "marker": "o", "markersize": 9, "markerfacecolor": "none", "linewidth": 2.2},
     "tf": {"linestyle": (0, (5, 3)), "marker": "x", "markersize": 7},
     "jax": {"linestyle": ":", "marker": "+", "markersize": 11},
     "keras": {"linestyle": "-.", "marker": "s", "markersize": 5, "markerfacecolor": "none"},
+    "torch": {"linestyle": (0, (3, 1, 1, 1)), "marker": "^", "markersize": 7, "markerfacecolor": "none"},
 }
 OTHER_STYLES = [{"linestyle": (0, (1, 2, 4, 2)), "marker": marker, "markersize": 7} for marker in "dv<>"]
 LOSS_NAMES = {  # what each activation's loss is: per image, averaged over the images

@@ -1,0 +1,91 @@
+"""The compiled and eager framework models against the NumPy reference, on small synthetic data (see parity.py):
+backend=jax, backend=torch (eager and through torch.compile), and Keras on JAX and on PyTorch. Each model needs
+only its own framework installed (skipped otherwise, a failure in CI). What is one framework's own (its
+device, its probabilities where sigmoids saturate, a missing install) is in test_jax_backend.py,
+test_torch_backend.py and test_keras_jax.py; backend=tf and Keras on TensorFlow are in test_tf_backends.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from needs import import_extra
+from parity import SUMMED_GRADIENT, assert_learns, assert_same_training, config, fit, labelled
+
+# Each model, and the framework (module, extra) it needs. torch.compile compiles each batch shape of each
+# test (15-30 s each on 2 cores): its cases run with the slow tests.
+FRAMEWORKS = {"jax": ("jax", "jax"), "keras[jax]": ("jax", "jax"), "torch": ("torch", "torch")}
+FRAMEWORKS |= {"torch+compile": ("torch", "torch"), "keras[torch]": ("torch", "torch")}
+MODELS = [pytest.param(m, marks=pytest.mark.slow) if m == "torch+compile" else m for m in FRAMEWORKS]
+
+
+@pytest.fixture(params=MODELS)
+def model(request: pytest.FixtureRequest) -> str:
+    import_extra(*FRAMEWORKS[request.param])
+    if request.param.startswith("keras"):
+        import_extra("keras", FRAMEWORKS[request.param][1])
+    return request.param
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_matches_numpy_full_batch(model: str, activation: str) -> None:
+    """20 full-batch float64 epochs: every curve and the final parameters within 1e-9 relative."""
+    expected = fit(config("numpy", activation=activation))
+    actual = fit(labelled(model, activation=activation))
+    assert_learns(expected)
+    assert_same_training(actual, expected)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_momentum_cosine_shuffled_minibatches(model: str, activation: str) -> None:
+    """Momentum, a per-step schedule, shuffled batches and a last partial batch (512 = 5 x 100 + 12):
+    the same curves, and accuracies identical to the row."""
+    options = {"activation": activation, "batch_size": 100, "momentum": 0.9, "lr_schedule": "cosine", "epochs": 5}
+    expected = fit(config("numpy", **options))
+    actual = fit(labelled(model, **options))
+    assert_learns(expected)
+    assert_same_training(actual, expected)
+    for column in ("train_accuracy", "tied_prediction_fraction", "test_accuracy"):
+        np.testing.assert_array_equal(actual.curves[column], expected.curves[column], err_msg=column)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_summed_weight_gradient_on_raw_pixels(model: str, activation: str) -> None:
+    """The weight gradient is the batch's row count times the mean one (parity.SUMMED_GRADIENT)."""
+    options = {"activation": activation, **SUMMED_GRADIENT}
+    expected = fit(config("numpy", **options))
+    actual = fit(labelled(model, **options))
+    assert_learns(expected)
+    assert_same_training(actual, expected)
+    mean = fit(labelled(model, **{**options, "grad_reduction": "mean"}))
+    assert not np.allclose(mean.result.weights, actual.result.weights, rtol=1e-3)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+def test_probabilities_rule_matches_numpy_on_raw_pixels(model: str, activation: str) -> None:
+    """The tutorial's rule, from weights large enough (raw pixels) that outputs tie."""
+    options = {"activation": activation, "predict_from": "probabilities", "normalize": False, "lr": 1e-3}
+    expected = fit(config("numpy", **options))
+    if activation == "sigmoid":
+        assert expected.curves["tied_prediction_fraction"].max() > 0.1
+    assert_same_training(fit(labelled(model, **options)), expected)
+
+
+def test_each_run_keeps_its_dtype(model: str) -> None:
+    """x64 mode (and Keras' floatx) are the process's: a float32 run after a float64 one still trains in float32."""
+    for dtype in ("float64", "float32"):
+        run = fit(labelled(model, dtype=dtype, batch_size=128, epochs=1))
+        assert run.result.weights.dtype == run.result.bias.dtype == np.dtype(dtype)
+
+
+def test_on_epoch_true_stops_after_that_epoch(model: str) -> None:
+    run = fit(labelled(model, batch_size=128, epochs=10), stop=lambda m: m.epoch == 3)
+    assert run.result.epochs_run == 3
+    assert len(run.curves["train_loss"]) == 3
+
+
+def test_warmup_changes_nothing(model: str) -> None:
+    options = {"batch_size": 100, "momentum": 0.9, "lr_schedule": "linear", "epochs": 2}
+    cold = fit(labelled(model, warmup_epochs=0, **options))
+    warm = fit(labelled(model, warmup_epochs=2, **options))
+    assert warm.result.warmup_seconds > cold.result.warmup_seconds
+    assert_same_training(warm, cold, rtol=0)
