@@ -415,18 +415,24 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def backend_label(name: str, keras_backend: str | None) -> str:
-    """The backend as runs and reports name it: ``keras[jax]`` for Keras on a non-default engine, else its name."""
-    return f"{name}[{keras_backend}]" if keras_backend and keras_backend != KERAS_BACKENDS[0] else name
+def backend_label(
+    name: str, keras_backend: str | None, compiled: bool = False, options: dict[str, object] | None = None
+) -> str:
+    """The backend as runs and reports name it: its name, with ``[jax]`` for Keras on a non-default engine,
+    ``+compile`` for torch through torch.compile (as bench names it) and ``{key=value}`` for an installed
+    backend's options: each a model of its own, compared with the others in the report."""
+    label = f"{name}[{keras_backend}]" if keras_backend and keras_backend != KERAS_BACKENDS[0] else name
+    label += "+compile" if compiled else ""
+    return label + ("{" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "}" if options else "")
 
 
 def run_name(cfg: Config) -> str:
-    """A readable run name such as ``numpy-sigmoid-lr0.1-s0-e100-b128`` (``keras[jax]-softmax-...``): what
+    """A readable run name such as ``numpy-sigmoid-lr0.1-s0-e100-b128`` (``keras[jax]-softmax-...``, no options): what
     a sweep usually varies first, seed included, since MLflow's runs table shows only the first ~25
     characters and rows that differ only past them look like one run twice."""
     batch = "" if cfg.batch_size is None else f"-b{cfg.batch_size}"
     data = "" if cfg.dataset.name == "mnist" else f"-{cfg.dataset.name}"
-    backend = backend_label(cfg.backend.name, cfg.backend.keras_backend)
+    backend = backend_label(cfg.backend.name, cfg.backend.keras_backend, cfg.backend.compile)
     return f"{backend}-{cfg.activation}-lr{cfg.lr:g}-s{cfg.seed}-e{cfg.epochs}{batch}{data}"
 
 

@@ -28,9 +28,11 @@ HYDRA_FLAGS = {
 
 
 def register() -> None:
-    """What the app's configs need before Hydra composes them: the schema, the sweeper, the launcher's resolver."""
+    """What the app's configs need before Hydra composes them: the schema, the sweeper, installed backends'
+    configs, the launcher's resolver."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.mnist_bench_backends import MnistBenchBackends
     from hydra_plugins.mnist_bench_launcher import MnistBenchRayLauncher
     from hydra_plugins.mnist_bench_sweeper import MnistBenchSweeper
 
@@ -38,6 +40,7 @@ def register() -> None:
     # Hydra finds plugins by scanning the hydra_plugins namespace, which misses them in an editable install.
     Plugins.instance().register(MnistBenchSweeper)
     Plugins.instance().register(MnistBenchRayLauncher)
+    Plugins.instance().register(MnistBenchBackends)
     # The GPUs a job asks Ray for (conf/hydra/launcher/ray.yaml): one for device=gpu, none otherwise.
     OmegaConf.register_new_resolver("mnist_bench.gpus", lambda device: int(device == "gpu"), replace=True)
     # conf/hydra/launcher/ray.yaml extends the Ray plugin's schema on purpose: Hydra's warning about it is noise.

@@ -35,9 +35,10 @@ BASE_CONFIG = ["backend", "activation", "device", "lr", "epochs", "batch_size"]
 
 
 # Params that get no configuration column of their own: shown as backend/device already (Keras' engine as
-# keras[jax]), or averaged over (seed). Params that never change a run's numbers (config.changes_numbers)
-# get none either.
-NOT_CONFIG = {"backend.name", "backend.keras_backend", "device.name", "seed"}
+# keras[jax], torch.compile as torch+compile, a backend's options), or averaged over (seed). Params that never
+# change a run's numbers (config.changes_numbers) get none either.
+NOT_CONFIG = {"backend.name", "backend.keras_backend", "backend.compile", "device.name", "seed"}
+OPTIONS = "backend.options."  # an installed backend's own keys: shown in its backend label too
 
 
 METRICS = {  # per-run value -> heading in the main table
@@ -80,9 +81,11 @@ def _run_row(run: Run) -> dict[str, object]:
         "rounds": tags.get(Tag.ROUNDS, ""),  # the rounds it trained in, if a sweep trained it in rounds
         "threads": tags.get(Tag.THREADS, ""),  # as resolved for the run (the param may be null)
         "blas": tags.get(Tag.BLAS, ""),
-        "backend": backend_label(  # keras[jax] for Keras on JAX: a model of its own beside keras (on TensorFlow)
+        "backend": backend_label(  # keras[jax], torch+compile: each a model of its own beside keras, torch
             params.get("backend.name") or tags.get(Tag.BACKEND, ""),
             tags.get(Tag.KERAS_BACKEND) or params.get("backend.keras_backend"),
+            normalise(params.get("backend.compile")) == "true",
+            {k.removeprefix(OPTIONS): v for k, v in params.items() if k.startswith(OPTIONS)},
         ),
         "device": tags.get(Tag.DEVICE) or params.get("device.name", ""),  # resolved: auto shows as cpu or gpu
         **{key: tags.get(key, "") for key in MACHINE_TAGS},
@@ -167,7 +170,11 @@ def config_columns(runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
     extra = [
         p
         for p in params
-        if p not in BASE_CONFIG and p not in NOT_CONFIG and changes_numbers(p) and runs[p].nunique() > 1
+        if p not in BASE_CONFIG
+        and p not in NOT_CONFIG
+        and not p.startswith(OPTIONS)
+        and changes_numbers(p)
+        and runs[p].nunique() > 1
     ]
     return [*BASE_CONFIG, *extra]
 
