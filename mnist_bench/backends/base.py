@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -86,6 +86,20 @@ class FitResult:
     bias: np.ndarray  # (10,)
     epochs_run: int
     warmup_seconds: float
+
+
+class Params(NamedTuple):
+    """The model's parameters as one framework's arrays: a pytree to jax.grad and torch.func alike."""
+
+    weights: Any  # (n_features, 10)
+    bias: Any  # (10,)
+
+
+class State(NamedTuple):
+    """What a functional backend's epoch updates: the parameters and, with momentum, their velocities."""
+
+    params: Params
+    velocity: Params | None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +21,8 @@ from mnist_bench.backends.base import (
     EpochCallback,
     EpochMetrics,
     FitResult,
+    Params,
+    State,
     TrainData,
     batch_plan,
     epoch_order,
@@ -41,19 +42,6 @@ except ModuleNotFoundError as err:
 import jax  # after _jax_common, which enables float64
 import jax.numpy as jnp
 from jax import lax
-
-
-class Params(NamedTuple):
-    weights: jax.Array  # (784, 10)
-    bias: jax.Array  # (10,)
-
-
-class State(NamedTuple):
-    """What an epoch updates: the parameters and, with momentum, their velocities."""
-
-    params: Params
-    velocity: Params | None
-
 
 # Per-epoch sums: the loss (float64, as every backend sums it), the rows predicted right, the rows tied.
 Totals = tuple[jax.Array, jax.Array, jax.Array]

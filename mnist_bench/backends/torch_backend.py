@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +22,8 @@ from mnist_bench.backends.base import (
     EpochCallback,
     EpochMetrics,
     FitResult,
+    Params,
+    State,
     TrainData,
     batch_plan,
     epoch_order,
@@ -41,19 +42,6 @@ except ModuleNotFoundError as err:
     ) from err
 
 import torch
-
-
-class Params(NamedTuple):
-    weights: torch.Tensor  # (784, 10)
-    bias: torch.Tensor  # (10,)
-
-
-class State(NamedTuple):
-    """What an epoch updates: the parameters and, with momentum, their velocities."""
-
-    params: Params
-    velocity: Params | None
-
 
 # Running sums over an epoch's batches: the loss (float64, as every backend sums it), rows right, rows tied.
 Totals = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
