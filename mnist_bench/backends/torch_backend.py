@@ -99,7 +99,12 @@ def step_function(cfg: TrainingSpec) -> Step:
             tied_sum + tied,
         )
 
-    return torch.compile(step, dynamic=False) if cfg.backend.compile else step
+    if not cfg.backend.compile:
+        return step
+    # Dynamo keys compiled code by the step's code, the same in every fit, and after a few fits' guards fail it
+    # runs the step eagerly without a word: a sweep's later jobs in one process would time no compiled code.
+    torch.compiler.reset()
+    return torch.compile(step, dynamic=False)
 
 
 def train_epoch(
