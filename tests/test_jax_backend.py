@@ -1,5 +1,5 @@
 """What is JAX's own in backend=jax and Keras on JAX (backend=keras backend.keras_backend=jax): probabilities
-where sigmoids saturate, the device, a missing JAX. Their training against the NumPy reference is in
+where sigmoids saturate, a missing JAX. Their training against the NumPy reference, and their devices, are in
 test_parity.py; test_keras_jax.py has what is Keras' own: its engine changing in a process."""
 
 from __future__ import annotations
@@ -9,18 +9,13 @@ import sys
 import numpy as np
 import pytest
 from needs import import_extra
-from parity import assert_same_training, fit, labelled, saturating_logits
+from parity import saturating_logits
 
 jax = import_extra("jax", "jax")
 
-from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need JAX)
+from mnist_bench import backends  # noqa: E402  (after the skip: these tests need JAX)
 from mnist_bench.backends import base, get, jax_backend  # noqa: E402
 from mnist_bench.backends.numpy_backend import probabilities_and_loss  # noqa: E402
-from mnist_bench.config import ConfigError  # noqa: E402
-
-# The two models trained by JAX: the harness's own jax.numpy one, and Keras' Sequential on its JAX engine.
-MODELS = ["jax", "keras[jax]"]
-
 
 # --- probabilities -------------------------------------------------------------------------------
 
@@ -34,43 +29,6 @@ def test_jax_saturates_and_ties_where_numpy_does() -> None:
     assert 0.1 < base.tied_rows(p).mean() < 0.9
     np.testing.assert_array_equal(jax_p == 1.0, p == 1.0)
     np.testing.assert_array_equal(jax_p == 0.0, p == 0.0)
-
-
-# --- device --------------------------------------------------------------------------------------
-
-
-def _has_gpu() -> bool:
-    try:
-        return bool(jax.devices("gpu"))
-    except RuntimeError:
-        return False
-
-
-@pytest.mark.parametrize("model", MODELS)
-def test_cpu_and_auto_devices(model: str) -> None:
-    expected_auto = "gpu" if _has_gpu() else "cpu"
-    backend = get(labelled(model).backend.name)
-    assert backend.resolve_device(labelled(model, device="auto").spec())[0] == expected_auto
-    assert backend.resolve_device(labelled(model, device="cpu").spec()) == ("cpu", machine.cpu_model())
-
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.skipif(_has_gpu(), reason="JAX sees a GPU on this machine")
-def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        get(labelled(model).backend.name).resolve_device(labelled(model, device="gpu").spec())
-    message = str(info.value)
-    assert message.startswith("device=gpu but JAX sees no GPU") and "device=cpu" in message
-    assert "\n" not in message
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not _has_gpu(), reason="JAX sees no GPU on this machine")
-@pytest.mark.parametrize("model", MODELS)
-def test_gpu_matches_cpu(model: str) -> None:
-    options = {"batch_size": 64, "momentum": 0.9, "epochs": 3}
-    gpu, cpu = fit(labelled(model, device="gpu", **options)), fit(labelled(model, device="cpu", **options))
-    assert_same_training(gpu, cpu, rtol=1e-7)
 
 
 # --- imports -------------------------------------------------------------------------------------

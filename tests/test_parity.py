@@ -1,7 +1,7 @@
-"""The compiled and eager framework models against the NumPy reference, on small synthetic data (see parity.py):
-backend=jax, backend=torch (eager and through torch.compile), and Keras on JAX and on PyTorch. Each model needs
-only its own framework installed (skipped otherwise, a failure in CI). What is one framework's own (its
-device, its probabilities where sigmoids saturate, a missing install) is in test_jax_backend.py,
+"""The compiled and eager framework models against the NumPy reference, on small synthetic data (see parity.py),
+and on their devices: backend=jax, backend=torch (eager and through torch.compile), and Keras on JAX and on
+PyTorch. Each model needs only its own framework installed (skipped otherwise, a failure in CI). What is one
+framework's own (its probabilities where sigmoids saturate, a missing install) is in test_jax_backend.py,
 test_torch_backend.py and test_keras_jax.py; backend=tf and Keras on TensorFlow are in test_tf_backends.py."""
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ import pytest
 from needs import import_extra
 from parity import SUMMED_GRADIENT, assert_learns, assert_same_training, config, fit, labelled
 
+from mnist_bench import machine
+from mnist_bench.backends import get
+from mnist_bench.config import ConfigError
+
 # Each model, and the framework (module, extra) it needs. torch.compile compiles each batch shape of each
 # test (15-30 s each on 2 cores): its cases run with the slow tests.
 FRAMEWORKS = {"jax": ("jax", "jax"), "keras[jax]": ("jax", "jax"), "torch": ("torch", "torch")}
 FRAMEWORKS |= {"torch+compile": ("torch", "torch"), "keras[torch]": ("torch", "torch")}
 MODELS = [pytest.param(m, marks=pytest.mark.slow) if m == "torch+compile" else m for m in FRAMEWORKS]
+LIBRARY = {"jax": "JAX", "torch": "PyTorch"}  # as each framework's one-line errors name it
 
 
 @pytest.fixture(params=MODELS)
@@ -89,3 +94,46 @@ def test_warmup_changes_nothing(model: str) -> None:
     warm = fit(labelled(model, warmup_epochs=2, **options))
     assert warm.result.warmup_seconds > cold.result.warmup_seconds
     assert_same_training(warm, cold, rtol=0)
+
+
+# --- device --------------------------------------------------------------------------------------
+
+
+def sees_gpu(model: str) -> bool:
+    """Whether the model's framework sees a GPU."""
+    if FRAMEWORKS[model][0] == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    import jax
+
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:  # no CUDA-enabled jaxlib, or no GPU visible to it
+        return False
+
+
+def test_cpu_and_auto_devices(model: str) -> None:
+    expected_auto = "gpu" if sees_gpu(model) else "cpu"
+    backend = get(labelled(model).backend.name)
+    assert backend.resolve_device(labelled(model, device="auto").spec())[0] == expected_auto
+    assert backend.resolve_device(labelled(model, device="cpu").spec()) == ("cpu", machine.cpu_model())
+
+
+def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
+    if sees_gpu(model):
+        pytest.skip(f"{model}'s framework sees a GPU on this machine")
+    with pytest.raises(ConfigError) as info:
+        get(labelled(model).backend.name).resolve_device(labelled(model, device="gpu").spec())
+    message = str(info.value)
+    assert message.startswith(f"device=gpu but {LIBRARY[FRAMEWORKS[model][0]]} sees no GPU"), message
+    assert "device=cpu" in message and "\n" not in message
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu(model: str) -> None:
+    if not sees_gpu(model):
+        pytest.skip(f"{model}'s framework sees no GPU on this machine")
+    options = {"batch_size": 64, "momentum": 0.9, "epochs": 3}
+    gpu, cpu = fit(labelled(model, device="gpu", **options)), fit(labelled(model, device="cpu", **options))
+    assert_same_training(gpu, cpu, rtol=1e-7)

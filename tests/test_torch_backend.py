@@ -1,6 +1,6 @@
 """What is PyTorch's own in backend=torch and Keras on PyTorch (backend=keras backend.keras_backend=torch):
-probabilities where sigmoids saturate, threads, the device, a missing PyTorch, and a NumPy run that never
-imports it. Their training against the NumPy reference is in test_parity.py."""
+probabilities where sigmoids saturate, threads, a missing PyTorch, and a NumPy run that never imports it.
+Their training against the NumPy reference, and their devices, are in test_parity.py."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import numpy as np
 import pytest
 from conftest import REPO
 from needs import import_extra
-from parity import assert_same_training, fit, labelled, saturating_logits
+from parity import labelled, saturating_logits
 
 torch = import_extra("torch", "torch")
 
-from mnist_bench import backends, machine  # noqa: E402  (after the skip: these tests need PyTorch)
+from mnist_bench import backends  # noqa: E402  (after the skip: these tests need PyTorch)
 from mnist_bench.backends import base, get, torch_backend  # noqa: E402
 from mnist_bench.backends.numpy_backend import probabilities_and_loss  # noqa: E402
-from mnist_bench.config import ConfigError  # noqa: E402
-
-# The models PyTorch trains: the harness's own torch one, and Keras' Sequential on its PyTorch engine.
-MODELS = ["torch", "keras[torch]"]
 
 
 def test_torch_saturates_and_ties_where_numpy_does() -> None:
@@ -51,36 +47,6 @@ def test_threads_follow_backend_threads() -> None:
             dataclasses.replace(cfg, backend=dataclasses.replace(cfg.backend, threads=threads)).spec()
         )
         assert torch.get_num_threads() == threads
-
-
-# --- device --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model", MODELS)
-def test_cpu_and_auto_devices(model: str) -> None:
-    expected_auto = "gpu" if torch.cuda.is_available() else "cpu"
-    backend = get(labelled(model).backend.name)
-    assert backend.resolve_device(labelled(model, device="auto").spec())[0] == expected_auto
-    assert backend.resolve_device(labelled(model, device="cpu").spec()) == ("cpu", machine.cpu_model())
-
-
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.skipif(torch.cuda.is_available(), reason="PyTorch sees a GPU on this machine")
-def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        get(labelled(model).backend.name).resolve_device(labelled(model, device="gpu").spec())
-    message = str(info.value)
-    assert message.startswith("device=gpu but PyTorch sees no GPU") and "device=cpu" in message
-    assert "\n" not in message
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="PyTorch sees no GPU on this machine")
-@pytest.mark.parametrize("model", [*MODELS, "torch+compile"])
-def test_gpu_matches_cpu(model: str) -> None:
-    options = {"batch_size": 64, "momentum": 0.9, "epochs": 3}
-    gpu, cpu = fit(labelled(model, device="gpu", **options)), fit(labelled(model, device="cpu", **options))
-    assert_same_training(gpu, cpu, rtol=1e-7)
 
 
 # --- imports -------------------------------------------------------------------------------------
