@@ -6,7 +6,7 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
 2. the seconds of one epoch of each backend (tf and keras also with XLA; by default every backend whose
    framework imports here), full batch and minibatch, as the backend times it (training compute only,
    after a warm-up epoch), each over the floor at the same thread count (as runs choose them: numpy
-   minibatches 1, else all cores; or --threads). The backends take turns epoch by epoch, A B C A B C ...,
+   and torch minibatches 1, else all cores; or --threads). The backends take turns epoch by epoch, A B C A B C ...,
    so a drift in the machine's speed hits them alike, and each pair gets its ratio with a 95% interval
    that resamples whole rounds, and a verdict by the rules of ``mnist_bench.timing`` (the conditions of
    the rounds, load and other processes' CPU share, make a verdict ``unreliable`` as they would a run's);
@@ -22,7 +22,8 @@ In one process, on full MNIST (float32, inputs in [0, 1]):
 Figures are min, median and max over the repeats. The load average before and after is printed
 with them: on a shared machine it says how far to trust them.
 
-    mnist-bench bench [--threads N] [--repeats 5] [--backends numpy,tf,tf+xla,keras,keras+xla,keras[jax],jax]
+    mnist-bench bench [--threads N] [--repeats 5]
+                      [--backends numpy,tf,tf+xla,keras,keras+xla,keras[jax],jax,torch,torch+compile,keras[torch]]
                       [--reference keras-adam|none] [--batch-size 256] [--json PATH]
 
 Exit status: 0 when every figure was measured, 2 on bad input (one line).
@@ -50,8 +51,20 @@ from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.stepper import EpochStepper
 
 PROG = "mnist-bench bench"
-# A backend, tf/keras with backend.xla=true ("tf+xla"), or Keras on its JAX engine ("keras[jax]").
-BACKENDS = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "keras[jax]", "jax")
+# A backend, tf/keras with backend.xla=true ("tf+xla"), torch with backend.compile=true ("torch+compile"), or
+# Keras on another engine ("keras[jax]").
+BACKENDS = (
+    "numpy",
+    "tf",
+    "tf+xla",
+    "keras",
+    "keras+xla",
+    "keras[jax]",
+    "jax",
+    "torch",
+    "torch+compile",
+    "keras[torch]",
+)
 # How each label's epoch runs: the form its figures are of.
 FORMS = {
     "numpy": "Python loop over NumPy/BLAS calls",
@@ -61,6 +74,9 @@ FORMS = {
     "keras+xla": "model.fit, its train step XLA-compiled",
     "keras[jax]": "model.fit on JAX, its train step jitted (XLA)",
     "jax": "one jax.jit per epoch, lax.scan over batches (XLA)",
+    "torch": "Python loop, one eager torch step a batch",
+    "torch+compile": "Python loop, one torch.compile'd step a batch",
+    "keras[torch]": "model.fit on PyTorch, its train step eager",
 }
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
@@ -139,9 +155,14 @@ def load_mnist() -> base.TrainData:
 
 def backend_config(label: str, threads: int | None) -> BackendConfig:
     """``numpy``, ``tf+xla``, ``keras[jax]``, ... as a backend config with one warm-up epoch (not counted)."""
-    name, engine, xla = backends.split_label(label)
+    name, engine, compiler = backends.split_label(label)
     return BackendConfig(
-        name=name, threads=threads, warmup_epochs=1, xla=xla, keras_backend=engine or KERAS_BACKENDS[0]
+        name=name,
+        threads=threads,
+        warmup_epochs=1,
+        xla=compiler == "xla",
+        compile=compiler == "compile",
+        keras_backend=engine or KERAS_BACKENDS[0],
     )
 
 
@@ -279,7 +300,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=machine.measured_threads,
-        help="BLAS/TF threads (default: as runs choose: numpy minibatches 1, else all)",
+        help="BLAS/TF/torch threads (default: as runs choose: numpy and torch minibatches 1, else all)",
     )
     parser.add_argument("--repeats", type=_positive, default=5, help="epochs, and seeds, per figure (default 5)")
     parser.add_argument(
@@ -348,7 +369,7 @@ def _main(argv: Sequence[str]) -> int:
 
     load_before = _load_average()
     print(f"cpu: {machine.cpu_model()}, {machine.cpu_count()} cores; load average {load_before}")
-    # The floor at every thread count the figures use: the one given, or 1 (numpy minibatches) and all cores.
+    # The floor at every thread count the figures use: the one given, or 1 (numpy, torch minibatches) and all cores.
     roofs = {n: roofline.measure(n) for n in sorted({args.threads} if args.threads else {1, machine.cpu_count()})}
     for threads, roof in roofs.items():
         print(

@@ -33,7 +33,8 @@ def create(label: str, train: base.TrainData, batch_size: int, lr: float) -> obj
     spec = importlib.util.spec_from_file_location(f"mnist_bench_peer_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    options = {"xla": True} if backends.split_label(label)[2] else {}
+    compiler = backends.split_label(label)[2]  # tf+xla: xla=True; torch+compile: compile=True
+    options = {compiler: True} if compiler else {}
     return module.Peer(train.x_train, train.y_train, batch_size, lr, **options)
 
 

@@ -54,12 +54,24 @@ def test_numpy_figures_beside_the_floor_measured_in_the_same_run(mnist_dir: Path
 def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_path: Path) -> None:
     import_extra("tensorflow", "tf")
     import_extra("jax", "jax")
+    import_extra("torch", "torch")
     out = tmp_path / "bench.json"
-    done = bench(run_cli, tmp_path, "--repeats", "3", "--json", str(out), timeout=900)
+    done = bench(run_cli, tmp_path, "--repeats", "3", "--json", str(out), timeout=1500)  # torch.compile: minutes
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
 
-    labels = ("numpy", "tf", "tf+xla", "keras", "keras+xla", "keras[jax]", "jax")
+    labels = (
+        "numpy",
+        "tf",
+        "tf+xla",
+        "keras",
+        "keras+xla",
+        "keras[jax]",
+        "jax",
+        "torch",
+        "torch+compile",
+        "keras[torch]",
+    )
     assert {(e["backend"], e["batch"]) for e in report["epochs"]} == {
         (label, batch) for label in labels for batch in ("full", "b256")
     }
@@ -68,7 +80,8 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
     for pair in report["pairs"]:
         assert pair["speed_ratio_low"] <= pair["speed_ratio"] <= pair["speed_ratio_high"]
         assert pair["speed_verdict"].startswith(("faster", "slower", "within noise", "unreliable: "))
-    assert {p["backend"] for p in report["peers"]} == {"numpy", "tf", "tf+xla", "jax"}  # Keras has no peer
+    peered = {"numpy", "tf", "tf+xla", "jax", "torch", "torch+compile"}  # Keras has no peer
+    assert {p["backend"] for p in report["peers"]} == peered
     figures = {f["contender"]: f for f in report["time_to_target"]["figures"]}
     assert list(figures) == [f"{label} fast" for label in labels] + ["keras model.fit + Adam"]
     adam = figures.pop("keras model.fit + Adam")
@@ -81,7 +94,7 @@ def test_every_backend_against_keras_with_adam(mnist_dir: Path, run_cli, tmp_pat
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--backends", "numpy,mxnet"], "numpy, tf, tf+xla, keras, keras+xla, keras[jax], jax"),
+        (["--backends", "numpy,mxnet"], "numpy, tf, tf+xla, keras, keras+xla, keras[jax], jax, torch, torch+compile"),
         (["--repeats", "0"], ">= 1"),
         (["--reference", "sklearn"], "keras-adam"),
         (["--json", "{missing}/bench.json"], "does not exist"),

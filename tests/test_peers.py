@@ -12,17 +12,27 @@ from parity import X_TEST, X_TRAIN, Y_TEST, Y_TRAIN, config, fit
 from mnist_bench import peers
 from mnist_bench.backends import base
 
-FRAMEWORKS = {"numpy": None, "tf": ("tensorflow", "tf"), "tf+xla": ("tensorflow", "tf"), "jax": ("jax", "jax")}
+FRAMEWORKS = {
+    "numpy": None,
+    "tf": ("tensorflow", "tf"),
+    "tf+xla": ("tensorflow", "tf"),
+    "jax": ("jax", "jax"),
+    "torch": ("torch", "torch"),
+    "torch+compile": ("torch", "torch"),
+}
 EPOCHS = 2
 
 
-@pytest.mark.parametrize("label", FRAMEWORKS)
+SLOW = {"torch+compile"}  # its compilations take ~20 s; the default suite has the eager torch peer
+
+
+@pytest.mark.parametrize("label", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in FRAMEWORKS])
 def test_peer_trains_as_its_backend_does(label: str) -> None:
     if FRAMEWORKS[label]:
         import_extra(*FRAMEWORKS[label])
-    name, _, xla = label.partition("+")
+    name, _, compiler = label.partition("+")
     options = {"dtype": "float32", "activation": "softmax", "init": "zeros", "lr": 0.02, "batch_size": 100}
-    cfg = config(name, xla=bool(xla), epochs=EPOCHS, **options)
+    cfg = config(name, xla=compiler == "xla", compile=compiler == "compile", epochs=EPOCHS, **options)
     train = base.prepare(X_TRAIN, Y_TRAIN, X_TEST, Y_TEST, cfg.spec())
     expected = fit(cfg, train=train)  # 512 rows: 5 batches of 100 and a last one of 12
 
@@ -41,3 +51,4 @@ def test_keras_has_no_peer() -> None:
     """model.fit is Keras' own idiom: bench prints no peer ratio for it."""
     assert peers.peer_file("keras") is None and peers.peer_file("keras[jax]") is None
     assert peers.peer_file("tf+xla") == peers.peer_file("tf") == peers.PEER_DIR / "tf_peer.py"
+    assert peers.peer_file("torch+compile") == peers.PEER_DIR / "torch_peer.py"

@@ -32,7 +32,9 @@ def backend_or_skip(label: str) -> base.Backend:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-@pytest.mark.parametrize("name", ["numpy", "tf", "keras", "keras[jax]", "jax"])
+@pytest.mark.parametrize(
+    "name", ["numpy", "tf", "keras", "keras[jax]", "jax", "torch", "torch+compile", "keras[torch]"]
+)
 def test_epoch(benchmark, train_data: base.TrainData, name: str, activation: str, batch: str) -> None:
     backend = backend_or_skip(name)
     backend_config = dataclasses.replace(bench.backend_config(name, THREADS), warmup_epochs=0)

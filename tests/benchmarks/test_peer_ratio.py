@@ -22,7 +22,7 @@ ROUNDS = 7  # fastest of 7: at load 7-17, 5 rounds put NumPy at 0.99 and 1.25 of
 BATCH_SIZE, LR = 256, 0.5
 
 
-@pytest.mark.parametrize("name", ["numpy", "tf", "jax"])
+@pytest.mark.parametrize("name", ["numpy", "tf", "jax", "torch"])
 def test_epoch_over_peer(benchmark, train_data: base.TrainData, name: str) -> None:
     backend = backend_or_skip(name)
     backend_config = dataclasses.replace(bench.backend_config(name, THREADS), warmup_epochs=0)
