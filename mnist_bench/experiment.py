@@ -65,12 +65,15 @@ def _taking_turns(callbacks: Callbacks, run: tracking.TrackedRun, turn: Turn) ->
 def resolve_threads(cfg: Config, jobs_at_once: int) -> int:
     """Threads per job: as configured, else the cores shared among the jobs that run at once.
 
-    NumPy minibatches get one thread: OpenBLAS's threading of small GEMMs costs more than it
-    saves on 2 cores, and collapses under outside load (docs/performance.md has the figures).
+    NumPy and PyTorch (Keras on it too) minibatches get one thread: OpenBLAS's threading of small GEMMs
+    costs more than it saves on 2 cores, and collapses under outside load (docs/performance.md has the
+    figures); so does PyTorch's OpenMP pool, whose threads spin at each of a step's small ops (a 10,000-row
+    epoch of batch 200 measured 15 s on 2 threads against 1.0 s on 1 at load 15).
     """
     if cfg.backend.threads:
         return cfg.backend.threads
-    if cfg.backend.name == "numpy" and cfg.batch_size is not None:
+    on_torch = cfg.backend.name == "torch" or cfg.backend.keras_backend == "torch"
+    if (cfg.backend.name == "numpy" or on_torch) and cfg.batch_size is not None:
         return 1
     return max(1, machine.cpu_count() // max(1, jobs_at_once))
 
