@@ -17,6 +17,7 @@ from mnist_bench.config import (
     DeviceConfig,
     TrackingConfig,
     as_flat_dict,
+    backend_label,
     config_hash,
     run_name,
     validate,
@@ -287,10 +288,19 @@ def test_the_backends_default_activation_hashes_as_if_it_had_been_given() -> Non
         (Config(backend=BackendConfig(name="keras"), lr=1.0, epochs=5, batch_size=32), "keras-sigmoid-lr1-s0-e5-b32"),
         (Config(dataset=DatasetConfig(name="fashion_mnist")), "numpy-sigmoid-lr0.1-s0-e10-fashion_mnist"),
         (Config(backend=BackendConfig(name="keras", keras_backend="jax")), "keras[jax]-sigmoid-lr0.1-s0-e10"),
+        (Config(backend=BackendConfig(name="torch", compile=True)), "torch+compile-sigmoid-lr0.1-s0-e10"),
     ],
 )
 def test_run_name(cfg: Config, expected: str) -> None:
     assert run_name(cfg) == expected
+
+
+def test_backend_label_names_each_model_of_its_own() -> None:
+    """What the report groups runs by: an engine, torch.compile and an installed backend's options each part
+    a backend's runs from its plain ones, as models of their own."""
+    assert backend_label("keras", "tensorflow") == "keras" and backend_label("keras", "torch") == "keras[torch]"
+    assert backend_label("torch", "tensorflow", compiled=True) == "torch+compile"
+    assert backend_label("einsum", None, options={"optimize": "False", "block": 2}) == "einsum{block=2,optimize=False}"
 
 
 def _leaf_keys(cls: type, prefix: str = "") -> set[str]:
