@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from needs import import_extra
-from parity import config, fit
+from parity import config, fit, labelled
 
 from mnist_bench.backends import base
 from mnist_bench.backends.numpy_backend import score
@@ -20,6 +20,8 @@ MODELS = {
     "keras": ("tensorflow", "tf"),
     "jax": ("jax", "jax"),
     "keras[jax]": ("jax", "jax"),
+    "torch": ("torch", "torch"),
+    "keras[torch]": ("torch", "torch"),
 }
 STOP_AT = 4
 
@@ -28,9 +30,7 @@ def model_config(model: str, **options: object) -> Config:
     """The model's float64 parity config; skipped (a failure in CI) where its framework is not installed."""
     if MODELS[model]:
         import_extra(*MODELS[model])
-    if model == "keras[jax]":
-        return config("keras", keras_backend="jax", **options)
-    return config(model, **options)
+    return labelled(model, **options)
 
 
 def scored(cfg: Config, weights: np.ndarray, bias: np.ndarray) -> base.WeightScores:

@@ -166,22 +166,26 @@ class TorchBackend:
 
         epochs_run = 0
         for epoch in range(cfg.epochs):
-            epoch_rows = order(epoch)
+            epoch_rows, epoch_lrs = order(epoch), lrs[epoch]
+            starting = state.params  # never written to: full batch, the weights the epoch's numbers describe
             start = time.perf_counter()
             state, (loss_sum, correct, tied) = train_epoch(
-                step, state, x_train, y_train, epoch_rows, lrs[epoch], batch_size
+                step, state, x_train, y_train, epoch_rows, epoch_lrs, batch_size
             )
             train_loss = float(loss_sum) / n_samples  # waits for the epoch
             seconds = time.perf_counter() - start
             train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
-            test_loss, test_accuracy = evaluate(state.params, x_test, y_test, cfg)
+            described = starting if steps == 1 else state.params  # see EpochMetrics
+            test_loss, test_accuracy = evaluate(described, x_test, y_test, cfg)
             epochs_run = epoch + 1
             metrics = EpochMetrics(
                 epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
             )
             if on_epoch(metrics):
-                break
-        weights, bias = (p.cpu().numpy() for p in state.params)
+                break  # keeping the weights its numbers describe
+        else:
+            described = state.params  # no stop: the weights after the last update
+        weights, bias = (p.cpu().numpy() for p in described)
         return FitResult(weights, bias, epochs_run, warmup_seconds)
 
 

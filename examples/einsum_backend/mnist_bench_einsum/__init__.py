@@ -7,8 +7,9 @@ What a backend needs (README, "Your own backend"):
 - optionally ``Options``, a dataclass of its own keys, which mnist-bench checks like its own.
 
 It trains the harness's model with what every backend shares from ``mnist_bench.backends.base`` (initial
-weights, batch order, per-step learning rates), so its runs compare with the built-in backends' to the last
-digit: the products are np.einsum, the gradient is the logits' error (p - y) taken by hand, one batch at a time.
+weights, batch order, per-step learning rates, which weights each epoch's numbers describe: EpochMetrics), so
+its runs compare with the built-in backends' to the last digit: the products are np.einsum, the gradient is
+the logits' error (p - y) taken by hand, one batch at a time.
 """
 
 from __future__ import annotations
@@ -88,12 +89,13 @@ class EinsumBackend:
         with np.errstate(over="ignore"):
             for epoch in range(cfg.epochs):
                 order = base.epoch_order(cfg, n, epoch)
+                starting = [p.copy() for p in params] if steps == 1 else params  # see base.EpochMetrics
                 start = time.perf_counter()
                 loss_sum, right, tied = _epoch(
                     data, y_train, params, velocity, rates[epoch], order, size, cfg, optimize
                 )
                 seconds = time.perf_counter() - start
-                z = np.einsum("ij,jk->ik", data.x_test, params[0], optimize=optimize) + params[1]
+                z = np.einsum("ij,jk->ik", data.x_test, starting[0], optimize=optimize) + starting[1]
                 p, losses = probabilities_and_loss(z, data.one_hot(data.y_test), cfg.activation)
                 test_accuracy = float((base.predicted_class(z, p, cfg.predict_from) == data.y_test).mean())
                 epochs_run = epoch + 1
@@ -101,6 +103,7 @@ class EinsumBackend:
                     epochs_run, loss_sum / n, right / n, tied / n, float(losses.mean()), test_accuracy, seconds
                 )
                 if on_epoch(metrics):
+                    params = starting  # a full-batch stop keeps the weights its numbers describe
                     break
         return base.FitResult(params[0], params[1], epochs_run, warmup_seconds)
 
