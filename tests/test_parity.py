@@ -23,12 +23,23 @@ MODELS = [pytest.param(m, marks=pytest.mark.slow) if m == "torch+compile" else m
 LIBRARY = {"jax": "JAX", "torch": "PyTorch"}  # as each framework's one-line errors name it
 
 
+def _importable(model: str) -> str:
+    import_extra(*FRAMEWORKS[model])
+    if model.startswith("keras"):
+        import_extra("keras", FRAMEWORKS[model][1])
+    return model
+
+
 @pytest.fixture(params=MODELS)
 def model(request: pytest.FixtureRequest) -> str:
-    import_extra(*FRAMEWORKS[request.param])
-    if request.param.startswith("keras"):
-        import_extra("keras", FRAMEWORKS[request.param][1])
-    return request.param
+    return _importable(request.param)
+
+
+@pytest.fixture(params=[m for m in FRAMEWORKS if m != "torch+compile"])
+def model_but_torch_compile(request: pytest.FixtureRequest) -> str:
+    """The models, less torch+compile where a test would only pay its compilations again to show what the
+    others show (its dtype, stopping and devices are torch's)."""
+    return _importable(request.param)
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
@@ -75,14 +86,16 @@ def test_probabilities_rule_matches_numpy_on_raw_pixels(model: str, activation: 
     assert_same_training(fit(labelled(model, **options)), expected)
 
 
-def test_each_run_keeps_its_dtype(model: str) -> None:
+def test_each_run_keeps_its_dtype(model_but_torch_compile: str) -> None:
     """x64 mode (and Keras' floatx) are the process's: a float32 run after a float64 one still trains in float32."""
+    model = model_but_torch_compile
     for dtype in ("float64", "float32"):
         run = fit(labelled(model, dtype=dtype, batch_size=128, epochs=1))
         assert run.result.weights.dtype == run.result.bias.dtype == np.dtype(dtype)
 
 
-def test_on_epoch_true_stops_after_that_epoch(model: str) -> None:
+def test_on_epoch_true_stops_after_that_epoch(model_but_torch_compile: str) -> None:
+    model = model_but_torch_compile
     run = fit(labelled(model, batch_size=128, epochs=10), stop=lambda m: m.epoch == 3)
     assert run.result.epochs_run == 3
     assert len(run.curves["train_loss"]) == 3
@@ -113,14 +126,17 @@ def sees_gpu(model: str) -> bool:
         return False
 
 
-def test_cpu_and_auto_devices(model: str) -> None:
+def test_cpu_and_auto_devices(model_but_torch_compile: str) -> None:
+    model = model_but_torch_compile
     expected_auto = "gpu" if sees_gpu(model) else "cpu"
     backend = get(labelled(model).backend.name)
     assert backend.resolve_device(labelled(model, device="auto").spec())[0] == expected_auto
-    assert backend.resolve_device(labelled(model, device="cpu").spec()) == ("cpu", machine.cpu_model())
+    on_cpu = backend.resolve_device(labelled(model, device="cpu").spec())
+    assert on_cpu == ("cpu", machine.cpu_model())
 
 
-def test_gpu_without_one_is_a_one_line_config_error(model: str) -> None:
+def test_gpu_without_one_is_a_one_line_config_error(model_but_torch_compile: str) -> None:
+    model = model_but_torch_compile
     if sees_gpu(model):
         pytest.skip(f"{model}'s framework sees a GPU on this machine")
     with pytest.raises(ConfigError) as info:
