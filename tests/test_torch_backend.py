@@ -35,7 +35,8 @@ def test_torch_saturates_and_ties_where_numpy_does() -> None:
     np.testing.assert_array_equal(torch_p == 0.0, p == 0.0)
     for rule in ("logits", "probabilities"):
         spec = labelled("torch", activation="sigmoid", predict_from=rule).spec()
-        correct, tied = torch_backend.row_counts(torch.from_numpy(z), torch.from_numpy(y), spec)
+        z_tensor = torch.from_numpy(z)
+        correct, tied = torch_backend.row_counts(z_tensor, torch.from_numpy(torch_p), torch.from_numpy(y), spec)
         assert int(correct) == (base.predicted_class(z, p, rule) == y.argmax(axis=1)).sum(), rule
         assert int(tied) == base.tied_rows(p).sum()
 
