@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mnist_bench import timing
 from mnist_bench.backends.base import (
     BackendUnavailable,
     EpochCallback,
@@ -169,18 +170,18 @@ class TorchBackend:
         for epoch in range(cfg.epochs):
             epoch_rows, epoch_lrs = order(epoch), lrs[epoch]
             starting = state.params  # never written to: full batch, the weights the epoch's numbers describe
-            start = time.perf_counter()
+            timer = timing.EpochTimer()
             state, (loss_sum, correct, tied) = train_epoch(
                 step, state, x_train, y_train, epoch_rows, epoch_lrs, batch_size
             )
             train_loss = float(loss_sum) / n_samples  # waits for the epoch
-            seconds = time.perf_counter() - start
+            took = timer.stop()
             train_accuracy, tied_fraction = int(correct) / n_samples, int(tied) / n_samples
             described = starting if steps == 1 else state.params  # see EpochMetrics
             test_loss, test_accuracy = evaluate(described, x_test, y_test, cfg)
             epochs_run = epoch + 1
             metrics = EpochMetrics(
-                epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, seconds
+                epochs_run, train_loss, train_accuracy, tied_fraction, test_loss, test_accuracy, *took
             )
             if on_epoch(metrics):
                 break  # keeping the weights its numbers describe

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnist_bench import machine
+from mnist_bench import machine, timing
 from mnist_bench.backends import base, options
 from mnist_bench.backends.numpy_backend import probabilities_and_loss
 from mnist_bench.config import ConfigError, TrainingSpec
@@ -90,17 +90,17 @@ class EinsumBackend:
             for epoch in range(cfg.epochs):
                 order = base.epoch_order(cfg, n, epoch)
                 starting = [p.copy() for p in params] if steps == 1 else params  # see base.EpochMetrics
-                start = time.perf_counter()
+                timer = timing.EpochTimer()
                 loss_sum, right, tied = _epoch(
                     data, y_train, params, velocity, rates[epoch], order, size, cfg, optimize
                 )
-                seconds = time.perf_counter() - start
+                took = timer.stop()
                 z = np.einsum("ij,jk->ik", data.x_test, starting[0], optimize=optimize) + starting[1]
                 p, losses = probabilities_and_loss(z, data.one_hot(data.y_test), cfg.activation)
                 test_accuracy = float((base.predicted_class(z, p, cfg.predict_from) == data.y_test).mean())
                 epochs_run = epoch + 1
                 metrics = base.EpochMetrics(
-                    epochs_run, loss_sum / n, right / n, tied / n, float(losses.mean()), test_accuracy, seconds
+                    epochs_run, loss_sum / n, right / n, tied / n, float(losses.mean()), test_accuracy, *took
                 )
                 if on_epoch(metrics):
                     params = starting  # a full-batch stop keeps the weights its numbers describe
