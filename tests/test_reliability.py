@@ -84,9 +84,8 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
 
 def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: Path) -> None:
     # 1,000 epochs keep each job RUNNING about 3 s: at 40 (0.3 s) a job could finish between the poll that saw
-    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI). Two batches of two: the
-    # cells of a batch train in rounds and end together, so the kill lands in the second with the first done.
-    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50", "hydra.sweeper.max_batch_size=2")
+    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI).
+    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50")
     launcher = subprocess.Popen(
         sweep_args(tmp_path, *overrides),
         cwd=tmp_path,
@@ -196,9 +195,10 @@ def test_sigkill_to_a_joblib_sweeps_main_process_stops_its_workers(tmp_path: Pat
 
 
 def test_sigterm_to_a_sweep_in_rounds_closes_every_cell_killed(tmp_path: Path) -> None:
-    """The basic launcher trains its cells in rounds, all of them open at once: SIGTERM stops each at its
+    """A basic-launcher sweep in rounds has all its cells open at once: SIGTERM stops each at its
     next turn (the one training, at the end of its epoch), every run and the parent closed KILLED, exit 130."""
-    sweep, _ = _once_running(tmp_path, ("seed=0,1,2", "epochs=1000", "batch_size=50"), running=3)  # every cell
+    overrides = ("seed=0,1,2", "epochs=1000", "batch_size=50", "hydra.sweeper.rounds=true")
+    sweep, _ = _once_running(tmp_path, overrides, running=3)  # every cell
     _sigterm(sweep)
     runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert sorted(run.info.status for run in runs) == ["KILLED"] * 4  # the parent and its three jobs

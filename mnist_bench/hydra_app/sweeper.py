@@ -57,8 +57,11 @@ def _redact_log_records() -> None:
 class ValidatingSweeper(Sweeper):
     """The basic sweeper's grid, with every cell validated up front and one MLflow parent run per sweep."""
 
-    def __init__(self, max_batch_size: int | None = None, params: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: Mapping[str, str] | None = None, rounds: bool = False
+    ) -> None:
         self.max_batch_size = max_batch_size
+        self.rounds = rounds
         self.params = dict(params or {})
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -182,7 +185,7 @@ class ValidatingSweeper(Sweeper):
         from mnist_bench.tracking import Terminated
 
         assert self.config is not None
-        rounds = None if jobs_elsewhere(self.config.hydra.launcher) else Rounds()  # the basic launcher's jobs
+        rounds = Rounds() if self.rounds and not jobs_elsewhere(self.config.hydra.launcher) else None  # basic only
         try:
             with in_rounds(rounds):
                 for result in launcher.launch(jobs, initial_job_idx=start):
