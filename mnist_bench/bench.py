@@ -51,21 +51,9 @@ from mnist_bench.errors import EXIT_OK, ArgumentParser, UserError, run_tool
 from mnist_bench.stepper import EpochStepper
 
 PROG = "mnist-bench bench"
-# A backend, tf/keras with backend.xla=true ("tf+xla"), torch with backend.compile=true ("torch+compile"), or
-# Keras on another engine ("keras[jax]").
-BACKENDS = (
-    "numpy",
-    "tf",
-    "tf+xla",
-    "keras",
-    "keras+xla",
-    "keras[jax]",
-    "jax",
-    "torch",
-    "torch+compile",
-    "keras[torch]",
-)
-# How each label's epoch runs: the form its figures are of.
+# Each label bench takes, and how its epoch runs (the form its figures are of): a backend, tf/keras with
+# backend.xla=true ("tf+xla"), torch with backend.compile=true ("torch+compile"), or Keras on another
+# engine ("keras[jax]").
 FORMS = {
     "numpy": "Python loop over NumPy/BLAS calls",
     "tf": "one tf.function per epoch (graph, no XLA)",
@@ -78,6 +66,7 @@ FORMS = {
     "torch+compile": "Python loop, one torch.compile'd step a batch",
     "keras[torch]": "model.fit on PyTorch, its train step eager",
 }
+BACKENDS = tuple(FORMS)
 REFERENCES = ("keras-adam", "none")
 TARGET = 0.92
 MAX_REFERENCE_EPOCHS = 10
