@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,11 +133,10 @@ def sigterm_raises() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise Terminated(f"terminated by signal {signum}")
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
+    if threading.current_thread() is not threading.main_thread():  # a cell in rounds: signals stay the sweep's
         yield
         return
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
