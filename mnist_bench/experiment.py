@@ -237,6 +237,8 @@ def record(
         callbacks = Callbacks(history, StopOnDivergence(), target, [MetricLogger(active), *shown])
         probe = recording.probe()
         turn = recording.turn
+        if turn is not None:
+            turn.keep_alive = active.beat_if_due
         try:
             fit = recording.fit(callbacks if turn is None else _taking_turns(callbacks, active, turn))
         finally:

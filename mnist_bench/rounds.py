@@ -13,6 +13,7 @@ leaves the rotation.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -26,6 +27,9 @@ class Turn:
     def __init__(self, rounds: Rounds) -> None:
         self.rounds = rounds
         self.waited_seconds = 0.0  # in next_epoch, while the other cells trained
+        # The cell's heartbeat while it waits (set once its run is open): called by the cell holding the turn,
+        # between its epochs, so that no store call falls beside a timed epoch and a long wait never looks dead.
+        self.keep_alive: Callable[[], None] = lambda: None
 
     @property
     def session(self) -> str:
@@ -93,6 +97,11 @@ class Rounds:
         self.run()
 
     def pass_turn(self, turn: Turn) -> None:
+        with self._changed:
+            waiting = [other for other in self._rotation if other is not turn]
+        for other in waiting:
+            with contextlib.suppress(Exception):  # a store that fails now is that cell's to report, at its turn
+                other.keep_alive()
         with self._changed:
             self._raise_if_stopped()
             self._hand_on()

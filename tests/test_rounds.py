@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ def sweep(args: list[str], folder: Path, run_cli, make_store, hydra_args, runs_o
     """Run ``python -m mnist_bench -m ARGS`` into a fresh store; its client and job runs, by name."""
     store = make_store(folder)
     done = run_cli(
-        ["-m", "hydra.sweeper.rounds=true", *args, f"tracking.uri={store.uri}", *hydra_args(folder)],
+        ["-m", *args, f"tracking.uri={store.uri}", *hydra_args(folder)],
         folder,
         timeout=600,
     )
@@ -146,3 +147,27 @@ def test_both_cores_saturated_throughout_is_unreliable_or_right(
     )
     result, clean = timing.compare_rounds(float64, float32, max_other_cpu_share=0.2)
     assert result.verdict == timing.FASTER or (clean < timing.MIN_CLEAN_ROUNDS and "unreliable" in result.verdict)
+
+
+def test_a_cell_waiting_its_turn_beats_through_the_cell_that_trains() -> None:
+    """A cell waits a whole round for its turn, which can outlast its heartbeat's timeout: the cell holding the
+    turn sends each waiting cell's beat between its own epochs, never its own beat, never from a waiting one."""
+    from mnist_bench.rounds import Rounds, Turn
+
+    beats: dict[str, list[str]] = {"fast": [], "slow": []}
+
+    def cell(name: str, epochs: int, seconds: float) -> None:
+        def train(turn: Turn) -> None:
+            turn.keep_alive = lambda: beats[name].append(threading.current_thread().name)
+            for _ in range(epochs):
+                time.sleep(seconds)
+                turn.next_epoch()
+
+        rounds.launch(train, name)
+
+    rounds = Rounds()
+    cell("fast", 3, 0.01)
+    cell("slow", 3, 0.05)
+    rounds.run()
+    assert beats["fast"] and set(beats["fast"]) == {"mnist-bench slow"}, beats
+    assert beats["slow"] and set(beats["slow"]) == {"mnist-bench fast"}, beats

@@ -122,6 +122,14 @@ class TrackedRun:
             self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
         self._last_flush = time.monotonic()
 
+    def beat_if_due(self) -> None:
+        """A heartbeat alone, if one is due: for a run waiting its turn in a sweep's rounds."""
+        from mlflow.entities import RunTag
+
+        tags = self.heartbeat.due()
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
 
