@@ -197,7 +197,7 @@ def test_sigkill_to_a_joblib_sweeps_main_process_stops_its_workers(tmp_path: Pat
 def test_sigterm_to_a_sweep_in_rounds_closes_every_cell_killed(tmp_path: Path) -> None:
     """A basic-launcher sweep in rounds has all its cells open at once: SIGTERM stops each at its
     next turn (the one training, at the end of its epoch), every run and the parent closed KILLED, exit 130."""
-    overrides = ("seed=0,1,2", "epochs=1000", "batch_size=50", "hydra.sweeper.rounds=true")
+    overrides = ("seed=0,1,2", "epochs=1000", "batch_size=50")
     sweep, _ = _once_running(tmp_path, overrides, running=3)  # every cell
     _sigterm(sweep)
     runs = fetch_runs(f"sqlite:///{tmp_path}/mlflow.db")
