@@ -50,13 +50,15 @@ def _startup_seconds() -> float | None:
     return time.time() - (boot + int(ticks) / os.sysconf("SC_CLK_TCK"))
 
 
-def _taking_turns(callbacks: Callbacks, run: tracking.TrackedRun, turn: Turn) -> base.EpochCallback:
+def _taking_turns(
+    callbacks: Callbacks, run: tracking.TrackedRun, turn: Turn, max_other_cpu_share: float
+) -> base.EpochCallback:
     """The callbacks, with the round of each epoch logged beside them and the turn handed on after them."""
 
     def on_epoch(m: base.EpochMetrics) -> bool:
         run.log(system_metrics({"round": turn.round}), step=m.epoch)
         stop = callbacks(m)
-        turn.next_epoch()
+        turn.next_epoch(m.epoch_other_cpu_share, max_other_cpu_share)
         return stop
 
     return on_epoch
@@ -240,7 +242,9 @@ def record(
         if turn is not None:
             turn.keep_alive = active.beat_if_due
         try:
-            fit = recording.fit(callbacks if turn is None else _taking_turns(callbacks, active, turn))
+            fit = recording.fit(
+                callbacks if turn is None else _taking_turns(callbacks, active, turn, cfg.timing.max_other_cpu_share)
+            )
         finally:
             if bar is not None:
                 bar.close()

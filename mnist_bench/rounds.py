@@ -20,6 +20,37 @@ import time
 import uuid
 from collections.abc import Callable
 
+from mnist_bench import timing
+
+SETTLE_WINDOW_S = 0.005  # how often settle looks at the process's CPU time
+SETTLE_IDLE_SHARE = 0.25  # of one core: below this, the process's other threads are idle
+SETTLE_MAX_S = 0.25  # settle waits no longer than this: a framework's thread that never sleeps is not waited out
+QUIET_LOOK_S = 0.05  # one look at other processes' CPU share (/proc/stat counts in 10 ms ticks)
+QUIET_WAIT_MAX_S = 1.0  # the longest wait for other processes to go quiet after a disturbed epoch
+
+
+def settle() -> None:
+    """Wait until this process's other threads stop using the CPU, at most SETTLE_MAX_S. A framework's worker
+    threads spin for a while after its work: beside the next cell's timed epoch, OpenBLAS's doubled
+    TensorFlow's epochs after NumPy's and turned the mission's speed verdict (docs/performance.md)."""
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    while time.perf_counter() < deadline:
+        cpu = time.process_time()
+        time.sleep(SETTLE_WINDOW_S)
+        if time.process_time() - cpu < SETTLE_IDLE_SHARE * SETTLE_WINDOW_S:
+            return
+
+
+def wait_for_quiet(max_other_cpu_share: float) -> bool:
+    """Wait, at most QUIET_WAIT_MAX_S, until other processes use no more than ``max_other_cpu_share`` of the CPU
+    over a look; whether they did. A neighbour busy in bursts then mostly falls between epochs, not in them."""
+    deadline = time.perf_counter() + QUIET_WAIT_MAX_S
+    while time.perf_counter() < deadline:
+        share = timing.other_cpu_share_during(QUIET_LOOK_S)
+        if share is None or share <= max_other_cpu_share:
+            return True
+    return False
+
 
 class Turn:
     """One cell's place in the rounds, for its epoch callback."""
@@ -41,11 +72,14 @@ class Turn:
         """The round the cell's current epoch runs in (1 for the first)."""
         return self.rounds.round
 
-    def next_epoch(self) -> None:
-        """Hand the turn on and wait for it back; raises what stopped the rounds (Ctrl-C, SIGTERM, fail_fast)."""
+    def next_epoch(self, other_cpu_share: float | None, max_other_cpu_share: float) -> None:
+        """Hand the turn on and wait for it back; raises what stopped the rounds (Ctrl-C, SIGTERM, fail_fast).
+        The epoch just timed had other processes use ``other_cpu_share`` of the CPU: above the most a clean
+        epoch allows, the next waits for quiet first."""
         start = time.perf_counter()
         try:
-            self.rounds.pass_turn(self)
+            disturbed = other_cpu_share is not None and other_cpu_share > max_other_cpu_share
+            self.rounds.pass_turn(self, disturbed, max_other_cpu_share)
         finally:
             self.waited_seconds += time.perf_counter() - start
 
@@ -64,6 +98,7 @@ class Rounds:
         self._queue: list[Turn] = []  # this round's cells still to take their turn
         self._stop: BaseException | None = None
         self._error: BaseException | None = None  # what a cell raised past its job's own isolation
+        self._patient = True  # whether a disturbed epoch is followed by a wait for quiet
 
     def launch(self, train: Callable[[Turn], None], name: str) -> None:
         """Start one cell's job in a thread holding the turn; return once its first turn has ended."""
@@ -96,12 +131,20 @@ class Rounds:
         self.halt(why)
         self.run()
 
-    def pass_turn(self, turn: Turn) -> None:
+    def pass_turn(self, turn: Turn, disturbed: bool = False, max_other_cpu_share: float = 0.0) -> None:
+        """Between two timed epochs: the waiting cells' beats, this process's threads settled, and after a
+        disturbed epoch a wait for quiet, unless the last such wait found none (a machine busy throughout:
+        waiting again would only lengthen the sweep; the next clean epoch renews the patience)."""
         with self._changed:
             waiting = [other for other in self._rotation if other is not turn]
         for other in waiting:
             with contextlib.suppress(Exception):  # a store that fails now is that cell's to report, at its turn
                 other.keep_alive()
+        settle()
+        if not disturbed:
+            self._patient = True
+        elif self._patient:
+            self._patient = wait_for_quiet(max_other_cpu_share)
         with self._changed:
             self._raise_if_stopped()
             self._hand_on()

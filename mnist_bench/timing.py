@@ -123,6 +123,13 @@ def _other_share(start: _CpuTimes | None, end: _CpuTimes | None) -> float | None
     return min(1.0, max(0.0, (busy - own) / (end.total - start.total)))
 
 
+def other_cpu_share_during(seconds: float) -> float | None:
+    """The share of all cores' time that other processes used while this thread slept ``seconds``."""
+    start = _CpuTimes.now()
+    time.sleep(seconds)
+    return _other_share(start, _CpuTimes.now())
+
+
 @dataclass(frozen=True)
 class Conditions:
     """What the machine was doing while a run trained; logged as metrics with these names."""

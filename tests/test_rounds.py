@@ -161,7 +161,7 @@ def test_a_cell_waiting_its_turn_beats_through_the_cell_that_trains() -> None:
             turn.keep_alive = lambda: beats[name].append(threading.current_thread().name)
             for _ in range(epochs):
                 time.sleep(seconds)
-                turn.next_epoch()
+                turn.next_epoch(None, 0.2)
 
         rounds.launch(train, name)
 
