@@ -514,7 +514,7 @@ ANSWERS = {
         judged(acc.WITHIN_NOISE, 0.4149, acc.ONE_SEED, (40, 45), (0.9005, 0.9)), "within noise", 2,
         "neither is more accurate beyond chance (tf-softmax 0.9005, numpy-sigmoid 0.9000, McNemar p = 0.41 on the "
         "10,000 test images; add seeds (seed=0,1,2) to tell a smaller difference), and neither is faster beyond "
-        "timing noise (speed"),
+        "timing noise (speed ratio 1.50× (1.20–1.80); more seeds would tell a smaller difference)"),
     "seeds-disagree": (
         judged(acc.WITHIN_NOISE, 2e-5, POOLED + acc.SEEDS_DISAGREE, (300, 360), (0.906, 0.9)), "faster", 2,
         "neither is more accurate beyond chance (tf-softmax 0.9060, numpy-sigmoid 0.9000, p < 0.001 by McNemar "
@@ -526,7 +526,7 @@ ANSWERS = {
     "unknowns": (
         judged(acc.UNKNOWN, np.nan, UNLOGGED, (np.nan, np.nan), (0.9, 0.9)), f"unreliable: {FRESH_RUN}: other", 1,
         f"whether either is more accurate cannot be said: {UNLOGGED}, and which is faster cannot be said: the speed "
-        f"ratio 1.50× (1.20–1.80) is unreliable: {FRESH_RUN}: other"),
+        f"ratio 1.50× (1.20–1.80) is unreliable: {FRESH_RUN}: other; run it again when the machine is quieter"),
     "one-run-a-side": (
         judged(acc.MORE_ACCURATE, 0.002, acc.ONE_SEED, (10, 30), (0.902, 0.9)), "slower", 1,
         "and numpy-sigmoid was faster in one run a side (speed ratio 1.50× (1.20–1.80), an interval over its epochs "
@@ -554,6 +554,9 @@ def test_a_verdict_from_paired_rounds_is_said_of_the_models_even_with_one_run_a_
     row |= {"speed_basis": "paired rounds: 9 of 10 clean"}
     (sentence,) = document._answers(pd.DataFrame([row]), ["backend", "activation"])
     assert sentence.endswith("and tf-softmax is faster (speed ratio 1.50× (1.20–1.80)).")
+    row |= {"speed_verdict": "within noise", "speed_ratio_low": 0.9}
+    (sentence,) = document._answers(pd.DataFrame([row]), ["backend", "activation"])
+    assert sentence.endswith("(0.90–1.80); more epochs (more rounds) would tell a smaller difference).")
 
 
 def test_confusion_matrices_are_each_models_most_accurate_finished_run(sweep_store: LoggedSweep) -> None:

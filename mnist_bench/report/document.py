@@ -281,8 +281,9 @@ def _faster(row: Mapping[str, object]) -> str:
             )
         return f"{faster} is faster ({ratio})"
     if verdict == timing.WITHIN_NOISE:
-        return f"neither is faster beyond timing noise ({ratio})"
-    return f"which is faster cannot be said: the {ratio} is {verdict}"
+        more = "epochs (more rounds)" if str(row.get("speed_basis", "")).startswith(ROUNDS_BASIS) else "seeds"
+        return f"neither is faster beyond timing noise ({ratio}; more {more} would tell a smaller difference)"
+    return f"which is faster cannot be said: the {ratio} is {verdict}; run it again when the machine is quieter"
 
 
 def _ratio(row: Mapping[str, object]) -> str:
