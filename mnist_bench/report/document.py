@@ -105,7 +105,9 @@ def headline_blocks(table: pd.DataFrame, columns: Sequence[str]) -> list[Block]:
             "interval excludes 1 and every run on both sides was timed under stable conditions "
             "(see Measurement conditions), within noise when it includes 1, and unreliable otherwise; with one "
             "run a side the interval holds only that run's epochs, so a faster or slower call is said as that "
-            "run's, not as the models'.",
+            "run's, not as the models'. Where both sides trained in the same rounds of one sweep (speed basis "
+            "paired rounds in comparisons.csv), the ratio, interval and verdict are the round-by-round ones "
+            "described under Measurement conditions instead.",
         )
     )
     blocks += [("p", sentence) for sentence in _answers(table, columns)]
@@ -184,7 +186,9 @@ def conditions_blocks(sel: Selection) -> list[Block]:
 
 
 ROUNDS_RULE = (
-    "This sweep trained its cells in rounds: epoch k of every cell, then epoch k + 1, one cell at a time. Two "
+    "This sweep trained its cells in rounds: epoch k of every cell, then epoch k + 1, one cell at a time; "
+    "between turns the process's own threads settle, and after an epoch that other processes disturbed the "
+    "next waits up to a second for them to go quiet. Two "
     "models whose runs all trained in the same rounds are compared round by round (speed basis: paired "
     "rounds): each round's ratio is the reference's epoch over the candidate's (medians where a side has "
     "several seeds). A round is dropped when other processes used more than timing.max_other_cpu_share of "
