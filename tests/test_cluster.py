@@ -555,8 +555,10 @@ def test_a_server_killed_mid_sweep_is_named_within_10_s_and_the_sweep_gives_up_w
     assert last.startswith("mnist-bench: error: run ") and f"tracking server {uri} is not answering" in last, last
     assert "reap marks it KILLED" in last
     assert "Traceback" not in output and "Retrying (Retry(" not in output, output[-3000:]
-    # notices, at most one per 10 s; the job's FAILED line; the last line
-    assert output.count("is not answering") <= 3 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S, output[-3000:]
+    # notices, at most one per 10 s; each job's FAILED line (both train in rounds, so both meet the server gone);
+    # the last line
+    notices = 1 + gave_up_s // tracking.SERVER_NOTICE_EVERY_S
+    assert output.count("is not answering") <= notices + 2 + 1, output[-3000:]
 
 
 @pytest.mark.usefixtures("cluster")

@@ -84,8 +84,9 @@ def test_eight_job_joblib_sweep_logs_every_run_and_point(tmp_path: Path) -> None
 
 def test_sigkilled_sweep_resumes_to_exactly_one_finished_run_per_cell(tmp_path: Path) -> None:
     # 1,000 epochs keep each job RUNNING about 3 s: at 40 (0.3 s) a job could finish between the poll that saw
-    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI).
-    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50")
+    # it RUNNING and the kill, leaving nothing RUNNING to resume (seen once in CI). Jobs one after another, not
+    # in rounds (where every cell finishes in the last round), so that the kill finds cells FINISHED and RUNNING.
+    overrides = ("seed=0,1,2,3", "epochs=1000", "batch_size=50", "hydra.sweeper.rounds=false")
     launcher = subprocess.Popen(
         sweep_args(tmp_path, *overrides),
         cwd=tmp_path,
