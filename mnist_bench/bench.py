@@ -91,12 +91,13 @@ class EpochFigure:
 
 @dataclass(frozen=True)
 class PeerFigure:
-    """A backend's minibatch epoch over its hand-written same-work peer's (mnist_bench.peers), timed in the
-    same alternating rounds: the ratio of medians (> 1: the harness is slower), its 95% interval, and the
-    verdict on the peer (``faster``: the peer beats our loop beyond the interval)."""
+    """A backend's minibatch epoch over its hand-written same-work peer's (mnist_bench.peers), the two timed in
+    turns: our epochs and the peer's, the ratio of medians (> 1: the harness is slower), its 95% interval, and
+    the verdict on the peer (``faster``: the peer beats our loop beyond the interval)."""
 
     backend: str
     batch: str
+    seconds: timing.Spread
     peer_seconds: timing.Spread
     ratio: float
     ratio_low: float
@@ -175,15 +176,19 @@ def epoch_rounds(
     """Each backend's epoch seconds (softmax SGD at lr 0.1, after its warm-up and one untimed epoch), timed
     in alternating rounds, A B C A B C ..., so that a drift in the machine's speed hits every backend alike;
     the threads each used; and the probe of the conditions, started with the first round. With minibatches,
-    each backend that has a hand-written peer (mnist_bench.peers) is followed in every round by the peer's
-    epoch at the same batch size, rate and threads, under ``peer_key(label)``."""
+    each backend that has a hand-written peer (mnist_bench.peers) then trains as many epochs in turns with the
+    peer's (at the same batch size, rate and threads), under ``beside_peer_key(label)`` and
+    ``peer_key(label)``."""
     steppers: dict[str, EpochStepper] = {}
     peer_steppers: dict[str, peers.PeerStepper] = {}
     used: dict[str, int] = {}
     try:
         for label in labels:
             cfg = Config(
-                backend=backend_config(label, threads), activation="softmax", batch_size=batch_size, epochs=rounds + 1
+                backend=backend_config(label, threads),
+                activation="softmax",
+                batch_size=batch_size,
+                epochs=2 * rounds + 1,
             )
             backend, spec = _ready(cfg)
             steppers[label] = EpochStepper(backend, train, spec)
@@ -191,12 +196,20 @@ def epoch_rounds(
             if batch_size is not None and peers.peer_file(label):
                 peer_steppers[label] = peers.PeerStepper(label, train, batch_size, spec.lr, spec.backend.threads)
         probe = timing.ConditionsProbe()
-        seconds = {label: [] for label in labels} | {peer_key(label): [] for label in peer_steppers}
+        seconds = {label: [] for label in labels}
+        seconds |= {key(label): [] for label in peer_steppers for key in (beside_peer_key, peer_key)}
         for _ in range(rounds):
             for label, stepper in steppers.items():
+                timing.settle()  # the last contender's threads, still spinning, would run beside this one's epoch
                 seconds[label].append(stepper.step())
-                if label in peer_steppers:
-                    seconds[peer_key(label)].append(peer_steppers[label].step())
+        # Each backend beside its peer alone: right after another framework's epoch, TF's XLA-compiled epoch
+        # measured 1.22x its peer, and 1.00x after its peer's (docs/performance.md).
+        for label, peer in peer_steppers.items():
+            for _ in range(rounds):
+                timing.settle()
+                seconds[beside_peer_key(label)].append(steppers[label].step())
+                timing.settle()
+                seconds[peer_key(label)].append(peer.step())
     finally:
         for stepper in steppers.values():
             stepper.close()
@@ -206,6 +219,11 @@ def epoch_rounds(
 def peer_key(label: str) -> str:
     """Where epoch_rounds keeps the seconds of a backend's peer."""
     return f"{label} peer"
+
+
+def beside_peer_key(label: str) -> str:
+    """Where epoch_rounds keeps the seconds of a backend's epochs timed in turn with its peer's."""
+    return f"{label} beside its peer"
 
 
 def time_to_target(label: str, train: base.TrainData, threads: int | None, seed: int) -> Attempt:
@@ -317,25 +335,26 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _peer_figures(
-    batch: str, times: dict[str, list[float]], probe: timing.ConditionsProbe, unstable: dict[str, str]
+    batch: str, names: Sequence[str], times: dict[str, list[float]], probe: timing.ConditionsProbe
 ) -> list[PeerFigure]:
-    """Each backend timed beside a peer (epoch_rounds) over that peer, printed: ratio > 1 when ours is slower."""
+    """Each backend timed in turn with its peer (epoch_rounds) over that peer, printed: ratio > 1 when ours is
+    slower."""
     figures = []
-    for name, reason in unstable.items():
+    for name in names:
         if peer_key(name) not in times:
             continue
-        peer_seconds = times[peer_key(name)]
-        peer_unstable = "; ".join(timing.unstable_reasons(probe.finish(peer_seconds), TimingConfig()))
-        why = "; ".join(f"{n}: {r}" for n, r in ((name, reason), ("its peer", peer_unstable)) if r)
-        verdict = timing.compare_paired(times[name], peer_seconds, why)
-        figure = PeerFigure(
-            name, batch, timing.Spread.of(peer_seconds), verdict.ratio, verdict.low, verdict.high, verdict.verdict
-        )
+        ours, peer_seconds = times[beside_peer_key(name)], times[peer_key(name)]
+        reasons = [(who, timing.unstable_reasons(probe.finish(seconds), TimingConfig()))
+                   for who, seconds in ((name, ours), ("its peer", peer_seconds))]  # fmt: skip
+        why = "; ".join(f"{who}: {'; '.join(reason)}" for who, reason in reasons if reason)
+        verdict = timing.compare_paired(ours, peer_seconds, why)
+        spreads = (timing.Spread.of(ours), timing.Spread.of(peer_seconds))
+        figure = PeerFigure(name, batch, *spreads, verdict.ratio, verdict.low, verdict.high, verdict.verdict)
         if not figures:
-            print("  each backend over its hand-written same-work peer (tests/benchmarks/peers), same rounds:")
+            print("  each backend over its hand-written same-work peer (tests/benchmarks/peers), in turns with it:")
         note = f"  {timing.UNRELIABLE} ({why})" if why else ""
         shown = f"{verdict.ratio:.2f} [{verdict.low:.2f}-{verdict.high:.2f}]"
-        print(f"    {name:10s} {shown}  peer {figure.peer_seconds}{note}")
+        print(f"    {name:10s} {shown}  ours {figure.seconds}  peer {figure.peer_seconds}{note}")
         figures.append(figure)
     return figures
 
@@ -393,7 +412,7 @@ def _main(argv: Sequence[str]) -> int:
             shown = f"{verdict.ratio:.2f} [{verdict.low:.2f}-{verdict.high:.2f}]"
             said = f"{timing.UNRELIABLE} (unstable above)" if why else verdict.verdict
             print(f"    {second} vs {first}: {shown}  {second} {said}")
-        peer_figures.extend(_peer_figures(batch, times, probe, unstable))
+        peer_figures.extend(_peer_figures(batch, args.backends, times, probe))
 
     print(f"\ntraining seconds to {TARGET} test accuracy, median (min-max) over seeds 0-{args.repeats - 1}")
     contenders: dict[str, Callable[[int], Attempt]] = {

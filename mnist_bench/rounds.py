@@ -22,23 +22,8 @@ from collections.abc import Callable
 
 from mnist_bench import timing
 
-SETTLE_WINDOW_S = 0.005  # how often settle looks at the process's CPU time
-SETTLE_IDLE_SHARE = 0.25  # of one core: below this, the process's other threads are idle
-SETTLE_MAX_S = 0.25  # settle waits no longer than this: a framework's thread that never sleeps is not waited out
 QUIET_LOOK_S = 0.05  # one look at other processes' CPU share (/proc/stat counts in 10 ms ticks)
 QUIET_WAIT_MAX_S = 1.0  # the longest wait for other processes to go quiet after a disturbed epoch
-
-
-def settle() -> None:
-    """Wait until this process's other threads stop using the CPU, at most SETTLE_MAX_S. A framework's worker
-    threads spin for a while after its work: beside the next cell's timed epoch, OpenBLAS's doubled
-    TensorFlow's epochs after NumPy's and turned the mission's speed verdict (docs/performance.md)."""
-    deadline = time.perf_counter() + SETTLE_MAX_S
-    while time.perf_counter() < deadline:
-        cpu = time.process_time()
-        time.sleep(SETTLE_WINDOW_S)
-        if time.process_time() - cpu < SETTLE_IDLE_SHARE * SETTLE_WINDOW_S:
-            return
 
 
 def wait_for_quiet(max_other_cpu_share: float) -> bool:
@@ -140,7 +125,7 @@ class Rounds:
         for other in waiting:
             with contextlib.suppress(Exception):  # a store that fails now is that cell's to report, at its turn
                 other.keep_alive()
-        settle()
+        timing.settle()
         if not disturbed:
             self._patient = True
         elif self._patient:

@@ -123,6 +123,24 @@ def _other_share(start: _CpuTimes | None, end: _CpuTimes | None) -> float | None
     return min(1.0, max(0.0, (busy - own) / (end.total - start.total)))
 
 
+SETTLE_WINDOW_S = 0.005  # how often settle looks at the process's CPU time
+SETTLE_IDLE_SHARE = 0.25  # of one core: below this, the process's other threads are idle
+SETTLE_MAX_S = 0.25  # settle waits no longer than this: a framework's thread that never sleeps is not waited out
+
+
+def settle() -> None:
+    """Wait until this process's other threads stop using the CPU, at most SETTLE_MAX_S: called before an epoch
+    is timed beside other work of the same process (a sweep's next cell in rounds, bench's next contender). A
+    framework's worker threads spin for a while after its work: OpenBLAS's doubled TensorFlow's epochs after
+    NumPy's and turned the mission's speed verdict (docs/performance.md)."""
+    deadline = time.perf_counter() + SETTLE_MAX_S
+    while time.perf_counter() < deadline:
+        cpu = time.process_time()
+        time.sleep(SETTLE_WINDOW_S)
+        if time.process_time() - cpu < SETTLE_IDLE_SHARE * SETTLE_WINDOW_S:
+            return
+
+
 def other_cpu_share_during(seconds: float) -> float | None:
     """The share of all cores' time that other processes used while this thread slept ``seconds``."""
     start = _CpuTimes.now()
