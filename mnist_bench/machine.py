@@ -51,6 +51,18 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def available_memory_bytes() -> int | None:
+    """The memory the kernel says new work can have now without swapping (MemAvailable), None off Linux."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def hostname() -> str:
     return socket.gethostname()
 

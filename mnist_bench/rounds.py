@@ -18,12 +18,24 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from mnist_bench import timing
+from mnist_bench import machine, timing
 
+MEMORY_SHARE = 0.5  # of the memory available at a sweep's start, for the data copies one batch of rounds holds
 QUIET_LOOK_S = 0.05  # one look at other processes' CPU share (/proc/stat counts in 10 ms ticks)
 QUIET_WAIT_MAX_S = 1.0  # the longest wait for other processes to go quiet after a disturbed epoch
+
+
+def cells_that_fit(data_copy_bytes: Sequence[int]) -> int | None:
+    """How many cells one batch of rounds may hold, given each cell's own copy of its data: in rounds every cell
+    of a batch holds it at once (24 cells of full MNIST, 12 of them TensorFlow's, peaked at 4.4 GB), so as many
+    as fit in MEMORY_SHARE of the memory available now. None when all of them fit, or memory cannot be read."""
+    available, largest = machine.available_memory_bytes(), max(data_copy_bytes, default=0)
+    if available is None or largest == 0:
+        return None
+    fit = max(1, int(MEMORY_SHARE * available // largest))
+    return fit if fit < len(data_copy_bytes) else None
 
 
 def wait_for_quiet(max_other_cpu_share: float) -> bool:

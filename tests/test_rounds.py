@@ -171,3 +171,16 @@ def test_a_cell_waiting_its_turn_beats_through_the_cell_that_trains() -> None:
     rounds.run()
     assert beats["fast"] and set(beats["fast"]) == {"mnist-bench slow"}, beats
     assert beats["slow"] and set(beats["slow"]) == {"mnist-bench fast"}, beats
+
+
+def test_a_batch_of_rounds_holds_only_as_many_data_copies_as_fit_in_half_the_memory() -> None:
+    """Every cell of a batch of rounds holds its copy of the data at once: cells whose copies would pass half
+    the memory available train in smaller batches; copies that fit, or none (NumPy cells), leave one batch."""
+    from mnist_bench import machine
+    from mnist_bench.rounds import cells_that_fit
+
+    available = machine.available_memory_bytes()
+    assert available is not None and available > 0
+    assert cells_that_fit([available // 5] * 7) == 2  # two fit in half of it, three would not
+    assert cells_that_fit([available] * 3) == 1  # one cell a batch at least
+    assert cells_that_fit([0] * 100) is None and cells_that_fit([2**20] * 3) is None

@@ -28,7 +28,7 @@ from mnist_bench.errors import EXIT_FAILED, UserError
 from mnist_bench.hydra_app.composition import CellComposer, ComposedCells, grid, validated_cells
 from mnist_bench.hydra_app.job import in_rounds
 from mnist_bench.hydra_app.launchers import JoblibWorkers, jobs_elsewhere, mark_sweep_process, parallel_jobs
-from mnist_bench.rounds import Rounds
+from mnist_bench.rounds import Rounds, cells_that_fit
 from mnist_bench.schema import Cell, Tag
 
 log = logging.getLogger("mnist_bench")
@@ -141,7 +141,7 @@ class ValidatingSweeper(Sweeper):
                 if workers is not None:
                     workers.wait()
                 jobs = [overrides for overrides, _ in cells]
-                size = self.max_batch_size or len(jobs)
+                size = self.max_batch_size or self.rounds_fitting_memory([cfg for _, cfg in cells]) or len(jobs)
                 with self.lost_jobs_reaped(client, experiment_id, parent_id, first):
                     for start in range(0, len(jobs), size):
                         self.launch_batch(launcher, jobs[start : start + size], start)
@@ -178,6 +178,22 @@ class ValidatingSweeper(Sweeper):
         for run_id in tracking.reap_lost(client, experiment_id, parent_id):
             _say_lost(run_id)
 
+    def rounds_fitting_memory(self, cells: Sequence[Config]) -> int | None:
+        """With rounds and no max_batch_size: batches of as many cells as their data copies fit in memory
+        (rounds.cells_that_fit), said in one line when that is fewer than all; None: one batch."""
+        assert self.config is not None
+        if not self.rounds or jobs_elsewhere(self.config.hydra.launcher):
+            return None
+        fit = cells_that_fit([_data_copy_bytes(cfg) for cfg in cells])
+        if fit is not None:
+            log.warning(
+                "rounds: the %d cells' copies of their data would not fit in half the memory available; they"
+                " train in batches of %d, each batch in rounds of its own (hydra.sweeper.max_batch_size=N chooses)",
+                len(cells),
+                fit,
+            )
+        return fit
+
     def launch_batch(self, launcher: Any, jobs: list[list[str]], start: int) -> None:
         """Launch one batch of jobs. With the basic launcher they train in rounds (mnist_bench.rounds): the
         launch starts each job, which trains its first epoch, then the remaining rounds run here; Ctrl-C or
@@ -196,6 +212,19 @@ class ValidatingSweeper(Sweeper):
             if rounds is not None:
                 rounds.stop(err)
             raise
+
+
+def _data_copy_bytes(cfg: Config) -> int:
+    """The data a cell in rounds holds beside the process's shared arrays: its framework's copy of both splits
+    (TensorFlow, JAX and torch copy them to their device); NumPy cells hold none."""
+    import numpy as np
+
+    from mnist_bench import data
+
+    if cfg.backend.name == "numpy":
+        return 0
+    dataset = data.load(cfg.dataset)
+    return (len(dataset.x_train) + len(dataset.x_test)) * dataset.x_train[0].size * np.dtype(cfg.dtype).itemsize
 
 
 def _say_lost(run_id: str) -> None:
