@@ -128,7 +128,7 @@ class Rounds:
         self.halt(why)
         self.run()
 
-    def pass_turn(self, turn: Turn, disturbed: bool = False, max_other_cpu_share: float = 0.0) -> None:
+    def pass_turn(self, turn: Turn, disturbed: bool, max_other_cpu_share: float) -> None:
         """Between two timed epochs: the waiting cells' beats, this process's threads settled, and after a
         disturbed epoch a wait for quiet, unless the last such wait found none (a machine busy throughout:
         waiting again would only lengthen the sweep; the next clean epoch renews the patience)."""

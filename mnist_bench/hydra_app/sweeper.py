@@ -23,7 +23,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_bench.config import Config, ConfigError, config_hash, run_name, validate
+from mnist_bench.config import Config, ConfigError, DatasetConfig, config_hash, run_name, validate
 from mnist_bench.errors import EXIT_FAILED, UserError
 from mnist_bench.hydra_app.composition import CellComposer, ComposedCells, grid, validated_cells
 from mnist_bench.hydra_app.job import in_rounds
@@ -181,10 +181,13 @@ class ValidatingSweeper(Sweeper):
     def rounds_fitting_memory(self, cells: Sequence[Config]) -> int | None:
         """With rounds and no max_batch_size: batches of as many cells as their data copies fit in memory
         (rounds.cells_that_fit), said in one line when that is fewer than all; None: one batch."""
-        assert self.config is not None
-        if not self.rounds or jobs_elsewhere(self.config.hydra.launcher):
+        if not self.in_rounds:
             return None
-        fit = cells_that_fit([_data_copy_bytes(cfg) for cfg in cells])
+        values: dict[str, int] = {}  # pixel values of each dataset the cells use, each read once
+        for cfg in cells:
+            if cfg.backend.name != "numpy" and repr(cfg.dataset) not in values:
+                values[repr(cfg.dataset)] = _pixel_values(cfg.dataset)
+        fit = cells_that_fit([_data_copy_bytes(cfg, values) for cfg in cells])
         if fit is not None:
             log.warning(
                 "rounds: the %d cells' copies of their data would not fit in half the memory available; they"
@@ -194,14 +197,19 @@ class ValidatingSweeper(Sweeper):
             )
         return fit
 
+    @property
+    def in_rounds(self) -> bool:
+        """Whether this sweep's jobs train in rounds: asked for, and run by the basic launcher in this process."""
+        assert self.config is not None
+        return self.rounds and not jobs_elsewhere(self.config.hydra.launcher)
+
     def launch_batch(self, launcher: Any, jobs: list[list[str]], start: int) -> None:
         """Launch one batch of jobs. With the basic launcher they train in rounds (mnist_bench.rounds): the
         launch starts each job, which trains its first epoch, then the remaining rounds run here; Ctrl-C or
         SIGTERM stops every job at the end of the epoch training then, each run closed as KILLED."""
         from mnist_bench.tracking import Terminated
 
-        assert self.config is not None
-        rounds = Rounds() if self.rounds and not jobs_elsewhere(self.config.hydra.launcher) else None  # basic only
+        rounds = Rounds() if self.in_rounds else None
         try:
             with in_rounds(rounds):
                 for result in launcher.launch(jobs, initial_job_idx=start):
@@ -214,17 +222,22 @@ class ValidatingSweeper(Sweeper):
             raise
 
 
-def _data_copy_bytes(cfg: Config) -> int:
+def _pixel_values(spec: DatasetConfig) -> int:
+    """How many pixel values both splits of a dataset hold, as a run loads them (its limits applied)."""
+    from mnist_bench import data
+
+    dataset = data.load(spec)
+    return (len(dataset.x_train) + len(dataset.x_test)) * dataset.x_train[0].size
+
+
+def _data_copy_bytes(cfg: Config, pixel_values: Mapping[str, int]) -> int:
     """The data a cell in rounds holds beside the process's shared arrays: its framework's copy of both splits
     (TensorFlow, JAX and torch copy them to their device); NumPy cells hold none."""
     import numpy as np
 
-    from mnist_bench import data
-
     if cfg.backend.name == "numpy":
         return 0
-    dataset = data.load(cfg.dataset)
-    return (len(dataset.x_train) + len(dataset.x_test)) * dataset.x_train[0].size * np.dtype(cfg.dtype).itemsize
+    return pixel_values[repr(cfg.dataset)] * np.dtype(cfg.dtype).itemsize
 
 
 def _say_lost(run_id: str) -> None:

@@ -115,20 +115,20 @@ class TrackedRun:
 
     def flush(self) -> None:
         """Store everything ``log`` holds in one transaction; raises what the store raises."""
-        from mlflow.entities import RunTag
-
         metrics, tags, self._metrics, self._tags = self._metrics, self._tags | self.heartbeat.due(), [], {}
-        if metrics or tags:
-            self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
+        self._store(metrics, tags)
         self._last_flush = time.monotonic()
 
     def beat_if_due(self) -> None:
         """A heartbeat alone, if one is due: for a run waiting its turn in a sweep's rounds."""
+        self._store([], self.heartbeat.due())
+
+    def _store(self, metrics: list, tags: Mapping[str, str]) -> None:
+        """One ``log_batch`` of these metrics and tags, if there are any."""
         from mlflow.entities import RunTag
 
-        tags = self.heartbeat.due()
-        if tags:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if metrics or tags:
+            self.client.log_batch(self.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_artifacts(self, folder: Path) -> None:
         self.client.log_artifacts(self.run_id, str(folder))
